@@ -1,0 +1,65 @@
+"""Build engines from a WeNet model dir.
+
+    python build.py --model_dir exp/u2pp --output_dir engines/u2pp [--dtype float16] [--max_batch_size 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+
+from core.builder import Builder, BuilderConfig
+from core.dtype import DataType
+from models.wenet.config import ConfigError
+from models.wenet.model import WeNetModel
+from models.wenet.networks import Profiles, build_networks, seconds_to_frames
+from runtime.session import VOCAB_FILE
+from weights.files import ModelFileError, read_model_dir
+from weights.mapping import WeightMappingError, load_weights, map_checkpoint
+
+
+def build_engines(model_dir: str, output_dir: str, dtype: str = "float32", profiles: Profiles | None = None,
+                  checkpoint: str | None = None) -> dict:
+    """Reads the model dir, maps every checkpoint tensor to a parameter, writes the engine dir."""
+    profiles = profiles or Profiles()
+    ckpt = read_model_dir(model_dir, checkpoint)
+    model = WeNetModel(ckpt.config, DataType(dtype), seconds_to_frames(profiles.max_seconds))
+    load_weights(model, map_checkpoint(ckpt.state, model, ckpt.cmvn))
+    networks = build_networks(model, profiles)
+    config = Builder(BuilderConfig(dtype=dtype)).build(
+        networks, output_dir, {"wenet": ckpt.config.to_json(), "profiles": profiles.to_json(),
+                               "checkpoint": ckpt.files.checkpoint})
+    shutil.copyfile(ckpt.files.vocab, f"{output_dir}/{VOCAB_FILE}")
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model_dir", required=True, help="WeNet dir: final.pt/avg_N.pt, train.yaml, global_cmvn, units.txt")
+    p.add_argument("--output_dir", required=True, help="engine dir to write")
+    p.add_argument("--checkpoint", help="a checkpoint other than the model dir's final.pt")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--max_batch_size", type=int, default=16)
+    p.add_argument("--opt_batch_size", type=int, default=8)
+    p.add_argument("--max_seconds", type=float, default=40.0, help="longest utterance the engines accept")
+    p.add_argument("--opt_seconds", type=float, default=10.0)
+    p.add_argument("--beam_size", type=int, default=10, help="most hypotheses per utterance")
+    args = p.parse_args(argv)
+    profiles = Profiles(args.max_batch_size, args.opt_batch_size, args.max_seconds, args.opt_seconds, args.beam_size)
+    start = time.perf_counter()
+    try:
+        config = build_engines(args.model_dir, args.output_dir, args.dtype, profiles, args.checkpoint)
+    except (ModelFileError, ConfigError, WeightMappingError, ValueError) as e:
+        print(f"build.py: error: {e}", file=sys.stderr)
+        return 1
+    for name, info in config["networks"].items():
+        print(f"{name:14s} {info['nodes']:5d} nodes  {info['parameters'] / 1e6:7.2f} M weights  -> {info['artifact']}")
+    print(f"built {len(config['networks'])} {args.dtype} networks into {args.output_dir} "
+          f"in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,529 @@
+"""The op table: one entry per op of the network-definition API.
+
+Each entry is a class with
+- ``infer(*inputs, **attrs)``: checks input dtypes/ranks (networks are strongly typed: no
+  implicit promotion) and returns the ``(dtype, shape)`` of each output, -1 for a dynamic dim;
+- ``torch(*inputs, **attrs)``: the PyTorch lowering, on torch tensors;
+- ``tensorrt(ctx, *inputs, **attrs)`` (the TensorRT lowering, added by the TensorRT backend).
+
+``inputs`` are tensors (anything with ``dtype`` and ``shape`` for ``infer``); ``attrs`` are
+JSON values, so a network serializes to JSON. Layer code never calls this module: it calls
+``core.functional``, which records nodes that name these ops.
+
+Integer data is int32; int64 is reserved for shape tensors (rank 1, from ``shape`` and
+``shape_constant``, combined by binary/concat/slice ops). Shape tensors lower in PyTorch to
+Python lists of ints, as TensorRT keeps shape tensors on the host: shape arithmetic never
+touches the device and stays symbolic under ``torch.export``. Ops that create a tensor from
+nothing (``arange``) set ``needs_device`` and receive the target ``device``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from core.dtype import DataType
+
+Spec = tuple[DataType, tuple[int, ...]]
+
+OPS: dict[str, Any] = {}
+
+
+def register(cls):
+    OPS[cls.name] = cls
+    return cls
+
+
+class OpError(ValueError):
+    """A network-definition mistake: wrong dtype, rank or shape for an op."""
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise OpError(message)
+
+
+def _same_dtype(op: str, *tensors) -> DataType:
+    dtypes = {t.dtype for t in tensors}
+    _require(len(dtypes) == 1, f"{op}: inputs must share one dtype (strongly typed), got {sorted(d.value for d in dtypes)}")
+    return tensors[0].dtype
+
+
+def broadcast_dim(a: int, b: int, op: str) -> int:
+    if a == b:
+        return a
+    if a == 1:
+        return b
+    if b == 1:
+        return a
+    if a == -1:
+        return b
+    if b == -1:
+        return a
+    raise OpError(f"{op}: dims {a} and {b} do not broadcast")
+
+
+def broadcast_shape(op: str, *shapes: Sequence[int]) -> tuple[int, ...]:
+    ranks = {len(s) for s in shapes}
+    _require(len(ranks) == 1, f"{op}: inputs must have equal rank, got {[list(s) for s in shapes]}")
+    out = list(shapes[0])
+    for s in shapes[1:]:
+        out = [broadcast_dim(a, b, op) for a, b in zip(out, s)]
+    return tuple(out)
+
+
+def _axis(dim: int, rank: int) -> int:
+    _require(-rank <= dim < rank, f"dim {dim} out of range for rank {rank}")
+    return dim % rank
+
+
+_BINARY: dict[str, Callable] = {
+    "add": torch.add,
+    "sub": torch.sub,
+    "mul": torch.mul,
+    "div": torch.div,
+    "floordiv": torch.floor_divide,
+    "pow": torch.pow,
+    "maximum": torch.maximum,
+    "minimum": torch.minimum,
+    "lt": torch.lt,
+    "gt": torch.gt,
+    "eq": torch.eq,
+    "and": torch.logical_and,
+    "or": torch.logical_or,
+}
+_HOST_BINARY: dict[str, Callable] = {
+    "add": lambda a, b: a + b,
+    "sub": lambda a, b: a - b,
+    "mul": lambda a, b: a * b,
+    "floordiv": lambda a, b: a // b,
+}
+_COMPARISONS = {"lt", "gt", "eq"}
+_LOGICAL = {"and", "or"}
+
+
+@register
+class Binary:
+    name = "binary"
+
+    @staticmethod
+    def infer(a, b, *, op: str) -> list[Spec]:
+        _require(op in _BINARY, f"unknown binary op {op!r}")
+        dtype = _same_dtype(op, a, b)
+        if op in _LOGICAL:
+            _require(dtype == DataType.bool, f"{op} needs bool inputs")
+        if op in ("floordiv",):
+            _require(not dtype.is_float, "floordiv is for integer (shape) arithmetic")
+        out = DataType.bool if op in _COMPARISONS else dtype
+        return [(out, broadcast_shape(op, a.shape, b.shape))]
+
+    @staticmethod
+    def torch(a, b, *, op: str):
+        if isinstance(a, list):  # shape arithmetic on the host
+            if len(a) < len(b):
+                a = a * len(b)
+            if len(b) < len(a):
+                b = b * len(a)
+            return [_HOST_BINARY[op](x, y) for x, y in zip(a, b)]
+        return _BINARY[op](a, b)
+
+
+_UNARY: dict[str, Callable] = {
+    "exp": torch.exp,
+    "log": torch.log,
+    "sqrt": torch.sqrt,
+    "neg": torch.neg,
+    "abs": torch.abs,
+    "sigmoid": torch.sigmoid,
+    "relu": torch.relu,
+    "tanh": torch.tanh,
+    "not": torch.logical_not,
+}
+
+
+@register
+class Unary:
+    name = "unary"
+
+    @staticmethod
+    def infer(x, *, op: str) -> list[Spec]:
+        _require(op in _UNARY, f"unknown unary op {op!r}")
+        if op == "not":
+            _require(x.dtype == DataType.bool, "not needs a bool input")
+        elif op not in ("neg", "abs"):
+            _require(x.dtype.is_float, f"{op} needs a float input, got {x.dtype.value}")
+        return [(x.dtype, x.shape)]
+
+    @staticmethod
+    def torch(x, *, op: str):
+        return _UNARY[op](x)
+
+
+@register
+class Cast:
+    name = "cast"
+
+    @staticmethod
+    def infer(x, *, dtype: str) -> list[Spec]:
+        _require(x.dtype != DataType.int64 and DataType(dtype) != DataType.int64,
+                 "cast: int64 is reserved for shape values, which stay on the host")
+        return [(DataType(dtype), x.shape)]
+
+    @staticmethod
+    def torch(x, *, dtype: str):
+        return x.to(DataType(dtype).torch)
+
+
+@register
+class Where:
+    name = "where"
+
+    @staticmethod
+    def infer(cond, a, b) -> list[Spec]:
+        _require(cond.dtype == DataType.bool, "where: condition must be bool")
+        dtype = _same_dtype("where", a, b)
+        return [(dtype, broadcast_shape("where", cond.shape, a.shape, b.shape))]
+
+    @staticmethod
+    def torch(cond, a, b):
+        return torch.where(cond, a, b)
+
+
+@register
+class MatMul:
+    name = "matmul"
+
+    @staticmethod
+    def infer(a, b, *, transpose_a: bool = False, transpose_b: bool = False) -> list[Spec]:
+        dtype = _same_dtype("matmul", a, b)
+        _require(dtype.is_float, "matmul needs float inputs")
+        _require(a.ndim == b.ndim and a.ndim >= 2, f"matmul: equal ranks >= 2 needed, got {a.shape} and {b.shape}")
+        m, ka = (a.shape[-1], a.shape[-2]) if transpose_a else (a.shape[-2], a.shape[-1])
+        kb, n = (b.shape[-1], b.shape[-2]) if transpose_b else (b.shape[-2], b.shape[-1])
+        _require(ka == kb or -1 in (ka, kb), f"matmul: inner dims {ka} and {kb} differ")
+        batch = broadcast_shape("matmul", a.shape[:-2], b.shape[:-2])
+        return [(dtype, (*batch, m, n))]
+
+    @staticmethod
+    def torch(a, b, *, transpose_a: bool = False, transpose_b: bool = False):
+        if transpose_a:
+            a = a.transpose(-1, -2)
+        if transpose_b:
+            b = b.transpose(-1, -2)
+        return torch.matmul(a, b)
+
+
+@register
+class Softmax:
+    name = "softmax"
+
+    @staticmethod
+    def infer(x, *, dim: int, log: bool = False) -> list[Spec]:
+        _require(x.dtype.is_float, "softmax needs a float input")
+        _axis(dim, x.ndim)
+        return [(x.dtype, x.shape)]
+
+    @staticmethod
+    def torch(x, *, dim: int, log: bool = False):
+        return torch.log_softmax(x, dim) if log else torch.softmax(x, dim)
+
+
+@register
+class Reduce:
+    name = "reduce"
+
+    @staticmethod
+    def infer(x, *, op: str, dims: list[int], keepdim: bool) -> list[Spec]:
+        _require(op in ("sum", "max", "min", "mean"), f"unknown reduction {op!r}")
+        axes = {_axis(d, x.ndim) for d in dims}
+        shape = [1 if i in axes else d for i, d in enumerate(x.shape)] if keepdim else [
+            d for i, d in enumerate(x.shape) if i not in axes]
+        return [(x.dtype, tuple(shape))]
+
+    @staticmethod
+    def torch(x, *, op: str, dims: list[int], keepdim: bool):
+        if op == "sum":
+            return torch.sum(x, dim=dims, keepdim=keepdim)
+        if op == "mean":
+            return torch.mean(x, dim=dims, keepdim=keepdim)
+        return torch.amax(x, dim=dims, keepdim=keepdim) if op == "max" else torch.amin(x, dim=dims, keepdim=keepdim)
+
+
+@register
+class LayerNorm:
+    name = "layer_norm"
+
+    @staticmethod
+    def infer(x, weight, bias, *, eps: float) -> list[Spec]:
+        dtype = _same_dtype("layer_norm", x, weight, bias)
+        _require(dtype.is_float, "layer_norm needs float inputs")
+        _require(weight.shape == (x.shape[-1],) == bias.shape, f"layer_norm: weight/bias must be ({x.shape[-1]},)")
+        return [(dtype, x.shape)]
+
+    @staticmethod
+    def torch(x, weight, bias, *, eps: float):
+        return torch.nn.functional.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
+@register
+class Convolution:
+    """N-d convolution (1-d on (B, C, T), 2-d on (B, C, H, W)); padding may be asymmetric."""
+
+    name = "convolution"
+
+    @staticmethod
+    def infer(x, weight, *bias, stride: list[int], pre_padding: list[int], post_padding: list[int],
+              dilation: list[int], groups: int) -> list[Spec]:
+        dtype = _same_dtype("convolution", x, weight, *bias)
+        spatial = len(stride)
+        _require(x.ndim == spatial + 2 and weight.ndim == spatial + 2, "convolution: rank mismatch")
+        out_ch, in_per_group = weight.shape[:2]
+        _require(x.shape[1] == in_per_group * groups,
+                 f"convolution: {x.shape[1]} input channels, weight expects {in_per_group * groups}")
+        dims = []
+        for i in range(spatial):
+            size = x.shape[2 + i]
+            k = (weight.shape[2 + i] - 1) * dilation[i] + 1
+            dims.append(-1 if size == -1 else (size + pre_padding[i] + post_padding[i] - k) // stride[i] + 1)
+        return [(dtype, (x.shape[0], out_ch, *dims))]
+
+    @staticmethod
+    def torch(x, weight, *bias, stride, pre_padding, post_padding, dilation, groups):
+        symmetric = pre_padding == post_padding
+        if not symmetric:
+            pads = []
+            for pre, post in zip(reversed(pre_padding), reversed(post_padding)):
+                pads += [pre, post]
+            x = torch.nn.functional.pad(x, pads)
+        conv = torch.nn.functional.conv1d if len(stride) == 1 else torch.nn.functional.conv2d
+        return conv(x, weight, bias[0] if bias else None, stride, pre_padding if symmetric else 0, dilation, groups)
+
+
+@register
+class Reshape:
+    """Reshape to ``dims`` (at most one -1); a dynamic target comes as an int64 shape tensor."""
+
+    name = "reshape"
+
+    @staticmethod
+    def infer(x, *shape, dims: list[int]) -> list[Spec]:
+        if shape:
+            _require(shape[0].dtype == DataType.int64 and shape[0].shape == (len(dims),), "reshape: shape must be int64 (rank,)")
+        else:
+            _require(list(dims).count(-1) <= 1, "reshape: at most one -1")
+        return [(x.dtype, tuple(dims))]
+
+    @staticmethod
+    def torch(x, *shape, dims: list[int]):
+        return x.reshape(shape[0] if shape else dims)
+
+
+@register
+class Permute:
+    name = "permute"
+
+    @staticmethod
+    def infer(x, *, dims: list[int]) -> list[Spec]:
+        _require(sorted(dims) == list(range(x.ndim)), f"permute: {dims} is not a permutation of rank {x.ndim}")
+        return [(x.dtype, tuple(x.shape[d] for d in dims))]
+
+    @staticmethod
+    def torch(x, *, dims: list[int]):
+        return x.permute(dims)
+
+
+@register
+class Unsqueeze:
+    name = "unsqueeze"
+
+    @staticmethod
+    def infer(x, *, dim: int) -> list[Spec]:
+        axis = _axis(dim, x.ndim + 1)
+        return [(x.dtype, (*x.shape[:axis], 1, *x.shape[axis:]))]
+
+    @staticmethod
+    def torch(x, *, dim: int):
+        return x.unsqueeze(dim)
+
+
+@register
+class Squeeze:
+    name = "squeeze"
+
+    @staticmethod
+    def infer(x, *, dim: int) -> list[Spec]:
+        axis = _axis(dim, x.ndim)
+        _require(x.shape[axis] in (1, -1), f"squeeze: dim {dim} has size {x.shape[axis]}")
+        return [(x.dtype, x.shape[:axis] + x.shape[axis + 1:])]
+
+    @staticmethod
+    def torch(x, *, dim: int):
+        return x.squeeze(dim)
+
+
+@register
+class Concat:
+    name = "concat"
+
+    @staticmethod
+    def infer(*xs, dim: int) -> list[Spec]:
+        dtype = _same_dtype("concat", *xs)
+        rank = xs[0].ndim
+        _require(all(x.ndim == rank for x in xs), "concat: inputs must have equal rank")
+        axis = _axis(dim, rank)
+        sizes = [x.shape[axis] for x in xs]
+        shape = list(broadcast_shape("concat", *[x.shape[:axis] + (1,) + x.shape[axis + 1:] for x in xs]))
+        shape[axis] = -1 if -1 in sizes else sum(sizes)
+        return [(dtype, tuple(shape))]
+
+    @staticmethod
+    def torch(*xs, dim: int):
+        if isinstance(xs[0], list):
+            return [v for x in xs for v in x]
+        return torch.cat(xs, dim)
+
+
+@register
+class Slice:
+    """``x[start : start + size]`` along ``dim``; start and size are ints or (1,) int64 tensors."""
+
+    name = "slice"
+
+    @staticmethod
+    def infer(x, *bounds, dim: int, start: int | None, size: int | None) -> list[Spec]:
+        axis = _axis(dim, x.ndim)
+        _require(len(bounds) == (start is None) + (size is None), "slice: one tensor per dynamic bound")
+        for b in bounds:
+            _require(b.dtype == DataType.int64 and b.shape == (1,), "slice: dynamic bounds are int64 (1,)")
+        shape = list(x.shape)
+        shape[axis] = -1 if size is None else size
+        return [(x.dtype, tuple(shape))]
+
+    @staticmethod
+    def torch(x, *bounds, dim: int, start: int | None, size: int | None):
+        it = iter(bounds)
+        begin = next(it)[0] if start is None else start
+        length = next(it)[0] if size is None else size
+        if isinstance(x, list):
+            return x[begin:begin + length]
+        return x.narrow(dim, begin, length)
+
+
+@register
+class Pad:
+    name = "pad"
+
+    @staticmethod
+    def infer(x, *, dim: int, before: int, after: int, value: float) -> list[Spec]:
+        axis = _axis(dim, x.ndim)
+        shape = list(x.shape)
+        if shape[axis] != -1:
+            shape[axis] += before + after
+        return [(x.dtype, tuple(shape))]
+
+    @staticmethod
+    def torch(x, *, dim: int, before: int, after: int, value: float):
+        axis = dim % x.ndim
+        pads = [0, 0] * (x.ndim - 1 - axis) + [before, after]
+        return torch.nn.functional.pad(x, pads, value=value)
+
+
+@register
+class Shape:
+    name = "shape"
+
+    @staticmethod
+    def infer(x) -> list[Spec]:
+        return [(DataType.int64, (x.ndim,))]
+
+    @staticmethod
+    def torch(x):
+        return list(x.shape)
+
+
+@register
+class ShapeConstant:
+    """A small int64 vector for shape arithmetic, kept inline in the network."""
+
+    name = "shape_constant"
+
+    @staticmethod
+    def infer(*, values: list[int]) -> list[Spec]:
+        return [(DataType.int64, (len(values),))]
+
+    @staticmethod
+    def torch(*, values: list[int]):
+        return list(values)
+
+
+@register
+class Gather:
+    """Select entries of ``x`` along ``dim`` by ``indices`` (output: x.shape[:dim] + indices.shape + x.shape[dim+1:])."""
+
+    name = "gather"
+
+    @staticmethod
+    def infer(x, indices, *, dim: int) -> list[Spec]:
+        _require(indices.dtype in (DataType.int32, DataType.int64), "gather: indices must be int32/int64")
+        axis = _axis(dim, x.ndim)
+        return [(x.dtype, x.shape[:axis] + indices.shape + x.shape[axis + 1:])]
+
+    @staticmethod
+    def torch(x, indices, *, dim: int):
+        axis = dim % x.ndim
+        flat = torch.index_select(x, axis, indices.reshape(-1).long())
+        return flat.reshape(x.shape[:axis] + indices.shape + x.shape[axis + 1:])
+
+
+@register
+class GatherElements:
+    """``out[..., i, ...] = x[..., indices[..., i, ...], ...]`` along ``dim`` (torch.gather)."""
+
+    name = "gather_elements"
+
+    @staticmethod
+    def infer(x, indices, *, dim: int) -> list[Spec]:
+        _require(indices.dtype in (DataType.int32, DataType.int64), "gather_elements: indices must be int32/int64")
+        _require(x.ndim == indices.ndim, "gather_elements: ranks differ")
+        return [(x.dtype, indices.shape)]
+
+    @staticmethod
+    def torch(x, indices, *, dim: int):
+        return torch.gather(x, dim, indices.long())
+
+
+@register
+class Arange:
+    """0, 1, ..., n-1 for an int64 (1,) tensor n."""
+
+    name = "arange"
+    needs_device = True
+
+    @staticmethod
+    def infer(n, *, dtype: str) -> list[Spec]:
+        _require(n.dtype == DataType.int64 and n.shape == (1,), "arange: n must be int64 (1,)")
+        _require(DataType(dtype) in (DataType.int32, DataType.float32), "arange: int32 or float32 output")
+        return [(DataType(dtype), (-1,))]
+
+    @staticmethod
+    def torch(n, *, dtype: str, device: torch.device):
+        return torch.arange(n[0], dtype=DataType(dtype).torch, device=device)
+
+
+@register
+class TopK:
+    name = "topk"
+
+    @staticmethod
+    def infer(x, *, k: int, dim: int) -> list[Spec]:
+        axis = _axis(dim, x.ndim)
+        shape = list(x.shape)
+        shape[axis] = k
+        return [(x.dtype, tuple(shape)), (DataType.int32, tuple(shape))]
+
+    @staticmethod
+    def torch(x, *, k: int, dim: int):
+        values, indices = torch.topk(x, k, dim)
+        return values, indices.to(torch.int32)

@@ -1,0 +1,91 @@
+"""WeNet's attention: plain, relative-position (no rel_shift), and cross-attention over precomputed K/V."""
+
+from __future__ import annotations
+
+import math
+
+from core import functional as F
+from core.dtype import DataType
+from core.module import Module, Parameter
+from core.tensor import Tensor
+from layers.linear import Linear
+
+
+class MultiHeadedAttention(Module):
+    """Self-attention with an optional KV cache; masks are bool, True = attend, broadcast to (B, H, T1, T2)."""
+
+    def __init__(self, n_head: int, n_feat: int, dtype: DataType):
+        super().__init__()
+        self.h = n_head
+        self.d_k = n_feat // n_head
+        self.linear_q = Linear(n_feat, n_feat, dtype=dtype)
+        self.linear_k = Linear(n_feat, n_feat, dtype=dtype)
+        self.linear_v = Linear(n_feat, n_feat, dtype=dtype)
+        self.linear_out = Linear(n_feat, n_feat, dtype=dtype)
+
+    def heads(self, x: Tensor, batch: Tensor | int | None = None) -> Tensor:
+        """(B, T, H*d_k) -> (B, H, T, d_k); ``batch`` regroups rows, e.g. (B*N, L) -> (B, N*L)."""
+        batch = F.shape(x, 0) if batch is None else batch
+        return F.view(x, [batch, -1, self.h, self.d_k]).transpose(1, 2)
+
+    def merge_heads(self, x: Tensor, like: Tensor) -> Tensor:
+        """(B, H, T, d_k) -> the (batch, time) layout of ``like``, features H*d_k."""
+        x = x.transpose(1, 2)
+        return F.view(x, [F.shape(like, 0), F.shape(like, 1), self.h * self.d_k])
+
+    def attend(self, scores: Tensor, value: Tensor, mask: Tensor | None) -> Tensor:
+        """softmax in fp32 over masked scores, zeros for fully masked rows (as WeNet), then ·V."""
+        scores = F.cast(scores, DataType.float32)
+        if mask is not None:
+            scores = F.where(mask, scores, float("-inf"))
+        attn = F.softmax(scores, -1)
+        if mask is not None:
+            attn = F.where(mask, attn, 0.0)
+        return F.matmul(F.cast(attn, value.dtype), value)
+
+    def key_value(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.heads(self.linear_k(x)), self.heads(self.linear_v(x))
+
+    def forward(self, x: Tensor, mask: Tensor | None,
+                cache: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Self-attention of ``x``; with ``cache`` the new keys/values are appended to it."""
+        q = self.heads(self.linear_q(x))
+        k, v = self.key_value(x)
+        if cache is not None:
+            k, v = F.concat([cache[0], k], 2), F.concat([cache[1], v], 2)
+        scores = F.matmul(q, k, transpose_b=True) / math.sqrt(self.d_k)
+        return self.linear_out(self.merge_heads(self.attend(scores, v, mask), x)), (k, v)
+
+
+class MultiHeadedCrossAttention(MultiHeadedAttention):
+    """Attention over memory K/V computed once per utterance and shared by its N hypotheses.
+
+    Queries (B*N, L, D) are regrouped to (B, H, N*L, d_k) against K/V (B, H, T, d_k), so the
+    memory is never repeated per hypothesis.
+    """
+
+    def forward(self, x: Tensor, key: Tensor, value: Tensor, mask: Tensor) -> Tensor:
+        q = self.heads(self.linear_q(x), batch=F.shape(key, 0))
+        scores = F.matmul(q, key, transpose_b=True) / math.sqrt(self.d_k)
+        return self.linear_out(self.merge_heads(self.attend(scores, value, mask), x))
+
+
+class RelPositionMultiHeadedAttention(MultiHeadedAttention):
+    """WeNet's relative-position attention: ((q+u)·kᵀ + (q+v)·(W_pos pe)ᵀ) / sqrt(d_k), no rel_shift."""
+
+    def __init__(self, n_head: int, n_feat: int, dtype: DataType):
+        super().__init__(n_head, n_feat, dtype)
+        self.linear_pos = Linear(n_feat, n_feat, bias=False, dtype=dtype)
+        self.pos_bias_u = Parameter((n_head, n_feat // n_head), dtype)
+        self.pos_bias_v = Parameter((n_head, n_feat // n_head), dtype)
+
+    def forward(self, x: Tensor, mask: Tensor, pos_emb: Tensor) -> Tensor:
+        q = F.view(self.linear_q(x), [F.shape(x, 0), -1, self.h, self.d_k])  # (B, T, H, d_k)
+        k, v = self.key_value(x)
+        p = self.heads(self.linear_pos(pos_emb))  # (1, H, T, d_k), broadcast over B
+        q_u = (q + self.pos_bias_u.value).transpose(1, 2)
+        q_v = (q + self.pos_bias_v.value).transpose(1, 2)
+        matrix_ac = F.matmul(q_u, k, transpose_b=True)
+        matrix_bd = F.matmul(q_v, p, transpose_b=True)
+        scores = (matrix_ac + matrix_bd) / math.sqrt(self.d_k)
+        return self.linear_out(self.merge_heads(self.attend(scores, v, mask), x))

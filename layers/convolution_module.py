@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from core import functional as F
+from core.dtype import DataType
+from core.module import Module
+from core.tensor import Tensor
+from layers.conv import Conv1d
+from layers.normalization import LayerNorm
+
+
+class ConvolutionModule(Module):
+    """The conformer convolution module: pointwise conv + GLU, depthwise conv, norm, activation, pointwise conv.
+
+    BatchNorm is folded into ``depthwise_conv`` when weights are loaded, so only the LayerNorm
+    variant has a norm here. Causal: the (k-1) left frames are padded *before* pointwise_conv1, so
+    they read GLU(bias) as in WeNet. Non-causal: padded frames are zeroed after the GLU so that
+    they cannot leak into the last frames of shorter utterances (WeNet's batched leak), which
+    gives every utterance its batch-1 result.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, activation: Callable[[Tensor], Tensor], norm: str,
+                 causal: bool, norm_eps: float, dtype: DataType):
+        super().__init__()
+        if not causal and kernel_size % 2 != 1:
+            raise ValueError(f"a non-causal conv module needs an odd kernel, got {kernel_size}")
+        self.activation = activation
+        self.lorder = kernel_size - 1 if causal else 0
+        self.pointwise_conv1 = Conv1d(channels, 2 * channels, 1, dtype=dtype)
+        padding = 0 if causal else (kernel_size - 1) // 2
+        self.depthwise_conv = Conv1d(channels, channels, kernel_size, padding=padding, groups=channels, dtype=dtype)
+        self.norm = LayerNorm(channels, norm_eps) if norm == "layer_norm" else None
+        self.pointwise_conv2 = Conv1d(channels, channels, 1, dtype=dtype)
+
+    def forward(self, x: Tensor, valid: Tensor) -> Tensor:
+        """x (B, T, D), valid (B, T) bool."""
+        mask = F.unsqueeze(valid, 1)  # (B, 1, T)
+        x = F.where(mask, x.transpose(1, 2), 0.0)
+        if self.lorder:
+            x = F.pad(x, 2, self.lorder, 0)
+        x = F.glu(self.pointwise_conv1(x), 1)
+        if not self.lorder:
+            x = F.where(mask, x, 0.0)
+        x = self.depthwise_conv(x)
+        if self.norm is not None:
+            x = self.norm(x.transpose(1, 2)).transpose(1, 2)
+        x = self.pointwise_conv2(self.activation(x))
+        return F.where(mask, x, 0.0).transpose(1, 2)

@@ -1,0 +1,1 @@
+"""WeNet (conformer encoder + CTC, (bi)transformer attention decoder) written with our layers."""

@@ -1,0 +1,81 @@
+"""The attention decoders (WeNet's TransformerDecoder / BiTransformerDecoder / DecoderLayer)."""
+
+from __future__ import annotations
+
+from core import functional as F
+from core.dtype import DataType
+from core.module import Module, ModuleList
+from core.tensor import Tensor
+from layers.attention import MultiHeadedAttention, MultiHeadedCrossAttention
+from layers.embedding import Embedding, PositionalEncoding
+from layers.feed_forward import PositionwiseFeedForward
+from layers.linear import Linear
+from layers.normalization import LayerNorm
+from models.wenet.config import DecoderConfig
+
+KV = tuple[Tensor, Tensor]
+
+
+class DecoderLayer(Module):
+    def __init__(self, d: int, config: DecoderConfig, dtype: DataType):
+        super().__init__()
+        self.self_attn = MultiHeadedAttention(config.attention_heads, d, dtype)
+        self.src_attn = MultiHeadedCrossAttention(config.attention_heads, d, dtype)
+        activation = F.relu if config.activation_type == "relu" else F.silu
+        self.feed_forward = PositionwiseFeedForward(d, config.linear_units, activation, dtype)
+        self.norm1 = LayerNorm(d, config.norm_eps)
+        self.norm2 = LayerNorm(d, config.norm_eps)
+        self.norm3 = LayerNorm(d, config.norm_eps)
+
+    def forward(self, x: Tensor, self_mask: Tensor | None, memory: KV, memory_mask: Tensor,
+                cache: KV | None = None) -> tuple[Tensor, KV]:
+        a, new_cache = self.self_attn(self.norm1(x), self_mask, cache)
+        x = x + a
+        x = x + self.src_attn(self.norm2(x), memory[0], memory[1], memory_mask)
+        x = x + self.feed_forward(self.norm3(x))
+        return x, new_cache
+
+
+class TransformerDecoder(Module):
+    """``embed.0`` token embedding, ``embed.1`` absolute positions; returns logits like WeNet."""
+
+    def __init__(self, vocab_size: int, d: int, config: DecoderConfig, num_blocks: int, max_len: int,
+                 dtype: DataType):
+        super().__init__()
+        self.embed = ModuleList([Embedding(vocab_size, d, dtype), PositionalEncoding(d, max_len, dtype=dtype)])
+        self.decoders = ModuleList([DecoderLayer(d, config, dtype) for _ in range(num_blocks)])
+        self.after_norm = LayerNorm(d, config.norm_eps)
+        self.output_layer = Linear(d, vocab_size, dtype=dtype)
+
+    def memory_kv(self, memory: Tensor) -> list[KV]:
+        """Per layer, the cross-attention K/V of the encoder output (B, H, T, d_k)."""
+        return [layer.src_attn.key_value(memory) for layer in self.decoders]
+
+    def forward(self, tokens: Tensor, valid: Tensor, memory: list[KV], memory_mask: Tensor) -> Tensor:
+        """tokens (B*N, L) int32, valid (B*N, L) bool -> logits (B*N, L, V)."""
+        x, _ = self.embed[1](self.embed[0](tokens))
+        positions = F.arange(F.shape(tokens, 1))
+        causal = F.unsqueeze(positions, 0) < F.unsqueeze(positions + 1, 1)  # (L, L): key j <= query i
+        self_mask = F.unsqueeze(F.unsqueeze(valid, 1) & causal, 1)  # (B*N, 1, L, L)
+        for layer, kv in zip(self.decoders, memory):
+            x, _ = layer(x, self_mask, kv, memory_mask)
+        return self.output_layer(self.after_norm(x))
+
+    def step(self, tokens: Tensor, cache: list[KV], memory: list[KV],
+             memory_mask: Tensor) -> tuple[Tensor, list[KV]]:
+        """One token per hypothesis (B*N, 1) after ``S`` cached ones -> logits (B*N, V), caches with S+1."""
+        offset = F.shape(cache[0][0], 2)
+        x, _ = self.embed[1](self.embed[0](tokens), offset)
+        new_cache = []
+        for layer, kv, layer_cache in zip(self.decoders, memory, cache):
+            x, c = layer(x, None, kv, memory_mask, layer_cache)
+            new_cache.append(c)
+        logits = self.output_layer(self.after_norm(x))
+        return F.squeeze(logits, 1), new_cache
+
+
+class BiTransformerDecoder(Module):
+    def __init__(self, vocab_size: int, d: int, config: DecoderConfig, max_len: int, dtype: DataType):
+        super().__init__()
+        self.left_decoder = TransformerDecoder(vocab_size, d, config, config.num_blocks, max_len, dtype)
+        self.right_decoder = TransformerDecoder(vocab_size, d, config, config.r_num_blocks, max_len, dtype)

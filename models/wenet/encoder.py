@@ -1,0 +1,90 @@
+"""The conformer encoder (WeNet's ConformerEncoder / ConformerEncoderLayer / GlobalCMVN)."""
+
+from __future__ import annotations
+
+from core import functional as F
+from core.dtype import DataType
+from core.module import Module, ModuleList, Parameter
+from core.tensor import Tensor
+from layers.attention import MultiHeadedAttention, RelPositionMultiHeadedAttention
+from layers.convolution_module import ConvolutionModule
+from layers.embedding import PositionalEncoding
+from layers.feed_forward import PositionwiseFeedForward
+from layers.normalization import LayerNorm
+from layers.subsampling import Conv2dSubsampling
+from models.wenet.config import EncoderConfig
+
+ACTIVATIONS = {"swish": F.silu, "relu": F.relu}
+
+
+class GlobalCMVN(Module):
+    """``(x - mean) * istd`` in fp32; the values come from the checkpoint's buffers."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.mean = Parameter((dim,), DataType.float32)
+        self.istd = Parameter((dim,), DataType.float32)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean.value) * self.istd.value
+
+
+class ConformerEncoderLayer(Module):
+    def __init__(self, config: EncoderConfig, dtype: DataType):
+        super().__init__()
+        d, eps = config.output_size, config.norm_eps
+        activation = ACTIVATIONS[config.activation_type]
+        attention = RelPositionMultiHeadedAttention if config.selfattention_layer_type == "rel_selfattn" \
+            else MultiHeadedAttention
+        self.self_attn = attention(config.attention_heads, d, dtype)
+        self.feed_forward = PositionwiseFeedForward(d, config.linear_units, activation, dtype)
+        self.feed_forward_macaron = PositionwiseFeedForward(d, config.linear_units, activation, dtype) \
+            if config.macaron_style else None
+        self.conv_module = ConvolutionModule(d, config.cnn_module_kernel, activation, config.cnn_module_norm,
+                                             config.causal, config.conv_norm_eps, dtype) \
+            if config.use_cnn_module else None
+        self.norm_ff = LayerNorm(d, eps)
+        self.norm_mha = LayerNorm(d, eps)
+        if config.macaron_style:
+            self.norm_ff_macaron = LayerNorm(d, eps)
+        if config.use_cnn_module:
+            self.norm_conv = LayerNorm(d, eps)
+            self.norm_final = LayerNorm(d, eps)
+        self.ff_scale = 0.5 if config.macaron_style else 1.0
+
+    def forward(self, x: Tensor, att_mask: Tensor, pos_emb: Tensor, valid: Tensor) -> Tensor:
+        if self.feed_forward_macaron is not None:
+            x = x + self.ff_scale * self.feed_forward_macaron(self.norm_ff_macaron(x))
+        if isinstance(self.self_attn, RelPositionMultiHeadedAttention):
+            x = x + self.self_attn(self.norm_mha(x), att_mask, pos_emb)
+        else:
+            x = x + self.self_attn(self.norm_mha(x), att_mask)[0]
+        if self.conv_module is not None:
+            x = x + self.conv_module(self.norm_conv(x), valid)
+        x = x + self.ff_scale * self.feed_forward(self.norm_ff(x))
+        return self.norm_final(x) if self.conv_module is not None else x
+
+
+class ConformerEncoder(Module):
+    def __init__(self, config: EncoderConfig, input_dim: int, max_frames: int, dtype: DataType):
+        super().__init__()
+        self.dtype = dtype
+        self.config = config
+        d = config.output_size
+        pos_enc = PositionalEncoding(d, max_frames, add=config.pos_enc_layer_type != "rel_pos", dtype=dtype)
+        self.global_cmvn = GlobalCMVN(input_dim)
+        self.embed = Conv2dSubsampling(config.input_layer, input_dim, d, pos_enc, dtype)
+        self.encoders = ModuleList([ConformerEncoderLayer(config, dtype) for _ in range(config.num_blocks)])
+        self.after_norm = LayerNorm(d, config.norm_eps) if config.final_norm else None
+
+    def forward(self, speech: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """speech (B, T, idim) fp32 fbank, lengths (B,) int32 -> (B, T', D), (B,) int32."""
+        x = F.cast(self.global_cmvn(speech), self.dtype)
+        x, lengths, pos_emb = self.embed(x, lengths)
+        valid = F.make_valid_mask(lengths, F.shape(x, 1))  # (B, T')
+        att_mask = F.unsqueeze(F.unsqueeze(valid, 1), 1)  # (B, 1, 1, T'): key padding
+        for layer in self.encoders:
+            x = layer(x, att_mask, pos_emb, valid)
+        if self.after_norm is not None:
+            x = self.after_norm(x)
+        return x, lengths

@@ -1,0 +1,50 @@
+"""The whole WeNet model (encoder, decoder, CTC) as our modules, named as WeNet's checkpoint keys."""
+
+from __future__ import annotations
+
+from core import functional as F
+from core.dtype import DataType
+from core.module import Module
+from core.tensor import Tensor
+from layers.linear import Linear
+from layers.subsampling import subsampled_length
+from models.wenet.config import ModelConfig
+from models.wenet.decoder import BiTransformerDecoder, TransformerDecoder
+from models.wenet.encoder import ConformerEncoder
+
+
+class CTC(Module):
+    def __init__(self, vocab_size: int, d: int, dtype: DataType):
+        super().__init__()
+        self.ctc_lo = Linear(d, vocab_size, dtype=dtype)
+
+    def log_softmax(self, x: Tensor) -> Tensor:
+        """fp32 log-probs (B, T, V)."""
+        return F.log_softmax(F.cast(self.ctc_lo(x), DataType.float32), -1)
+
+
+class WeNetModel(Module):
+    """``max_frames`` (input fbank frames) sizes the position tables the networks can address."""
+
+    def __init__(self, config: ModelConfig, dtype: DataType = DataType.float32, max_frames: int = 20000):
+        super().__init__()
+        self.config = config
+        self.dtype = dtype
+        d = config.d_model
+        self.max_encoder_frames = max(subsampled_length(max_frames, config.encoder.input_layer), 1)
+        self.encoder = ConformerEncoder(config.encoder, config.input_dim, self.max_encoder_frames, dtype)
+        # A hypothesis has at most one token per encoder frame, plus sos/eos.
+        max_tokens = self.max_encoder_frames + 2
+        if config.decoder.kind == "bitransformer":
+            self.decoder = BiTransformerDecoder(config.vocab_size, d, config.decoder, max_tokens, dtype)
+        else:
+            self.decoder = TransformerDecoder(config.vocab_size, d, config.decoder, config.decoder.num_blocks,
+                                              max_tokens, dtype)
+        self.ctc = CTC(config.vocab_size, d, dtype)
+        self.assign_names()
+
+    def decoders(self) -> dict[str, TransformerDecoder]:
+        """The attention decoders by direction: {"left": ...} or {"left": ..., "right": ...}."""
+        if isinstance(self.decoder, BiTransformerDecoder):
+            return {"left": self.decoder.left_decoder, "right": self.decoder.right_decoder}
+        return {"left": self.decoder}

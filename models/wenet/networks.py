@@ -1,0 +1,175 @@
+"""The engine networks of a WeNet model and their shape profiles.
+
+encoder       speech (B,T,80) fp32, speech_lengths (B,) -> encoder_out (B,T',D), encoder_out_lens, ctc_log_probs
+cross_kv      encoder_out -> per decoder layer K and V (B,H,T',d_k)
+decoder       hyps (B,N,L) [sos] hyp [eos], lens, [reversed hyps], CTC scores, weights, K/V
+              -> scores (B,N), left_scores, right_scores (attention rescoring)
+decoder_step  last tokens (B*N,1), self-attn caches (B*N,H,S,d_k), K/V -> log_probs (B*N,V), caches (S+1)
+
+The cross K/V are computed once per utterance and broadcast over its N hypotheses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from core import functional as F
+from core.dtype import DataType
+from core.network import Dim, Network, net_guard
+from core.tensor import Tensor
+from layers.subsampling import subsampled_length
+from models.wenet.decoder import TransformerDecoder
+from models.wenet.model import WeNetModel
+
+FRAME_SHIFT_SAMPLES = 160
+FRAME_LENGTH_SAMPLES = 400
+
+
+def seconds_to_frames(seconds: float, sample_rate: int = 16000) -> int:
+    samples = int(round(seconds * sample_rate))
+    return max(0, 1 + (samples - FRAME_LENGTH_SAMPLES) // FRAME_SHIFT_SAMPLES)
+
+
+@dataclass
+class Profiles:
+    """The shape ranges the engines are built for (TensorRT optimization profiles)."""
+
+    max_batch_size: int = 16
+    opt_batch_size: int = 8
+    max_seconds: float = 40.0
+    opt_seconds: float = 10.0
+    beam_size: int = 10  # the most hypotheses per utterance (prefix beam n-best, attention beams)
+
+    def frames(self, input_layer: str) -> Dim:
+        min_frames = 1
+        while subsampled_length(min_frames, input_layer) < 1:
+            min_frames += 1
+        return Dim("frames", min_frames, seconds_to_frames(self.opt_seconds), seconds_to_frames(self.max_seconds))
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _encoder_frames(model: WeNetModel, profiles: Profiles) -> Dim:
+    frames = profiles.frames(model.config.encoder.input_layer)
+    layer = model.config.encoder.input_layer
+    return Dim("encoder_frames", 1, subsampled_length(frames.opt, layer), subsampled_length(frames.max, layer))
+
+
+def _batch(profiles: Profiles) -> Dim:
+    return Dim("batch", 1, min(profiles.opt_batch_size, profiles.max_batch_size), profiles.max_batch_size)
+
+
+def _memory_mask(lengths: Tensor, frames: Tensor) -> Tensor:
+    """(B, 1, 1, T') key-padding mask of the encoder output."""
+    return F.unsqueeze(F.unsqueeze(F.make_valid_mask(lengths, frames), 1), 1)
+
+
+def cross_kv_names(decoder: TransformerDecoder) -> list[tuple[str, str]]:
+    return [(f"{layer.src_attn._name}.key", f"{layer.src_attn._name}.value") for layer in decoder.decoders]
+
+
+def _add_cross_kv_inputs(net: Network, model: WeNetModel, decoder: TransformerDecoder, batch: Dim,
+                         frames: Dim) -> list[tuple[Tensor, Tensor]]:
+    heads = model.config.decoder.attention_heads
+    dims = [batch, heads, frames, model.config.d_model // heads]
+    return [(net.add_input(k, model.dtype, dims), net.add_input(v, model.dtype, dims))
+            for k, v in cross_kv_names(decoder)]
+
+
+def encoder_network(model: WeNetModel, profiles: Profiles) -> Network:
+    net = Network("encoder")
+    with net_guard(net):
+        batch = _batch(profiles)
+        speech = net.add_input("speech", DataType.float32,
+                               [batch, profiles.frames(model.config.encoder.input_layer), model.config.input_dim])
+        lengths = net.add_input("speech_lengths", DataType.int32, [batch])
+        encoder_out, encoder_lens = model.encoder(speech, lengths)
+        net.mark_output(encoder_out, "encoder_out")
+        net.mark_output(encoder_lens, "encoder_out_lens")
+        net.mark_output(model.ctc.log_softmax(encoder_out), "ctc_log_probs")
+    return net
+
+
+def cross_kv_network(model: WeNetModel, profiles: Profiles) -> Network:
+    net = Network("cross_kv")
+    with net_guard(net):
+        memory = net.add_input("encoder_out", model.dtype,
+                               [_batch(profiles), _encoder_frames(model, profiles), model.config.d_model])
+        for decoder in model.decoders().values():
+            for (k_name, v_name), (k, v) in zip(cross_kv_names(decoder), decoder.memory_kv(memory)):
+                net.mark_output(k, k_name)
+                net.mark_output(v, v_name)
+    return net
+
+
+def decoder_network(model: WeNetModel, profiles: Profiles) -> Network:
+    """Attention rescoring: the scores of N hypotheses per utterance, both directions, in one call."""
+    net = Network("decoder")
+    with net_guard(net):
+        batch, frames = _batch(profiles), _encoder_frames(model, profiles)
+        hyps_dim = Dim("hyps", 1, profiles.beam_size, profiles.beam_size)
+        tokens_dim = Dim("hyp_tokens", 2, min(32, frames.max + 2), frames.max + 2)
+        hyps = net.add_input("hyps_pad_sos_eos", DataType.int32, [batch, hyps_dim, tokens_dim])
+        hyps_lens = net.add_input("hyps_lens_sos", DataType.int32, [batch, hyps_dim])
+        ctc_scores = net.add_input("ctc_scores", DataType.float32, [batch, hyps_dim])
+        ctc_weight = net.add_input("ctc_weight", DataType.float32, [1])
+        encoder_lens = net.add_input("encoder_out_lens", DataType.int32, [batch])
+        decoders = model.decoders()
+        r_hyps = net.add_input("r_hyps_pad_sos_eos", DataType.int32, [batch, hyps_dim, tokens_dim]) \
+            if "right" in decoders else None
+
+        lens = F.view(hyps_lens, [-1])  # (B*N,) = len(hyp) + 1
+
+        def direction_scores(decoder: TransformerDecoder, padded: Tensor) -> Tensor:
+            memory = _add_cross_kv_inputs(net, model, decoder, batch, frames)
+            memory_mask = _memory_mask(encoder_lens, F.shape(memory[0][0], 2))
+            flat = F.view(padded, [-1, F.shape(padded, 2)])  # (B*N, L+1): [sos] hyp [eos] pad
+            steps = F.shape(flat, 1) - 1
+            inputs, targets = F.slice(flat, 1, 0, steps), F.slice(flat, 1, 1, steps)
+            valid = F.make_valid_mask(lens, steps)
+            logp = F.log_softmax(F.cast(decoder(inputs, valid, memory, memory_mask), DataType.float32), -1)
+            token_logp = F.squeeze(F.gather_elements(logp, F.unsqueeze(targets, 2), 2), 2)
+            per_hyp = F.sum(F.where(valid, token_logp, 0.0), [1])
+            return F.view(per_hyp, [F.shape(hyps, 0), F.shape(hyps, 1)])
+
+        left = direction_scores(decoders["left"], hyps)
+        net.mark_output(left, "left_scores")
+        scores = left
+        if r_hyps is not None:
+            reverse_weight = net.add_input("reverse_weight", DataType.float32, [1])
+            right = direction_scores(decoders["right"], r_hyps)
+            net.mark_output(right, "right_scores")
+            scores = left * (1.0 - reverse_weight) + right * reverse_weight
+        net.mark_output(scores + ctc_scores * ctc_weight, "scores")
+    return net
+
+
+def decoder_step_network(model: WeNetModel, profiles: Profiles) -> Network:
+    """One step of attention beam search over the left decoder with a self-attention KV cache."""
+    net = Network("decoder_step")
+    with net_guard(net):
+        batch, frames = _batch(profiles), _encoder_frames(model, profiles)
+        beams = Dim("beams", 1, batch.opt * profiles.beam_size, batch.max * profiles.beam_size)
+        cache_len = Dim("cache_len", 0, min(16, frames.max), frames.max + 1)
+        decoder = model.decoders()["left"]
+        heads = model.config.decoder.attention_heads
+        tokens = net.add_input("tokens", DataType.int32, [beams, 1])
+        encoder_lens = net.add_input("encoder_out_lens", DataType.int32, [batch])
+        memory = _add_cross_kv_inputs(net, model, decoder, batch, frames)
+        cache_dims = [beams, heads, cache_len, model.config.d_model // heads]
+        cache = [(net.add_input(f"cache.{i}.key", model.dtype, cache_dims),
+                  net.add_input(f"cache.{i}.value", model.dtype, cache_dims)) for i in range(len(decoder.decoders))]
+        memory_mask = _memory_mask(encoder_lens, F.shape(memory[0][0], 2))
+        logits, new_cache = decoder.step(tokens, cache, memory, memory_mask)
+        net.mark_output(F.log_softmax(F.cast(logits, DataType.float32), -1), "log_probs")
+        for i, (k, v) in enumerate(new_cache):
+            net.mark_output(k, f"new_cache.{i}.key")
+            net.mark_output(v, f"new_cache.{i}.value")
+    return net
+
+
+def build_networks(model: WeNetModel, profiles: Profiles) -> list[Network]:
+    return [encoder_network(model, profiles), cross_kv_network(model, profiles),
+            decoder_network(model, profiles), decoder_step_network(model, profiles)]
+

@@ -1,0 +1,1 @@
+"""Running built engines: audio front end, Sessions, WeNet runners and decoding."""

@@ -1,0 +1,35 @@
+"""Audio loading: any format libsndfile reads (wav, flac, ogg, ...), down-mixed to mono, resampled to 16 kHz."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import soundfile
+
+SAMPLE_RATE = 16000
+
+
+class AudioError(ValueError):
+    """An audio file that cannot be transcribed; the message names the file and the problem."""
+
+
+def load_audio(path: str, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Mono float32 samples on the int16 scale (what Kaldi fbank expects), at ``sample_rate``."""
+    try:
+        data, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    except soundfile.LibsndfileError as e:
+        raise AudioError(f"{path}: cannot decode audio ({e.error_string if hasattr(e, 'error_string') else e})") from e
+    except (OSError, RuntimeError, TypeError) as e:
+        raise AudioError(f"{path}: cannot read audio ({e})") from e
+    if data.size == 0:
+        raise AudioError(f"{path}: empty audio (0 samples)")
+    if not np.isfinite(data).all():
+        raise AudioError(f"{path}: audio contains NaN or infinite samples")
+    samples = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if rate != sample_rate:
+        from scipy.signal import resample_poly
+
+        g = math.gcd(rate, sample_rate)
+        samples = resample_poly(samples, sample_rate // g, rate // g).astype(np.float32)
+    return samples * np.float32(1 << 15)

@@ -1,0 +1,124 @@
+"""``WeNetDecoding``: attention rescoring and attention beam search over the decoder networks.
+
+The cross-attention K/V are computed once per utterance (``cross_kv`` network) and shared by all
+of its hypotheses; all hypotheses of all utterances of a batch are rescored in one call.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from runtime.encoding import EncoderOutput
+from runtime.search import DecodeResult
+from runtime.session import EngineDir
+
+
+class WeNetDecoding:
+    def __init__(self, engine: EngineDir):
+        self.engine = engine
+        self.model = engine.model
+        sessions = engine.sessions
+        self.cross_kv_session = sessions["cross_kv"]
+        self.decoder = sessions["decoder"]
+        self.step = sessions["decoder_step"]
+        self.beam_limit = self.decoder.profile("hyps").max
+        self.bidirectional = "r_hyps_pad_sos_eos" in self.decoder.inputs
+
+    def cross_kv(self, enc: EncoderOutput) -> dict[str, torch.Tensor]:
+        return self.cross_kv_session.run({"encoder_out": enc.encoder_out})
+
+    def _check_beam(self, beam_size: int) -> None:
+        if not 1 <= beam_size <= self.beam_limit:
+            raise ValueError(f"beam size {beam_size} is outside the built engines' [1, {self.beam_limit}]; "
+                             "rebuild with a larger --beam_size")
+
+    def rescore(self, prefix: list[DecodeResult], enc: EncoderOutput, kv: dict[str, torch.Tensor],
+                ctc_weight: float, reverse_weight: float) -> list[DecodeResult]:
+        """WeNet's attention_rescoring: best of each utterance's CTC n-best under
+        (1 - rw) * left + rw * right + ctc_weight * ctc (scores include the final eos)."""
+        sos, eos = self.model.sos, self.model.eos
+        batch, n = len(prefix), max(len(p.nbest) for p in prefix)
+        self._check_beam(n)
+        max_len = max(len(h) for p in prefix for h in p.nbest) + 2
+        hyps = torch.full((batch, n, max_len), eos, dtype=torch.int32)
+        r_hyps = hyps.clone()
+        lens = torch.ones(batch, n, dtype=torch.int32)
+        ctc = torch.zeros(batch, n)
+        real = torch.zeros(batch, n, dtype=torch.bool)
+        for b, p in enumerate(prefix):
+            for i, (h, score) in enumerate(zip(p.nbest, p.nbest_scores)):
+                tokens = torch.tensor(h, dtype=torch.int32)
+                hyps[b, i, 0] = r_hyps[b, i, 0] = sos
+                hyps[b, i, 1:len(h) + 1] = tokens
+                r_hyps[b, i, 1:len(h) + 1] = tokens.flip(0)
+                lens[b, i] = len(h) + 1
+                ctc[b, i] = score
+                real[b, i] = True
+        hyps[:, :, 0] = sos  # padding hypotheses are empty: [sos, eos]
+        r_hyps[:, :, 0] = sos
+        device = self.engine.device
+        inputs = {"hyps_pad_sos_eos": hyps, "hyps_lens_sos": lens, "ctc_scores": ctc,
+                  "ctc_weight": torch.tensor([ctc_weight]), "encoder_out_lens": enc.encoder_lens}
+        if self.bidirectional:
+            inputs.update({"r_hyps_pad_sos_eos": r_hyps, "reverse_weight": torch.tensor([reverse_weight])})
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        inputs.update({k: v for k, v in kv.items() if k in self.decoder.inputs})
+        scores = self.decoder.run(inputs)["scores"].float().cpu().masked_fill(~real, -float("inf"))
+        results = []
+        for b, p in enumerate(prefix):
+            order = scores[b].argsort(descending=True, stable=True)[:len(p.nbest)].tolist()
+            best = int(scores[b].argmax())  # first maximum, as WeNet's strict '>'
+            results.append(DecodeResult(p.nbest[best], float(scores[b, best]), [p.nbest[i] for i in order],
+                                        [float(scores[b, i]) for i in order]))
+        return results
+
+    def attention_beam_search(self, enc: EncoderOutput, kv: dict[str, torch.Tensor],
+                              beam_size: int) -> list[DecodeResult]:
+        """WeNet's attention beam search, batched; each utterance stops at its own length or when
+        all its beams have ended, so its result does not depend on the rest of the batch."""
+        self._check_beam(beam_size)
+        sos, eos, device = self.model.sos, self.model.eos, self.engine.device
+        batch, n = enc.encoder_lens.shape[0], beam_size
+        running = batch * n
+        max_steps = enc.encoder_lens.cpu().long()
+        layers = sum(1 for k in self.step.inputs if k.startswith("cache.") and k.endswith(".key"))
+        cache_shape = self.step.inputs["cache.0.key"].dims
+        heads, d_k = cache_shape[1], cache_shape[3]
+        empty = torch.zeros(running, heads, 0, d_k, dtype=enc.encoder_out.dtype, device=device)
+        cache = {f"cache.{i}.{kind}": empty for i in range(layers) for kind in ("key", "value")}
+        memory = {k: v for k, v in kv.items() if k in self.step.inputs}
+        hyps = torch.full((running, 1), sos, dtype=torch.long)
+        scores = torch.tensor([0.0] + [-float("inf")] * (n - 1)).repeat(batch)  # (B*N,)
+        ended = torch.zeros(running, dtype=torch.bool)
+        base = torch.arange(batch).repeat_interleave(n) * n  # first beam of each row's utterance
+        for step in range(1, int(max_steps.max()) + 1):
+            active = (step <= max_steps) & ~ended.view(batch, n).all(1)
+            if not active.any():
+                break
+            out = self.step.run({"tokens": hyps[:, -1:].to(torch.int32).to(device),
+                                 "encoder_out_lens": enc.encoder_lens, **memory, **cache})
+            top_logp, top_ids = out["log_probs"].cpu().topk(n)  # (B*N, N)
+            # an ended beam continues only with eos at no cost
+            top_logp[ended] = torch.tensor([0.0] + [-float("inf")] * (n - 1))
+            top_ids[ended] = eos
+            candidates, offset = (scores.unsqueeze(1) + top_logp).view(batch, n * n).topk(n)
+            source = base + (offset // n).view(-1)  # beam each new beam extends
+            token = top_ids.view(-1).index_select(0, base * n + offset.view(-1))
+            keep = ~active.repeat_interleave(n)  # finished utterances stay as they are
+            source[keep] = torch.arange(running)[keep]
+            token[keep] = eos
+            scores = torch.where(keep, scores, candidates.view(-1))
+            hyps = torch.cat([hyps.index_select(0, source), token.view(-1, 1)], 1)
+            ended = hyps[:, -1] == eos
+            index = source.to(device)
+            cache = {name.replace("new_cache", "cache"): value.index_select(0, index)
+                     for name, value in out.items() if name.startswith("new_cache.")}
+        results = []
+        for b in range(batch):
+            utterance = scores[b * n:(b + 1) * n]
+            order = utterance.argsort(descending=True, stable=True).tolist()
+            tokens = [[t for t in hyps[b * n + k, 1:].tolist() if t != eos] for k in range(n)]
+            best = int(utterance.argmax())
+            results.append(DecodeResult(tokens[best], float(utterance[best]), [tokens[k] for k in order],
+                                        [float(utterance[k]) for k in order]))
+        return results

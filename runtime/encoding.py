@@ -1,0 +1,34 @@
+"""``WeNetEncoding``: padded fbank batches through the encoder network (encoder output + CTC log-probs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from runtime.session import EngineDir
+
+
+@dataclass
+class EncoderOutput:
+    encoder_out: torch.Tensor  # (B, T', D), engine dtype
+    encoder_lens: torch.Tensor  # (B,) int32
+    ctc_log_probs: torch.Tensor  # (B, T', V) fp32
+
+
+class WeNetEncoding:
+    def __init__(self, engine: EngineDir):
+        self.engine = engine
+        self.session = engine.sessions["encoder"]
+        self.frames = self.session.profile("frames")
+        self.max_batch_size = self.session.profile("batch").max
+
+    def encode(self, feats: list[torch.Tensor]) -> EncoderOutput:
+        """``feats``: (T_i, 80) fp32 fbank per utterance; padded with zeros like WeNet."""
+        lengths = torch.tensor([f.shape[0] for f in feats], dtype=torch.int32)
+        speech = torch.zeros(len(feats), int(lengths.max()), feats[0].shape[1])
+        for i, f in enumerate(feats):
+            speech[i, :f.shape[0]] = f
+        device = self.engine.device
+        out = self.session.run({"speech": speech.to(device), "speech_lengths": lengths.to(device)})
+        return EncoderOutput(out["encoder_out"], out["encoder_out_lens"], out["ctc_log_probs"])

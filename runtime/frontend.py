@@ -1,0 +1,63 @@
+"""Kaldi fbank exactly as WeNet computes it (torchaudio.compliance.kaldi.fbank, dither 0).
+
+Povey window, 25 ms frames every 10 ms with snip_edges, DC removal, pre-emphasis 0.97, 512-point
+power spectrum, 80 HTK mel bins from 20 Hz to Nyquist, log floored at FLT_EPSILON.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import torch
+
+FLT_EPSILON = 1.1920928955078125e-07
+
+
+@functools.lru_cache(maxsize=8)
+def mel_banks(num_bins: int, padded_window: int, sample_rate: int, low_freq: float = 20.0) -> torch.Tensor:
+    """(num_bins, padded_window // 2 + 1) triangular HTK-mel filters; the Nyquist column is 0."""
+
+    def mel(f):
+        return 1127.0 * torch.log(1.0 + f / 700.0)
+
+    num_fft_bins = padded_window // 2
+    nyquist = 0.5 * sample_rate
+    mel_low, mel_high = mel(torch.tensor(low_freq)), mel(torch.tensor(nyquist))
+    delta = (mel_high - mel_low) / (num_bins + 1)
+    b = torch.arange(num_bins, dtype=torch.float32).unsqueeze(1)
+    left, center, right = mel_low + b * delta, mel_low + (b + 1.0) * delta, mel_low + (b + 2.0) * delta
+    freqs = mel(sample_rate / padded_window * torch.arange(num_fft_bins, dtype=torch.float32)).unsqueeze(0)
+    up = (freqs - left) / (center - left)
+    down = (right - freqs) / (right - center)
+    banks = torch.clamp(torch.minimum(up, down), min=0.0)
+    return torch.nn.functional.pad(banks, (0, 1))
+
+
+@functools.lru_cache(maxsize=8)
+def povey_window(length: int) -> torch.Tensor:
+    return torch.hann_window(length, periodic=False, dtype=torch.float32).pow(0.85)
+
+
+def num_frames(num_samples: int, frame_length: int = 400, frame_shift: int = 160) -> int:
+    return 0 if num_samples < frame_length else 1 + (num_samples - frame_length) // frame_shift
+
+
+def fbank(samples: np.ndarray | torch.Tensor, num_mel_bins: int = 80, frame_length_ms: int = 25,
+          frame_shift_ms: int = 10, sample_rate: int = 16000) -> torch.Tensor:
+    """(T, num_mel_bins) float32 log-mel energies of int16-scale mono samples."""
+    wave = torch.as_tensor(samples, dtype=torch.float32)
+    length = int(sample_rate * frame_length_ms / 1000)
+    shift = int(sample_rate * frame_shift_ms / 1000)
+    n = num_frames(wave.numel(), length, shift)
+    if n == 0:
+        return torch.zeros(0, num_mel_bins)
+    frames = wave.as_strided((n, length), (shift, 1))
+    frames = frames - frames.mean(dim=1, keepdim=True)
+    previous = torch.cat([frames[:, :1], frames[:, :-1]], dim=1)  # replicate-padded shift for x[0]
+    frames = (frames - 0.97 * previous) * povey_window(length)
+    padded = 1 << math.ceil(math.log2(length))
+    spectrum = torch.fft.rfft(frames, n=padded).abs().pow(2.0)
+    energies = spectrum @ mel_banks(num_mel_bins, padded, sample_rate).T
+    return torch.clamp(energies, min=FLT_EPSILON).log()

@@ -1,0 +1,82 @@
+"""CTC searches over the encoder's log-probs, with WeNet's semantics (blank 0, beam, tie order)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+NEG_INF = -float("inf")
+
+
+@dataclass
+class DecodeResult:
+    """As WeNet's: best tokens and score, and the n-best with their scores."""
+
+    tokens: list[int]
+    score: float = 0.0
+    nbest: list[list[int]] = field(default_factory=list)
+    nbest_scores: list[float] = field(default_factory=list)
+
+
+def ctc_greedy_search(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int = 0) -> list[DecodeResult]:
+    """Best label per frame, runs collapsed, blanks dropped; score = the best path's log-prob."""
+    best_logp, best = log_probs.max(-1)
+    results = []
+    for b, length in enumerate(lengths.tolist()):
+        path = best[b, :length]
+        keep = torch.ones_like(path, dtype=torch.bool)
+        keep[1:] = path[1:] != path[:-1]
+        tokens = path[keep & (path != blank)].tolist()
+        score = float(best_logp[b, :length].sum())
+        results.append(DecodeResult(tokens, score, [tokens], [score]))
+    return results
+
+
+def _log_add(a: float, b: float) -> float:
+    if a == NEG_INF and b == NEG_INF:
+        return NEG_INF
+    m = max(a, b)
+    return m + math.log(math.exp(a - m) + math.exp(b - m))
+
+
+def prefix_beam_search(top_logp: list[list[float]], top_ids: list[list[int]], beam_size: int,
+                       blank: int) -> DecodeResult:
+    """One utterance, given each frame's top-``beam_size`` (log-prob, label) pairs.
+
+    A prefix carries two log-scores: paths ending in blank (s) and in its last label (ns).
+    Candidates are visited in top-k order and prefixes in beam order, so ties keep WeNet's
+    insertion order under the stable sort.
+    """
+    beam: list[tuple[tuple[int, ...], float, float]] = [((), 0.0, NEG_INF)]
+    for frame_logp, frame_ids in zip(top_logp, top_ids):
+        scores: dict[tuple[int, ...], list[float]] = {}
+        for label, p in zip(frame_ids, frame_logp):
+            for prefix, s, ns in beam:
+                total = _log_add(s, ns)
+                if label == blank:
+                    entry = scores.setdefault(prefix, [NEG_INF, NEG_INF])
+                    entry[0] = _log_add(entry[0], total + p)
+                    continue
+                extended = scores.setdefault(prefix + (label,), [NEG_INF, NEG_INF]) if not (
+                    prefix and prefix[-1] == label) else None
+                if extended is not None:
+                    extended[1] = _log_add(extended[1], total + p)
+                else:  # repeated label: stays collapsed unless a blank separated it
+                    same = scores.setdefault(prefix, [NEG_INF, NEG_INF])
+                    same[1] = _log_add(same[1], ns + p)
+                    grown = scores.setdefault(prefix + (label,), [NEG_INF, NEG_INF])
+                    grown[1] = _log_add(grown[1], s + p)
+        ranked = sorted(scores.items(), key=lambda kv: _log_add(*kv[1]), reverse=True)[:beam_size]
+        beam = [(prefix, s, ns) for prefix, (s, ns) in ranked]
+    nbest = [list(prefix) for prefix, _, _ in beam]
+    nbest_scores = [_log_add(s, ns) for _, s, ns in beam]
+    return DecodeResult(nbest[0], nbest_scores[0], nbest, nbest_scores)
+
+
+def ctc_prefix_beam_search(log_probs: torch.Tensor, lengths: torch.Tensor, beam_size: int,
+                           blank: int = 0) -> list[DecodeResult]:
+    top_logp, top_ids = log_probs.topk(beam_size, dim=-1)  # all frames at once
+    return [prefix_beam_search(top_logp[b, :n].tolist(), top_ids[b, :n].tolist(), beam_size, blank)
+            for b, n in enumerate(lengths.tolist())]

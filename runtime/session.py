@@ -1,0 +1,96 @@
+"""``Session``: one built network, its input checks against the build profiles, and its execution.
+
+``EngineDir`` opens an engine dir (config.json, one artifact per network, vocabulary) and hands
+out Sessions; the runners (``WeNetEncoding``, ``WeNetDecoding``) only see Sessions.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import torch
+
+from core.builder import CONFIG_FILE
+from core.network import Dim, Network, load_network
+from core.torch_backend import TorchEngine
+from models.wenet.config import ModelConfig
+from weights.files import load_vocab
+
+VOCAB_FILE = "units.txt"
+
+
+class ProfileError(ValueError):
+    """An input outside what the engine was built for (shape beyond a profile, wrong dtype, ...)."""
+
+
+class Session:
+    def __init__(self, network: Network, device: str | torch.device = "cpu"):
+        self.name = network.name
+        self.inputs = network.inputs
+        self.output_names = list(network.outputs)
+        self._engine = TorchEngine(network, device)
+
+    @staticmethod
+    def from_artifact(path: str, device: str | torch.device = "cpu") -> Session:
+        return Session(load_network(path), device)
+
+    def profile(self, dim_name: str) -> Dim:
+        for spec in self.inputs.values():
+            for d in spec.dims:
+                if isinstance(d, Dim) and d.name == dim_name:
+                    return d
+        raise KeyError(f"{self.name}: no dynamic dim {dim_name!r}")
+
+    def check(self, inputs: dict[str, torch.Tensor]) -> None:
+        missing = sorted(set(self.inputs) - set(inputs))
+        extra = sorted(set(inputs) - set(self.inputs))
+        if missing or extra:
+            raise ProfileError(f"{self.name}: missing inputs {missing}, unknown inputs {extra}")
+        sizes: dict[str, int] = {}
+        for name, spec in self.inputs.items():
+            value = inputs[name]
+            if value.dtype != spec.dtype.torch:
+                raise ProfileError(f"{self.name}: input {name!r} must be {spec.dtype.value}, got {value.dtype}")
+            if value.dim() != len(spec.dims):
+                raise ProfileError(f"{self.name}: input {name!r} must have rank {len(spec.dims)}, got {list(value.shape)}")
+            for axis, (dim, size) in enumerate(zip(spec.dims, value.shape)):
+                if isinstance(dim, Dim):
+                    if not dim.min <= size <= dim.max:
+                        raise ProfileError(f"{self.name}: input {name!r} dim {axis} ({dim.name}) = {size} is outside "
+                                           f"the built profile [{dim.min}, {dim.max}]")
+                    if sizes.setdefault(dim.name, size) != size:
+                        raise ProfileError(f"{self.name}: dim {dim.name} is {sizes[dim.name]} in one input and "
+                                           f"{size} in {name!r}")
+                elif size != dim:
+                    raise ProfileError(f"{self.name}: input {name!r} dim {axis} must be {dim}, got {size}")
+
+    def run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self.check(inputs)
+        with torch.inference_mode():
+            return self._engine(inputs)
+
+
+class EngineDir:
+    """A built engine dir: its config, vocabulary and (lazily opened) network Sessions."""
+
+    def __init__(self, path: str, device: str | torch.device = "cpu"):
+        config_path = os.path.join(path, CONFIG_FILE)
+        if not os.path.isfile(config_path):
+            raise FileNotFoundError(f"{path}: not an engine dir (no {CONFIG_FILE}); build one with build.py")
+        with open(config_path, encoding="utf-8") as f:
+            self.config = json.load(f)
+        self.path = path
+        self.device = torch.device(device)
+        self.model = ModelConfig.from_json(self.config["model"]["wenet"])
+        self.vocab = load_vocab(os.path.join(path, VOCAB_FILE))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return getattr(torch, self.config["builder"]["dtype"])
+
+    @functools.cached_property
+    def sessions(self) -> dict[str, Session]:
+        return {name: Session.from_artifact(os.path.join(self.path, info["artifact"]), self.device)
+                for name, info in self.config["networks"].items()}

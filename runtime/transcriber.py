@@ -1,0 +1,136 @@
+"""Audio files to text: load and featurize each file, batch by length, encode, decode in each mode.
+
+A file that cannot be transcribed (unreadable, corrupt, too short, too long for the built
+profiles) yields a ``Failure`` naming it; the rest of the run goes on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from layers.subsampling import subsampled_length
+from runtime.audio import AudioError, load_audio
+from runtime.decoding import WeNetDecoding
+from runtime.encoding import WeNetEncoding
+from runtime.frontend import fbank
+from runtime.search import DecodeResult, ctc_greedy_search, ctc_prefix_beam_search
+from runtime.session import EngineDir
+
+MODES = ("ctc_greedy_search", "ctc_prefix_beam_search", "attention", "attention_rescoring")
+
+
+@dataclass
+class Result:
+    key: str
+    mode: str
+    text: str
+    result: DecodeResult
+
+    def to_json(self) -> dict:
+        r = self.result
+        return {"key": self.key, "mode": self.mode, "text": self.text, "tokens": r.tokens, "score": r.score,
+                "nbest": r.nbest, "nbest_scores": r.nbest_scores}
+
+
+@dataclass
+class Failure:
+    key: str
+    message: str
+
+
+@dataclass
+class DecodingOptions:
+    modes: list[str] = field(default_factory=lambda: ["attention_rescoring"])
+    beam_size: int = 10
+    ctc_weight: float | None = None  # None: the model's training value
+    reverse_weight: float | None = None
+    batch_size: int = 16
+
+    def __post_init__(self):
+        unknown = [m for m in self.modes if m not in MODES]
+        if unknown:
+            raise ValueError(f"unknown decoding modes {unknown}; choose from {list(MODES)}")
+
+
+def tokens_to_text(tokens: list[int], vocab: list[str]) -> str:
+    """Characters are joined; BPE word pieces ('▁' marks a word start) become words."""
+    return "".join(vocab[t] for t in tokens).replace("▁", " ").strip()
+
+
+def read_wav_scp(path: str) -> list[tuple[str, str]]:
+    base = os.path.dirname(os.path.abspath(path))
+    items = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.split(maxsplit=1)
+            if len(parts) != 2:
+                raise ValueError(f"{path}:{n}: expected 'key path', got {line.strip()!r}")
+            key, wav = parts[0], parts[1].strip()
+            items.append((key, wav if os.path.isabs(wav) or os.path.exists(wav) else os.path.join(base, wav)))
+    return items
+
+
+class Transcriber:
+    def __init__(self, engine_dir: str, device: str = "cpu"):
+        self.engine = EngineDir(engine_dir, device)
+        self.encoding = WeNetEncoding(self.engine)
+        self.decoding = WeNetDecoding(self.engine)
+
+    def features(self, key: str, path: str) -> torch.Tensor:
+        """The fbank of one file, checked against the encoder's frame profile."""
+        model = self.engine.model
+        feats = fbank(load_audio(path, model.sample_rate), model.num_mel_bins, model.frame_length,
+                      model.frame_shift, model.sample_rate)
+        frames = self.encoding.frames
+        seconds = feats.shape[0] * model.frame_shift / 1000
+        if subsampled_length(feats.shape[0], model.encoder.input_layer) < 1:
+            raise AudioError(f"{path}: too short to transcribe ({seconds:.3f} s of frames; at least "
+                             f"{frames.min} frames are needed)")
+        if feats.shape[0] > frames.max:
+            raise AudioError(f"{path}: {seconds:.1f} s is longer than the engines were built for "
+                             f"({frames.max} frames); rebuild with a larger --max_seconds")
+        return feats
+
+    def transcribe(self, items: Iterable[tuple[str, str]], options: DecodingOptions) -> Iterator[Result | Failure]:
+        ready = []
+        for key, path in items:
+            try:
+                ready.append((key, self.features(key, path)))
+            except AudioError as e:
+                yield Failure(key, str(e))
+        ready.sort(key=lambda kv: -kv[1].shape[0])  # length-sorted batches waste little padding
+        batch_size = max(1, min(options.batch_size, self.encoding.max_batch_size))
+        for start in range(0, len(ready), batch_size):
+            batch = ready[start:start + batch_size]
+            keys = [k for k, _ in batch]
+            for mode, results in self.decode([f for _, f in batch], options).items():
+                for key, result in zip(keys, results):
+                    yield Result(key, mode, tokens_to_text(result.tokens, self.engine.vocab), result)
+
+    def decode(self, feats: list[torch.Tensor], options: DecodingOptions) -> dict[str, list[DecodeResult]]:
+        model = self.engine.model
+        ctc_weight = model.ctc_weight if options.ctc_weight is None else options.ctc_weight
+        reverse_weight = model.reverse_weight if options.reverse_weight is None else options.reverse_weight
+        enc = self.encoding.encode(feats)
+        log_probs, lens = enc.ctc_log_probs.float().cpu(), enc.encoder_lens.cpu()
+        out: dict[str, list[DecodeResult]] = {}
+        for mode in options.modes:
+            if mode == "ctc_greedy_search":
+                out[mode] = ctc_greedy_search(log_probs, lens, model.blank_id)
+        if "ctc_prefix_beam_search" in options.modes or "attention_rescoring" in options.modes:
+            prefix = ctc_prefix_beam_search(log_probs, lens, options.beam_size, model.blank_id)
+            if "ctc_prefix_beam_search" in options.modes:
+                out["ctc_prefix_beam_search"] = prefix
+        if "attention" in options.modes or "attention_rescoring" in options.modes:
+            kv = self.decoding.cross_kv(enc)
+            if "attention_rescoring" in options.modes:
+                out["attention_rescoring"] = self.decoding.rescore(prefix, enc, kv, ctc_weight, reverse_weight)
+            if "attention" in options.modes:
+                out["attention"] = self.decoding.attention_beam_search(enc, kv, options.beam_size)
+        return {mode: out[mode] for mode in options.modes}
