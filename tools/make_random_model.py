@@ -66,7 +66,7 @@ RECIPES = {
 
 
 def _randomize(model: ReferenceModel, seed: int) -> None:
-    """Default init, plus random norms, biases and BN statistics, and a peaky CTC head."""
+    """Default init, plus random norms, biases and BN statistics, and peaky output layers."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -84,17 +84,19 @@ def _randomize(model: ReferenceModel, seed: int) -> None:
                 b.copy_(0.5 + torch.rand(b.shape, generator=g))
         model.ctc.ctc_lo.weight.mul_(3.0)
         model.ctc.ctc_lo.bias[model.blank_id] += 4.0
+        for name, module in model.named_modules():  # confident decoders, as trained ones are
+            if name.endswith("output_layer"):
+                module.weight.mul_(3.0)
 
 
-def make_random_model(recipe: str, output_dir: str, seed: int = 0, shared: str = SHARED) -> str:
-    conf = RECIPES[recipe]
+def write_random_model(output_dir: str, conf: dict, vocab: list[str], cmvn_path: str, seed: int = 0,
+                       legacy_keys: bool = False, position_tables: bool = False) -> str:
+    """A model dir for ``conf`` (a train.yaml dict) with random weights; ``legacy_keys`` adds the unused
+    pre-2022-05 concat_linear keys, ``position_tables`` the pe buffers of checkpoints saved since 2024-03."""
     os.makedirs(output_dir, exist_ok=True)
-    vocab = load_vocab(os.path.join(shared, "lang_char.txt"))  # <blank> <unk> chars... <sos/eos>
-    if recipe == "u2pp":  # HEAD recipe dict: <sos/eos> is id 2
-        vocab = vocab[:2] + [vocab[-1]] + vocab[2:-1]
     with open(os.path.join(output_dir, "units.txt"), "w", encoding="utf-8") as f:
         f.writelines(f"{s} {i}\n" for i, s in enumerate(vocab))
-    shutil.copyfile(os.path.join(shared, "global_cmvn"), os.path.join(output_dir, "global_cmvn"))
+    shutil.copyfile(cmvn_path, os.path.join(output_dir, "global_cmvn"))
     with open(os.path.join(output_dir, "train.yaml"), "w", encoding="utf-8") as f:
         yaml.safe_dump(conf, f, allow_unicode=True, sort_keys=False)
 
@@ -107,21 +109,33 @@ def make_random_model(recipe: str, output_dir: str, seed: int = 0, shared: str =
     state = model.state_dict()
     g = torch.Generator().manual_seed(seed + 1)
     d = config.d_model
-    if recipe == "conformer":  # pre-2022-05 checkpoints carry unused concat_after layers
+    if legacy_keys:
         for i in range(config.encoder.num_blocks):
             state[f"encoder.encoders.{i}.concat_linear.weight"] = torch.randn(d, 2 * d, generator=g)
             state[f"encoder.encoders.{i}.concat_linear.bias"] = torch.randn(d, generator=g)
-        for j in range(config.decoder.num_blocks):
-            for k in (1, 2):
-                state[f"decoder.decoders.{j}.concat_linear{k}.weight"] = torch.randn(d, 2 * d, generator=g)
-                state[f"decoder.decoders.{j}.concat_linear{k}.bias"] = torch.randn(d, generator=g)
-    else:  # checkpoints saved since 2024-03 carry the position tables
+        for prefix, decoder in (("decoder.", model.decoder),) if config.decoder.kind == "transformer" else \
+                (("decoder.left_decoder.", model.decoder.left_decoder), ("decoder.right_decoder.", model.decoder.right_decoder)):
+            for j in range(len(decoder.decoders)):
+                for k in (1, 2):
+                    state[f"{prefix}decoders.{j}.concat_linear{k}.weight"] = torch.randn(d, 2 * d, generator=g)
+                    state[f"{prefix}decoders.{j}.concat_linear{k}.bias"] = torch.randn(d, generator=g)
+    if position_tables:
         pe = model.encoder.embed.pos_enc.pe.clone()
         state["encoder.embed.pos_enc.pe"] = pe
-        for side in ("left", "right"):
-            state[f"decoder.{side}_decoder.embed.1.pe"] = pe
+        sides = ["decoder.embed.1.pe"] if config.decoder.kind == "transformer" else \
+            ["decoder.left_decoder.embed.1.pe", "decoder.right_decoder.embed.1.pe"]
+        for key in sides:
+            state[key] = pe
     torch.save(state, os.path.join(output_dir, "final.pt"))
     return output_dir
+
+
+def make_random_model(recipe: str, output_dir: str, seed: int = 0, shared: str = SHARED) -> str:
+    vocab = load_vocab(os.path.join(shared, "lang_char.txt"))  # <blank> <unk> chars... <sos/eos>
+    if recipe == "u2pp":  # HEAD recipe dict: <sos/eos> is id 2
+        vocab = vocab[:2] + [vocab[-1]] + vocab[2:-1]
+    return write_random_model(output_dir, RECIPES[recipe], vocab, os.path.join(shared, "global_cmvn"), seed,
+                              legacy_keys=recipe == "conformer", position_tables=recipe == "u2pp")
 
 
 def main() -> None:

@@ -1,0 +1,137 @@
+"""The network-definition core: ops against torch, strong typing, dynamic shapes, serialization, profiles."""
+
+import pytest
+import torch
+
+from core import functional as F
+from core.dtype import DataType
+from core.module import Module, ModuleList, Parameter
+from core.network import Dim, Network, load_network, net_guard, save_network
+from core.ops import OpError
+from core.torch_backend import TorchEngine
+from runtime.session import ProfileError, Session
+
+B, T = Dim("batch", 1, 2, 4), Dim("time", 1, 8, 32)
+
+
+def run(net: Network, **inputs):
+    return TorchEngine(net)(inputs)
+
+
+def test_ops_match_torch_on_dynamic_shapes():
+    net = Network("ops")
+    with net_guard(net):
+        x = net.add_input("x", DataType.float32, [B, T, 6])
+        lengths = net.add_input("lengths", DataType.int32, [B])
+        heads = F.view(x, [F.shape(x, 0), F.shape(x, 1), 2, 3]).transpose(1, 2)  # (B, 2, T, 3)
+        scores = F.matmul(heads, heads, transpose_b=True)
+        valid = F.make_valid_mask(lengths, F.shape(x, 1))
+        masked = F.where(F.unsqueeze(F.unsqueeze(valid, 1), 1), scores, float("-inf"))
+        net.mark_output(F.softmax(masked, -1), "attn")
+        net.mark_output(F.log_softmax(x, -1), "logp")
+        net.mark_output(F.glu(x, 2), "glu")
+        net.mark_output(F.sum(x * 2.0 - 1.0, [1]), "sum")
+        net.mark_output(F.slice(x, 1, 1, F.shape(x, 1) - 2), "inner")
+        net.mark_output(F.pad(x, 1, 2, 0), "padded")
+        index = F.cast(F.unsqueeze(valid, 2), DataType.int32)
+        net.mark_output(F.gather_elements(x, index, 2), "picked")
+        net.mark_output((lengths - 3) // 2 + 1, "sub_lengths")
+    for b, t in [(1, 5), (3, 17), (4, 32)]:
+        x = torch.randn(b, t, 6)
+        lengths = torch.randint(1, t + 1, (b,), dtype=torch.int32)
+        out = run(net, x=x, lengths=lengths)
+        heads = x.view(b, t, 2, 3).transpose(1, 2)
+        valid = torch.arange(t)[None] < lengths[:, None]
+        ref = torch.softmax((heads @ heads.transpose(-1, -2)).masked_fill(~valid[:, None, None], float("-inf")), -1)
+        torch.testing.assert_close(out["attn"], ref)
+        torch.testing.assert_close(out["logp"], torch.log_softmax(x, -1))
+        torch.testing.assert_close(out["glu"], torch.nn.functional.glu(x, 2))
+        torch.testing.assert_close(out["sum"], (x * 2 - 1).sum(1))
+        torch.testing.assert_close(out["inner"], x[:, 1:t - 1])
+        torch.testing.assert_close(out["padded"], torch.nn.functional.pad(x, (0, 0, 2, 0)))
+        torch.testing.assert_close(out["picked"], torch.gather(x, 2, valid.long().unsqueeze(2)))
+        assert out["sub_lengths"].tolist() == ((lengths - 3) // 2 + 1).tolist()
+
+
+def test_convolutions_match_torch():
+    net = Network("conv")
+    w1, b1 = torch.randn(5, 1, 4), torch.randn(5)
+    w2, b2 = torch.randn(3, 2, 3, 3), torch.randn(3)
+    with net_guard(net):
+        x = net.add_input("x", DataType.float32, [B, 5, T])
+        img = net.add_input("img", DataType.float32, [B, 2, T, 9])
+        net.mark_output(F.conv1d(x, F.constant(w1), F.constant(b1), padding=(3, 0), groups=5), "causal")
+        net.mark_output(F.conv2d(img, F.constant(w2), F.constant(b2), stride=2), "strided")
+    x, img = torch.randn(2, 5, 11), torch.randn(2, 2, 11, 9)
+    out = run(net, x=x, img=img)
+    torch.testing.assert_close(out["causal"], torch.nn.functional.conv1d(torch.nn.functional.pad(x, (3, 0)), w1, b1, groups=5))
+    torch.testing.assert_close(out["strided"], torch.nn.functional.conv2d(img, w2, b2, stride=2))
+
+
+def test_networks_are_strongly_typed():
+    net = Network("typed")
+    with net_guard(net):
+        x = net.add_input("x", DataType.float16, [B, 4])
+        y = net.add_input("y", DataType.float32, [B, 4])
+        with pytest.raises(OpError, match="one dtype"):
+            _ = x + y
+        with pytest.raises(OpError, match="int64 is reserved"):
+            F.cast(F.shape(x), DataType.int32)
+        z = F.cast(x, DataType.float32) + y  # explicit casts are how precision changes
+        assert z.dtype == DataType.float32
+        assert F.cast(y, DataType.float32) is y
+
+
+def test_view_allows_one_minus_one_and_keeps_static_dims():
+    net = Network("view")
+    with net_guard(net):
+        x = net.add_input("x", DataType.float32, [B, T, 8])
+        with pytest.raises(ValueError, match="one -1"):
+            F.view(x, [-1, -1, 8])
+        y = F.view(x, [F.shape(x, 0), -1, 2, 4])
+        assert y.shape == (-1, -1, 2, 4)
+
+
+class Affine(Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = Parameter((3, 4), DataType.float32)
+        self.blocks = ModuleList([Module(), Module()], indices=[0, 2])
+
+    def forward(self, x):
+        return F.matmul(x, self.weight.value, transpose_b=True)
+
+
+def test_modules_name_parameters_and_check_shapes():
+    m = Affine()
+    m.assign_names("enc")
+    assert [n for n, _ in m.named_parameters("enc")] == ["enc.weight"]
+    assert [n for n, _ in m.named_modules("enc")] == ["enc", "enc.blocks", "enc.blocks.0", "enc.blocks.2"]
+    with pytest.raises(ValueError, match="expected shape"):
+        m.weight.set_value(torch.zeros(4, 3))
+    net = Network("no_value")
+    with net_guard(net), pytest.raises(ValueError, match="has no value"):
+        m(net.add_input("x", DataType.float32, [B, 4]))
+
+
+def test_artifact_round_trip_and_profile_checks(tmp_path):
+    m = Affine()
+    m.assign_names()
+    m.weight.set_value(torch.randn(3, 4))
+    net = Network("affine")
+    with net_guard(net):
+        x = net.add_input("x", DataType.float32, [B, T, 4])
+        net.mark_output(m(x), "y")
+    path = str(tmp_path / "affine.safetensors")
+    save_network(net, path)
+    session = Session(load_network(path))
+    x = torch.randn(2, 7, 4)
+    torch.testing.assert_close(session.run({"x": x})["y"], x @ m.weight.raw_value.T)
+    with pytest.raises(ProfileError, match=r"dim 1 \(time\) = 33 is outside the built profile \[1, 32\]"):
+        session.run({"x": torch.randn(1, 33, 4)})
+    with pytest.raises(ProfileError, match="must be float32"):
+        session.run({"x": torch.randn(1, 3, 4, dtype=torch.float64)})
+    with pytest.raises(ProfileError, match="dim 2 must be 4"):
+        session.run({"x": torch.randn(1, 3, 5)})
+    with pytest.raises(ProfileError, match="missing inputs"):
+        session.run({})

@@ -1,0 +1,67 @@
+"""Audio loading and Kaldi fbank against kaldi-native-fbank (an independent C++ Kaldi implementation)."""
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from runtime.audio import AudioError, load_audio
+from runtime.frontend import fbank
+from tests.conftest import WAVS, sample_flacs
+
+
+def kaldi_fbank(samples: np.ndarray) -> np.ndarray:
+    knf = pytest.importorskip("kaldi_native_fbank")
+    opts = knf.FbankOptions()
+    opts.frame_opts.dither = 0.0
+    opts.frame_opts.snip_edges = True
+    opts.mel_opts.num_bins = 80
+    opts.energy_floor = 0.0
+    f = knf.OnlineFbank(opts)
+    f.accept_waveform(16000, samples.tolist())
+    f.input_finished()
+    return np.stack([f.get_frame(i) for i in range(f.num_frames_ready)])
+
+
+@pytest.mark.parametrize("path", WAVS + sample_flacs(2))
+def test_fbank_matches_kaldi(path):
+    samples = load_audio(path)
+    ours = fbank(samples).numpy()
+    ref = kaldi_fbank(samples)
+    assert ours.shape == ref.shape == (1 + (len(samples) - 400) // 160, 80)
+    assert np.abs(ours - ref).max() < 2e-3
+    assert np.median(np.abs(ours - ref)) < 1e-5
+
+
+def test_audio_is_int16_scale_mono_16k(tmp_path):
+    samples = load_audio(WAVS[0])
+    assert samples.dtype == np.float32 and np.abs(samples).max() > 1000  # int16 scale, as Kaldi expects
+    assert np.allclose(samples, np.round(samples))  # 16-bit PCM comes back exactly
+    stereo = np.stack([samples, samples * 0.5], 1) / 32768
+    soundfile.write(tmp_path / "stereo8k.flac", stereo[::2], 8000)
+    down = load_audio(str(tmp_path / "stereo8k.flac"))
+    assert abs(len(down) - len(samples)) <= 2  # resampled back to 16 kHz
+    np.testing.assert_allclose(down[1000:1100] / (0.75 * samples[1000:1100] + 1e-9), 1.0, atol=0.6)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "cannot decode|cannot read"),
+    (b"RIFF\x00\x00\x00\x00WAVEfmt garbage" * 3, "cannot decode|cannot read"),
+    (b"this is text, not audio", "cannot decode|cannot read"),
+])
+def test_bad_files_name_the_file(tmp_path, content, message):
+    path = tmp_path / "bad.wav"
+    path.write_bytes(content)
+    with pytest.raises(AudioError, match=message) as e:
+        load_audio(str(path))
+    assert str(path) in str(e.value)
+
+
+def test_nan_and_empty_audio_are_rejected(tmp_path):
+    soundfile.write(tmp_path / "nan.wav", np.array([0.1, np.nan, 0.2] * 1000, dtype=np.float32), 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match="NaN"):
+        load_audio(str(tmp_path / "nan.wav"))
+    soundfile.write(tmp_path / "empty.wav", np.zeros(0, dtype=np.int16), 16000)
+    with pytest.raises(AudioError, match="empty"):
+        load_audio(str(tmp_path / "empty.wav"))
+    assert fbank(torch.zeros(399)).shape == (0, 80)
