@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
             [(os.path.splitext(os.path.basename(f))[0], f) for f in args.input_file]
         transcriber = Transcriber(args.engine_dir, args.device)
         options = DecodingOptions(args.modes, args.beam_size, args.ctc_weight, args.reverse_weight, args.batch_size)
+        transcriber.check(options)
     except (OSError, ValueError) as e:
         print(f"run.py: error: {e}", file=sys.stderr)
         return 2

@@ -27,7 +27,7 @@ class WeNetDecoding:
     def cross_kv(self, enc: EncoderOutput) -> dict[str, torch.Tensor]:
         return self.cross_kv_session.run({"encoder_out": enc.encoder_out})
 
-    def _check_beam(self, beam_size: int) -> None:
+    def check_beam(self, beam_size: int) -> None:
         if not 1 <= beam_size <= self.beam_limit:
             raise ValueError(f"beam size {beam_size} is outside the built engines' [1, {self.beam_limit}]; "
                              "rebuild with a larger --beam_size")
@@ -38,7 +38,7 @@ class WeNetDecoding:
         (1 - rw) * left + rw * right + ctc_weight * ctc (scores include the final eos)."""
         sos, eos = self.model.sos, self.model.eos
         batch, n = len(prefix), max(len(p.nbest) for p in prefix)
-        self._check_beam(n)
+        self.check_beam(n)
         max_len = max(len(h) for p in prefix for h in p.nbest) + 2
         hyps = torch.full((batch, n, max_len), eos, dtype=torch.int32)
         r_hyps = hyps.clone()
@@ -76,7 +76,7 @@ class WeNetDecoding:
                               beam_size: int) -> list[DecodeResult]:
         """WeNet's attention beam search, batched; each utterance stops at its own length or when
         all its beams have ended, so its result does not depend on the rest of the batch."""
-        self._check_beam(beam_size)
+        self.check_beam(beam_size)
         sos, eos, device = self.model.sos, self.model.eos, self.engine.device
         batch, n = enc.encoder_lens.shape[0], beam_size
         running = batch * n

@@ -18,7 +18,7 @@ from runtime.decoding import WeNetDecoding
 from runtime.encoding import WeNetEncoding
 from runtime.frontend import fbank
 from runtime.search import DecodeResult, ctc_greedy_search, ctc_prefix_beam_search
-from runtime.session import EngineDir
+from runtime.session import EngineDir, ProfileError
 
 MODES = ("ctc_greedy_search", "ctc_prefix_beam_search", "attention", "attention_rescoring")
 
@@ -82,6 +82,11 @@ class Transcriber:
         self.encoding = WeNetEncoding(self.engine)
         self.decoding = WeNetDecoding(self.engine)
 
+    def check(self, options: DecodingOptions) -> None:
+        """Options the built engines cannot serve fail here, before any audio is read."""
+        if {"ctc_prefix_beam_search", "attention", "attention_rescoring"} & set(options.modes):
+            self.decoding.check_beam(options.beam_size)
+
     def features(self, key: str, path: str) -> torch.Tensor:
         """The fbank of one file, checked against the encoder's frame profile."""
         model = self.engine.model
@@ -98,6 +103,7 @@ class Transcriber:
         return feats
 
     def transcribe(self, items: Iterable[tuple[str, str]], options: DecodingOptions) -> Iterator[Result | Failure]:
+        self.check(options)
         ready = []
         for key, path in items:
             try:
@@ -109,7 +115,13 @@ class Transcriber:
         for start in range(0, len(ready), batch_size):
             batch = ready[start:start + batch_size]
             keys = [k for k, _ in batch]
-            for mode, results in self.decode([f for _, f in batch], options).items():
+            try:
+                decoded = self.decode([f for _, f in batch], options)
+            except (ProfileError, RuntimeError) as e:  # one bad batch must not end the run
+                for key in keys:
+                    yield Failure(key, f"decoding failed: {e}")
+                continue
+            for mode, results in decoded.items():
                 for key, result in zip(keys, results):
                     yield Result(key, mode, tokens_to_text(result.tokens, self.engine.vocab), result)
 

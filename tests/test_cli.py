@@ -1,0 +1,88 @@
+"""build.py and run.py as a user runs them, including bad input: every failure names its file, the rest completes."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import soundfile
+
+import build
+import run
+from tests.conftest import WAVS
+
+
+def make_bad_inputs(folder) -> dict[str, str]:
+    good, rate = soundfile.read(WAVS[0], dtype="int16")
+    files = {
+        "corrupt": ("corrupt.wav", None),
+        "empty": ("empty.wav", np.zeros(0, dtype=np.int16)),
+        "subframe": ("subframe.wav", good[:1000]),  # 62 ms: too short for one encoder frame
+        "nan": ("nan.wav", None),
+        "format": ("format.mp3", None),
+        "too_long": ("too_long.flac", np.tile(good, 6)),  # > the engine's 20 s
+    }
+    paths = {}
+    for key, (name, samples) in files.items():
+        path = os.path.join(folder, name)
+        if samples is not None:
+            soundfile.write(path, samples, rate)
+        paths[key] = path
+    with open(paths["corrupt"], "wb") as f:
+        f.write(open(WAVS[0], "rb").read()[:60] + b"\xff" * 10)
+    soundfile.write(paths["nan"], np.array([0.1, np.nan] * 8000, dtype=np.float32), 16000, subtype="FLOAT")
+    with open(paths["format"], "w") as f:
+        f.write("ID3 not really an mp3")
+    paths["missing"] = os.path.join(folder, "missing.wav")
+    return paths
+
+
+def test_run_transcribes_good_files_and_names_each_bad_one(tmp_path, random_models, capsys):
+    engine_dir = random_models["u2pp"][1]
+    bad = make_bad_inputs(str(tmp_path))
+    jsonl = tmp_path / "results.jsonl"
+    code = run.main(["--engine_dir", engine_dir, "--input_file", WAVS[0], *bad.values(), WAVS[1],
+                     "--modes", "ctc_greedy_search", "attention_rescoring", "--beam_size", "4",
+                     "--results_jsonl", str(jsonl)])
+    out, err = capsys.readouterr()
+    assert code == 1  # something failed
+    good_keys = [os.path.splitext(os.path.basename(w))[0] for w in WAVS[:2]]
+    lines = [line for line in out.splitlines() if not line.startswith("#")]
+    assert sorted(line.split("\t")[0] for line in lines) == sorted(good_keys * 2)
+    for key, path in bad.items():
+        assert path in err, f"the error for {key} must name its file"
+    assert "too short" in err and "NaN" in err and "longer than the engines were built for" in err
+    assert "transcribed 2/9 files" in err
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert len(records) == 4
+    for r in records:
+        assert set(r) == {"key", "mode", "text", "tokens", "score", "nbest", "nbest_scores"}
+        assert r["key"] in good_keys and r["tokens"] == r["nbest"][0] and len(r["nbest"]) == len(r["nbest_scores"])
+
+
+def test_run_reads_wav_scp_with_relative_paths(tmp_path, random_models, capsys):
+    shutil.copy(WAVS[1], tmp_path / "a.wav")
+    (tmp_path / "wav.scp").write_text("utt_a a.wav\nutt_b " + WAVS[0] + "\n")
+    code = run.main(["--engine_dir", random_models["conformer"][1], "--wav_scp", str(tmp_path / "wav.scp"),
+                     "--modes", "ctc_prefix_beam_search", "--beam_size", "3"])
+    out, _ = capsys.readouterr()
+    assert code == 0
+    assert sorted(line.split("\t")[0] for line in out.splitlines()) == ["utt_a", "utt_b"]
+
+
+def test_run_rejects_a_beam_beyond_the_built_profile(random_models, capsys):
+    code = run.main(["--engine_dir", random_models["u2pp"][1], "--input_file", WAVS[0], "--modes", "attention",
+                     "--beam_size", "11"])
+    assert code == 2
+    assert "beam size 11 is outside the built engines' [1, 10]" in capsys.readouterr().err
+
+
+def test_missing_engine_and_model_files_are_clear_errors(tmp_path, random_models, capsys):
+    assert run.main(["--engine_dir", str(tmp_path / "nope"), "--input_file", WAVS[0]]) == 2
+    assert "not an engine dir" in capsys.readouterr().err
+    assert build.main(["--model_dir", str(tmp_path / "nope"), "--output_dir", str(tmp_path / "e")]) == 1
+    assert "model dir not found" in capsys.readouterr().err
+    model_dir = shutil.copytree(random_models["conformer"][0], tmp_path / "m")
+    os.remove(model_dir / "train.yaml")
+    assert build.main(["--model_dir", str(model_dir), "--output_dir", str(tmp_path / "e")]) == 1
+    assert "train.yaml: not found" in capsys.readouterr().err
