@@ -3,7 +3,7 @@ import os
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.normpath(os.path.join(REPO, "..", "shared", "data"))
+SHARED = os.environ.get("WENET_TRT_SHARED_DATA") or os.path.normpath(os.path.join(REPO, "..", "shared", "data"))
 WAVS = sorted(os.path.join(SHARED, "wavs", f) for f in os.listdir(os.path.join(SHARED, "wavs")) if f.endswith(".wav"))
 
 

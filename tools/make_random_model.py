@@ -24,7 +24,8 @@ from models.wenet.config import load_config  # noqa: E402
 from models.wenet.reference import ReferenceModel  # noqa: E402
 from weights.files import load_cmvn, load_vocab  # noqa: E402
 
-SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "aishell1")
+SHARED = os.path.join(os.environ.get("WENET_TRT_SHARED_DATA") or os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data"), "aishell1")
 
 ENCODER = {"output_size": 256, "attention_heads": 4, "linear_units": 2048, "num_blocks": 12, "dropout_rate": 0.1,
            "positional_dropout_rate": 0.1, "attention_dropout_rate": 0.0, "input_layer": "conv2d",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -17,6 +16,7 @@ from torch import nn
 
 from layers.embedding import sinusoid_table
 from models.wenet.config import DecoderConfig, EncoderConfig, ModelConfig
+from runtime.search import DecodeResult
 from weights.mapping import KNOWN_UNUSED
 
 IGNORE_ID = -1
@@ -299,14 +299,6 @@ class CTC(nn.Module):
 
     def log_softmax(self, x):
         return torch.log_softmax(self.ctc_lo(x), dim=2)
-
-
-@dataclass
-class DecodeResult:
-    tokens: list[int]
-    score: float = 0.0
-    nbest: list[list[int]] = field(default_factory=list)
-    nbest_scores: list[float] = field(default_factory=list)
 
 
 def log_add(*args: float) -> float:
