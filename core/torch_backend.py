@@ -30,6 +30,11 @@ class TorchEngine:
             self.program.append((op.torch, node.inputs, node.outputs, attrs, dead))
 
     def __call__(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # fp32 ops stay fp32: cuDNN would otherwise run fp32 convolutions in TF32 (about 1e-3 error).
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            return self._run(inputs)
+
+    def _run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         env: dict = {**self.constants, **inputs}
         for lowering, in_names, out_names, attrs, dead in self.program:
             result = lowering(*[env[n] for n in in_names], **attrs)
