@@ -30,7 +30,9 @@ def build_engines(model_dir: str, output_dir: str, dtype: str = "float32", profi
     networks = build_networks(model, profiles)
     config = Builder(BuilderConfig(dtype=dtype)).build(
         networks, output_dir, {"wenet": ckpt.config.to_json(), "profiles": profiles.to_json(),
-                               "checkpoint": ckpt.files.checkpoint})
+                               "checkpoint": ckpt.files.checkpoint, "vocabulary": VOCAB_FILE,
+                               # As in WeNet, CMVN is part of the encoder (its checkpoint buffers win over the file).
+                               "cmvn": "encoder.safetensors: encoder.global_cmvn.mean, encoder.global_cmvn.istd (fp32)"})
     shutil.copyfile(ckpt.files.vocab, f"{output_dir}/{VOCAB_FILE}")
     return config
 

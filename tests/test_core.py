@@ -135,3 +135,21 @@ def test_artifact_round_trip_and_profile_checks(tmp_path):
         session.run({"x": torch.randn(1, 3, 5)})
     with pytest.raises(ProfileError, match="missing inputs"):
         session.run({})
+
+
+def test_remaining_ops_match_torch():
+    net = Network("misc")
+    with net_guard(net):
+        x = net.add_input("x", DataType.float32, [B, T])
+        values, indices = F.topk(x, 3, -1)
+        net.mark_output(values, "values")
+        net.mark_output(indices, "indices")
+        net.mark_output(F.log(F.exp(x)) + F.sqrt(F.maximum(x, 0.0)), "unary")
+        net.mark_output(F.relu(-x) * F.sigmoid(x), "act")
+    x = torch.randn(3, 9)
+    out = run(net, x=x)
+    ref_values, ref_indices = torch.topk(x, 3, -1)
+    torch.testing.assert_close(out["values"], ref_values)
+    assert out["indices"].dtype == torch.int32 and out["indices"].tolist() == ref_indices.tolist()
+    torch.testing.assert_close(out["unary"], torch.log(torch.exp(x)) + torch.sqrt(torch.clamp(x, min=0)))
+    torch.testing.assert_close(out["act"], torch.relu(-x) * torch.sigmoid(x))
