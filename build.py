@@ -12,6 +12,7 @@ import time
 
 from core.builder import Builder, BuilderConfig
 from core.dtype import DataType
+from core.tensorrt_backend import TensorRTUnavailable, tensorrt_usable
 from models.wenet.config import ConfigError
 from models.wenet.model import WeNetModel
 from models.wenet.networks import Profiles, build_networks, seconds_to_frames
@@ -21,14 +22,14 @@ from weights.mapping import WeightMappingError, load_weights, map_checkpoint
 
 
 def build_engines(model_dir: str, output_dir: str, dtype: str = "float32", profiles: Profiles | None = None,
-                  checkpoint: str | None = None) -> dict:
+                  checkpoint: str | None = None, backend: str = "torch") -> dict:
     """Reads the model dir, maps every checkpoint tensor to a parameter, writes the engine dir."""
     profiles = profiles or Profiles()
     ckpt = read_model_dir(model_dir, checkpoint)
     model = WeNetModel(ckpt.config, DataType(dtype), seconds_to_frames(profiles.max_seconds))
     load_weights(model, map_checkpoint(ckpt.state, model, ckpt.cmvn))
     networks = build_networks(model, profiles)
-    config = Builder(BuilderConfig(dtype=dtype)).build(
+    config = Builder(BuilderConfig(dtype=dtype, backend=backend)).build(
         networks, output_dir, {"wenet": ckpt.config.to_json(), "profiles": profiles.to_json(),
                                "checkpoint": ckpt.files.checkpoint, "vocabulary": VOCAB_FILE,
                                # As in WeNet, CMVN is part of the encoder (its checkpoint buffers win over the file).
@@ -48,17 +49,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max_seconds", type=float, default=40.0, help="longest utterance the engines accept")
     p.add_argument("--opt_seconds", type=float, default=10.0)
     p.add_argument("--beam_size", type=int, default=10, help="most hypotheses per utterance")
+    p.add_argument("--backend", choices=["auto", "torch", "tensorrt"], default="auto",
+                   help="auto: tensorrt where TensorRT imports and a GPU is present, else the PyTorch lowering")
     args = p.parse_args(argv)
+    backend = args.backend
+    if backend == "auto":
+        backend = "tensorrt" if tensorrt_usable() else "torch"
     profiles = Profiles(args.max_batch_size, args.opt_batch_size, args.max_seconds, args.opt_seconds, args.beam_size)
     start = time.perf_counter()
     try:
-        config = build_engines(args.model_dir, args.output_dir, args.dtype, profiles, args.checkpoint)
-    except (ModelFileError, ConfigError, WeightMappingError, ValueError) as e:
+        config = build_engines(args.model_dir, args.output_dir, args.dtype, profiles, args.checkpoint, backend)
+    except (ModelFileError, ConfigError, WeightMappingError, ValueError, TensorRTUnavailable) as e:
         print(f"build.py: error: {e}", file=sys.stderr)
         return 1
     for name, info in config["networks"].items():
         print(f"{name:14s} {info['nodes']:5d} nodes  {info['parameters'] / 1e6:7.2f} M weights  -> {info['artifact']}")
-    print(f"built {len(config['networks'])} {args.dtype} networks into {args.output_dir} "
+    print(f"built {len(config['networks'])} {args.dtype} {backend} networks into {args.output_dir} "
           f"in {time.perf_counter() - start:.1f} s")
     return 0
 

@@ -10,7 +10,8 @@ from core.dtype import DataType
 from core.network import Network, save_network
 
 CONFIG_FILE = "config.json"
-BACKENDS = ("torch",)
+BACKENDS = ("torch", "tensorrt")
+TIMING_CACHE_FILE = "timing.cache"
 
 
 @dataclass
@@ -32,12 +33,17 @@ class Builder:
         self.config = config
 
     def build(self, networks: list[Network], output_dir: str, model_config: dict) -> dict:
-        """Serializes each network to ``<name>.safetensors`` and writes ``config.json``."""
+        """Writes one artifact per network and ``config.json``: ``<name>.safetensors`` (the network
+        and its weights, run by the PyTorch lowering) or ``<name>.plan`` (a TensorRT engine)."""
         os.makedirs(output_dir, exist_ok=True)
         summary = {}
+        backend_info: dict = {}
+        if self.config.backend == "tensorrt":
+            from core.tensorrt_backend import tensorrt_version
+
+            backend_info["tensorrt_version"] = tensorrt_version()
         for network in networks:
-            artifact = f"{network.name}.safetensors"
-            save_network(network, os.path.join(output_dir, artifact))
+            artifact = self._write(network, output_dir)
             summary[network.name] = {
                 "artifact": artifact,
                 "inputs": [spec.to_json() for spec in network.inputs.values()],
@@ -45,7 +51,24 @@ class Builder:
                 "nodes": len(network.nodes),
                 "parameters": sum(v.numel() for v in network.constants.values()),
             }
-        config = {"builder": asdict(self.config), "networks": summary, "model": model_config}
+        config = {"builder": {**asdict(self.config), **backend_info}, "networks": summary, "model": model_config}
         with open(os.path.join(output_dir, CONFIG_FILE), "w") as f:
             json.dump(config, f, indent=2, ensure_ascii=False)
         return config
+
+    def _write(self, network: Network, output_dir: str) -> str:
+        if self.config.backend == "torch":
+            artifact = f"{network.name}.safetensors"
+            save_network(network, os.path.join(output_dir, artifact))
+            return artifact
+        from core.tensorrt_backend import build_plan
+
+        cache_path = os.path.join(output_dir, TIMING_CACHE_FILE)
+        cache = open(cache_path, "rb").read() if os.path.exists(cache_path) else b""
+        plan, cache = build_plan(network, cache)
+        with open(cache_path, "wb") as f:
+            f.write(cache)
+        artifact = f"{network.name}.plan"
+        with open(os.path.join(output_dir, artifact), "wb") as f:
+            f.write(plan)
+        return artifact

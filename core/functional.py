@@ -279,3 +279,13 @@ def make_valid_mask(lengths: Tensor, max_len: Tensor) -> Tensor:
     positions = unsqueeze(arange(max_len, lengths.dtype), 0)
     return positions < unsqueeze(lengths, 1)
 
+
+
+def quantize(x: Tensor, scale: Tensor, axis: int = 0) -> Tensor:
+    """int8 quantization with a scalar or per-channel (along ``axis``) scale of ``x``'s dtype."""
+    return _one("quantize", [x, scale], axis=axis)
+
+
+def dequantize(x: Tensor, scale: Tensor, axis: int = 0) -> Tensor:
+    """int8 back to the scale's dtype."""
+    return _one("dequantize", [x, scale], axis=axis)

@@ -4,7 +4,9 @@ Each entry is a class with
 - ``infer(*inputs, **attrs)``: checks input dtypes/ranks (networks are strongly typed: no
   implicit promotion) and returns the ``(dtype, shape)`` of each output, -1 for a dynamic dim;
 - ``torch(*inputs, **attrs)``: the PyTorch lowering, on torch tensors;
-- ``tensorrt(ctx, *inputs, **attrs)`` (the TensorRT lowering, added by the TensorRT backend).
+- ``tensorrt(ctx, *inputs, **attrs)``: the TensorRT lowering, on ITensors of a strongly typed
+  INetworkDefinition; ``ctx`` (``core.tensorrt_backend.LoweringContext``) gives the ``trt`` module,
+  the network, the node's input specs and helpers for constants and shape vectors.
 
 ``inputs`` are tensors (anything with ``dtype`` and ``shape`` for ``infer``); ``attrs`` are
 JSON values, so a network serializes to JSON. Layer code never calls this module: it calls
@@ -94,6 +96,9 @@ _BINARY: dict[str, Callable] = {
     "and": torch.logical_and,
     "or": torch.logical_or,
 }
+_TRT_BINARY = {"add": "SUM", "sub": "SUB", "mul": "PROD", "div": "DIV", "floordiv": "FLOOR_DIV", "pow": "POW",
+               "maximum": "MAX", "minimum": "MIN", "lt": "LESS", "gt": "GREATER", "eq": "EQUAL", "and": "AND",
+               "or": "OR"}
 _HOST_BINARY: dict[str, Callable] = {
     "add": lambda a, b: a + b,
     "sub": lambda a, b: a - b,
@@ -129,6 +134,10 @@ class Binary:
             return [_HOST_BINARY[op](x, y) for x, y in zip(a, b)]
         return _BINARY[op](a, b)
 
+    @staticmethod
+    def tensorrt(ctx, a, b, *, op: str):
+        kind = getattr(ctx.trt.ElementWiseOperation, _TRT_BINARY[op])
+        return ctx.output(ctx.network.add_elementwise(a, b, kind))
 
 _UNARY: dict[str, Callable] = {
     "exp": torch.exp,
@@ -141,6 +150,9 @@ _UNARY: dict[str, Callable] = {
     "tanh": torch.tanh,
     "not": torch.logical_not,
 }
+
+
+_TRT_ACTIVATION = {"sigmoid": "SIGMOID", "relu": "RELU", "tanh": "TANH"}
 
 
 @register
@@ -160,6 +172,11 @@ class Unary:
     def torch(x, *, op: str):
         return _UNARY[op](x)
 
+    @staticmethod
+    def tensorrt(ctx, x, *, op: str):
+        if op in _TRT_ACTIVATION:
+            return ctx.output(ctx.network.add_activation(x, getattr(ctx.trt.ActivationType, _TRT_ACTIVATION[op])))
+        return ctx.output(ctx.network.add_unary(x, getattr(ctx.trt.UnaryOperation, op.upper())))
 
 @register
 class Cast:
@@ -175,6 +192,9 @@ class Cast:
     def torch(x, *, dtype: str):
         return x.to(DataType(dtype).torch)
 
+    @staticmethod
+    def tensorrt(ctx, x, *, dtype: str):
+        return ctx.output(ctx.network.add_cast(x, ctx.dtype(DataType(dtype))))
 
 @register
 class Where:
@@ -190,6 +210,9 @@ class Where:
     def torch(cond, a, b):
         return torch.where(cond, a, b)
 
+    @staticmethod
+    def tensorrt(ctx, cond, a, b):
+        return ctx.output(ctx.network.add_select(cond, a, b))
 
 @register
 class MatMul:
@@ -214,6 +237,11 @@ class MatMul:
             b = b.transpose(-1, -2)
         return torch.matmul(a, b)
 
+    @staticmethod
+    def tensorrt(ctx, a, b, *, transpose_a: bool = False, transpose_b: bool = False):
+        ops = ctx.trt.MatrixOperation
+        return ctx.output(ctx.network.add_matrix_multiply(a, ops.TRANSPOSE if transpose_a else ops.NONE,
+                                                          b, ops.TRANSPOSE if transpose_b else ops.NONE))
 
 @register
 class Softmax:
@@ -229,6 +257,21 @@ class Softmax:
     def torch(x, *, dim: int, log: bool = False):
         return torch.log_softmax(x, dim) if log else torch.softmax(x, dim)
 
+    @staticmethod
+    def tensorrt(ctx, x, *, dim: int, log: bool = False):
+        axes = 1 << _axis(dim, ctx.rank(0))
+        if not log:
+            layer = ctx.network.add_softmax(x)
+            layer.axes = axes
+            return ctx.output(layer)
+        # x - max - log(sum(exp(x - max))): log(softmax) would underflow to -inf for unlikely labels.
+        net, trt = ctx.network, ctx.trt
+        peak = ctx.output(net.add_reduce(x, trt.ReduceOperation.MAX, axes, True))
+        shifted = ctx.output(net.add_elementwise(x, peak, trt.ElementWiseOperation.SUB))
+        total = ctx.output(net.add_reduce(ctx.output(net.add_unary(shifted, trt.UnaryOperation.EXP)),
+                                          trt.ReduceOperation.SUM, axes, True))
+        log_total = ctx.output(net.add_unary(total, trt.UnaryOperation.LOG))
+        return ctx.output(net.add_elementwise(shifted, log_total, trt.ElementWiseOperation.SUB))
 
 @register
 class Reduce:
@@ -250,6 +293,13 @@ class Reduce:
             return torch.mean(x, dim=dims, keepdim=keepdim)
         return torch.amax(x, dim=dims, keepdim=keepdim) if op == "max" else torch.amin(x, dim=dims, keepdim=keepdim)
 
+    @staticmethod
+    def tensorrt(ctx, x, *, op: str, dims: list[int], keepdim: bool):
+        axes = 0
+        for d in dims:
+            axes |= 1 << _axis(d, ctx.rank(0))
+        kind = getattr(ctx.trt.ReduceOperation, {"mean": "AVG"}.get(op, op.upper()))
+        return ctx.output(ctx.network.add_reduce(x, kind, axes, keepdim))
 
 @register
 class LayerNorm:
@@ -266,6 +316,14 @@ class LayerNorm:
     def torch(x, weight, bias, *, eps: float):
         return torch.nn.functional.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
+    @staticmethod
+    def tensorrt(ctx, x, weight, bias, *, eps: float):
+        rank = ctx.rank(0)
+        scale_shape = (1,) * (rank - 1) + (ctx.spec(1)[1][0],)
+        layer = ctx.network.add_normalization(x, ctx.reshape(weight, scale_shape), ctx.reshape(bias, scale_shape),
+                                              1 << (rank - 1))
+        layer.epsilon = eps
+        return ctx.output(layer)
 
 @register
 class Convolution:
@@ -300,6 +358,29 @@ class Convolution:
         conv = torch.nn.functional.conv1d if len(stride) == 1 else torch.nn.functional.conv2d
         return conv(x, weight, bias[0] if bias else None, stride, pre_padding if symmetric else 0, dilation, groups)
 
+    @staticmethod
+    def tensorrt(ctx, x, weight, *bias, stride, pre_padding, post_padding, dilation, groups):
+        """1-d convolutions run as 2-d ones on (B, C, T, 1): TensorRT convolves 2 or 3 spatial dims."""
+        trt, net = ctx.trt, ctx.network
+        weight_shape = ctx.spec(1)[1]
+        one_d = len(stride) == 1
+        if one_d:
+            x = ctx.output(net.add_unsqueeze(x, ctx.int64([3])))
+            weight = ctx.reshape(weight, (*weight_shape, 1))
+            stride, pre_padding, post_padding, dilation = ([v[0], extra] for v, extra in
+                                                           zip((stride, pre_padding, post_padding, dilation), (1, 0, 0, 1)))
+        kernel = tuple(weight_shape[2:]) + ((1,) if one_d else ())
+        layer = net.add_convolution_nd(x, weight_shape[0], trt.Dims(kernel), trt.Weights(), trt.Weights())
+        layer.set_input(1, weight)
+        if bias:
+            layer.set_input(2, bias[0])
+        layer.stride_nd = trt.Dims(stride)
+        layer.pre_padding = trt.Dims(pre_padding)
+        layer.post_padding = trt.Dims(post_padding)
+        layer.dilation_nd = trt.Dims(dilation)
+        layer.num_groups = groups
+        y = ctx.output(layer)
+        return ctx.output(net.add_squeeze(y, ctx.int64([3]))) if one_d else y
 
 @register
 class Reshape:
@@ -319,6 +400,15 @@ class Reshape:
     def torch(x, *shape, dims: list[int]):
         return x.reshape(shape[0] if shape else dims)
 
+    @staticmethod
+    def tensorrt(ctx, x, *shape, dims: list[int]):
+        layer = ctx.network.add_shuffle(x)
+        layer.zero_is_placeholder = False
+        if shape:
+            layer.set_input(1, shape[0])
+        else:
+            layer.reshape_dims = ctx.trt.Dims(dims)
+        return ctx.output(layer)
 
 @register
 class Permute:
@@ -333,6 +423,11 @@ class Permute:
     def torch(x, *, dims: list[int]):
         return x.permute(dims)
 
+    @staticmethod
+    def tensorrt(ctx, x, *, dims: list[int]):
+        layer = ctx.network.add_shuffle(x)
+        layer.first_transpose = ctx.trt.Permutation(dims)
+        return ctx.output(layer)
 
 @register
 class Unsqueeze:
@@ -347,6 +442,9 @@ class Unsqueeze:
     def torch(x, *, dim: int):
         return x.unsqueeze(dim)
 
+    @staticmethod
+    def tensorrt(ctx, x, *, dim: int):
+        return ctx.output(ctx.network.add_unsqueeze(x, ctx.int64([_axis(dim, ctx.rank(0) + 1)])))
 
 @register
 class Squeeze:
@@ -362,6 +460,9 @@ class Squeeze:
     def torch(x, *, dim: int):
         return x.squeeze(dim)
 
+    @staticmethod
+    def tensorrt(ctx, x, *, dim: int):
+        return ctx.output(ctx.network.add_squeeze(x, ctx.int64([_axis(dim, ctx.rank(0))])))
 
 @register
 class Concat:
@@ -384,6 +485,11 @@ class Concat:
             return [v for x in xs for v in x]
         return torch.cat(xs, dim)
 
+    @staticmethod
+    def tensorrt(ctx, *xs, dim: int):
+        layer = ctx.network.add_concatenation(list(xs))
+        layer.axis = _axis(dim, ctx.rank(0))
+        return ctx.output(layer)
 
 @register
 class Slice:
@@ -410,6 +516,12 @@ class Slice:
             return x[begin:begin + length]
         return x.narrow(dim, begin, length)
 
+    @staticmethod
+    def tensorrt(ctx, x, *bounds, dim: int, start: int | None, size: int | None):
+        it = iter(bounds)
+        begin = next(it) if start is None else ctx.int64([start])
+        length = next(it) if size is None else ctx.int64([size])
+        return ctx.slice_along(x, _axis(dim, ctx.rank(0)), begin, length)
 
 @register
 class Pad:
@@ -429,6 +541,12 @@ class Pad:
         pads = [0, 0] * (x.ndim - 1 - axis) + [before, after]
         return torch.nn.functional.pad(x, pads, value=value)
 
+    @staticmethod
+    def tensorrt(ctx, x, *, dim: int, before: int, after: int, value: float):
+        axis = _axis(dim, ctx.rank(0))
+        size = ctx.output(ctx.network.add_elementwise(ctx.dim(x, axis), ctx.int64([before + after]),
+                                                      ctx.trt.ElementWiseOperation.SUM))
+        return ctx.slice_along(x, axis, ctx.int64([-before]), size, fill=value)
 
 @register
 class Shape:
@@ -442,6 +560,9 @@ class Shape:
     def torch(x):
         return list(x.shape)
 
+    @staticmethod
+    def tensorrt(ctx, x):
+        return ctx.output(ctx.network.add_shape(x))
 
 @register
 class ShapeConstant:
@@ -457,6 +578,9 @@ class ShapeConstant:
     def torch(*, values: list[int]):
         return list(values)
 
+    @staticmethod
+    def tensorrt(ctx, *, values: list[int]):
+        return ctx.int64(values)
 
 @register
 class Gather:
@@ -476,6 +600,9 @@ class Gather:
         flat = torch.index_select(x, axis, indices.reshape(-1).long())
         return flat.reshape(x.shape[:axis] + indices.shape + x.shape[axis + 1:])
 
+    @staticmethod
+    def tensorrt(ctx, x, indices, *, dim: int):
+        return ctx.output(ctx.network.add_gather(x, indices, _axis(dim, ctx.rank(0))))
 
 @register
 class GatherElements:
@@ -493,6 +620,11 @@ class GatherElements:
     def torch(x, indices, *, dim: int):
         return torch.gather(x, dim, indices.long())
 
+    @staticmethod
+    def tensorrt(ctx, x, indices, *, dim: int):
+        layer = ctx.network.add_gather_v2(x, indices, ctx.trt.GatherMode.ELEMENT)
+        layer.axis = _axis(dim, ctx.rank(0))
+        return ctx.output(layer)
 
 @register
 class Arange:
@@ -511,6 +643,14 @@ class Arange:
     def torch(n, *, dtype: str, device: torch.device):
         return torch.arange(n[0], dtype=DataType(dtype).torch, device=device)
 
+    @staticmethod
+    def tensorrt(ctx, n, *, dtype: str):
+        dtype = DataType(dtype)
+        layer = ctx.network.add_fill(ctx.trt.Dims([0]), ctx.trt.FillOperation.LINSPACE, ctx.dtype(dtype))
+        layer.set_input(0, n)
+        layer.set_input(1, ctx.scalar(0, dtype, 0))
+        layer.set_input(2, ctx.scalar(1, dtype, 1))
+        return ctx.output(layer)
 
 @register
 class TopK:
@@ -527,3 +667,64 @@ class TopK:
     def torch(x, *, k: int, dim: int):
         values, indices = torch.topk(x, k, dim)
         return values, indices.to(torch.int32)
+
+    @staticmethod
+    def tensorrt(ctx, x, *, k: int, dim: int):
+        layer = ctx.network.add_topk(x, ctx.trt.TopKOperation.MAX, k, 1 << _axis(dim, ctx.rank(0)))
+        return ctx.output(layer, 0), ctx.output(layer, 1)
+
+
+def _per_axis(scale, rank: int, axis: int):
+    """A scalar or per-channel (C,) scale, shaped to broadcast along ``axis`` of a rank-``rank`` tensor."""
+    if scale.dim() == 0 or scale.numel() == 1:
+        return scale.reshape(())
+    shape = [1] * rank
+    shape[axis] = -1
+    return scale.reshape(shape)
+
+
+@register
+class Quantize:
+    """int8 = clamp(round(x / scale), -128, 127); scale is a scalar or per channel along ``axis``."""
+
+    name = "quantize"
+
+    @staticmethod
+    def infer(x, scale, *, axis: int) -> list[Spec]:
+        _require(x.dtype.is_float and scale.dtype == x.dtype, "quantize: float input and a scale of its dtype")
+        _require(scale.ndim <= 1, "quantize: scalar or per-channel scale")
+        return [(DataType.int8, x.shape)]
+
+    @staticmethod
+    def torch(x, scale, *, axis: int):
+        q = torch.round(x / _per_axis(scale, x.dim(), axis % x.dim()))
+        return torch.clamp(q, -128, 127).to(torch.int8)
+
+    @staticmethod
+    def tensorrt(ctx, x, scale, *, axis: int):
+        layer = ctx.network.add_quantize(x, scale, ctx.trt.int8)
+        layer.axis = _axis(axis, ctx.rank(0))
+        return ctx.output(layer)
+
+
+@register
+class Dequantize:
+    """x = int8 * scale, in ``dtype`` (the scale's); per-channel scales need a constant input (weights)."""
+
+    name = "dequantize"
+
+    @staticmethod
+    def infer(x, scale, *, axis: int) -> list[Spec]:
+        _require(x.dtype == DataType.int8 and scale.dtype.is_float, "dequantize: int8 input, float scale")
+        _require(scale.ndim <= 1, "dequantize: scalar or per-channel scale")
+        return [(scale.dtype, x.shape)]
+
+    @staticmethod
+    def torch(x, scale, *, axis: int):
+        return x.to(scale.dtype) * _per_axis(scale, x.dim(), axis % x.dim())
+
+    @staticmethod
+    def tensorrt(ctx, x, scale, *, axis: int):
+        layer = ctx.network.add_dequantize(x, scale, ctx.dtype(ctx.spec(1)[0]))
+        layer.axis = _axis(axis, ctx.rank(0))
+        return ctx.output(layer)

@@ -19,3 +19,19 @@ class Linear(Module):
     def forward(self, x: Tensor) -> Tensor:
         y = F.matmul(x, self.weight.value, transpose_b=True)
         return y + self.bias.value if self.bias is not None else y
+
+
+class WeightOnlyInt8Linear(Module):
+    """Linear with int8 weights and a per-output-channel scale: int8 constant -> dequantize -> matmul,
+    the plugin-free path TensorRT fuses into a weight-only GEMM. Activations stay in ``dtype``."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype: DataType = DataType.float16):
+        super().__init__()
+        self.weight = Parameter((out_features, in_features), DataType.int8)
+        self.per_channel_scale = Parameter((out_features,), dtype)
+        self.bias = Parameter((out_features,), dtype) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = F.dequantize(self.weight.value, self.per_channel_scale.value, axis=0)
+        y = F.matmul(x, weight, transpose_b=True)
+        return y + self.bias.value if self.bias is not None else y

@@ -9,11 +9,12 @@ from __future__ import annotations
 import functools
 import json
 import os
+from collections.abc import Callable
 
 import torch
 
 from core.builder import CONFIG_FILE
-from core.network import Dim, Network, load_network
+from core.network import Dim, InputSpec, load_network
 from core.torch_backend import TorchEngine
 from models.wenet.config import ModelConfig
 from weights.files import load_vocab
@@ -26,15 +27,25 @@ class ProfileError(ValueError):
 
 
 class Session:
-    def __init__(self, network: Network, device: str | torch.device = "cpu"):
-        self.name = network.name
-        self.inputs = network.inputs
-        self.output_names = list(network.outputs)
-        self._engine = TorchEngine(network, device)
+    """One engine network, whichever backend built it: input checks, then execution."""
+
+    def __init__(self, name: str, inputs: dict[str, InputSpec], engine: Callable[[dict], dict]):
+        self.name = name
+        self.inputs = inputs
+        self._engine = engine
 
     @staticmethod
-    def from_artifact(path: str, device: str | torch.device = "cpu") -> Session:
-        return Session(load_network(path), device)
+    def from_artifact(path: str, device: str | torch.device = "cpu", inputs: list[dict] | None = None) -> Session:
+        """A ``.safetensors`` network (PyTorch lowering) or a ``.plan`` (TensorRT; ``inputs`` from config.json)."""
+        if path.endswith(".plan"):
+            from core.tensorrt_backend import TensorRTEngine
+
+            specs = [InputSpec.from_json(d) for d in inputs or []]
+            with open(path, "rb") as f:
+                engine = TensorRTEngine(f.read(), device)
+            return Session(os.path.splitext(os.path.basename(path))[0], {s.name: s for s in specs}, engine)
+        network = load_network(path)
+        return Session(network.name, network.inputs, TorchEngine(network, device))
 
     def profile(self, dim_name: str) -> Dim:
         for spec in self.inputs.values():
@@ -92,5 +103,5 @@ class EngineDir:
 
     @functools.cached_property
     def sessions(self) -> dict[str, Session]:
-        return {name: Session.from_artifact(os.path.join(self.path, info["artifact"]), self.device)
+        return {name: Session.from_artifact(os.path.join(self.path, info["artifact"]), self.device, info["inputs"])
                 for name, info in self.config["networks"].items()}

@@ -6,7 +6,7 @@ import torch
 from core import functional as F
 from core.dtype import DataType
 from core.module import Module, ModuleList, Parameter
-from core.network import Dim, Network, load_network, net_guard, save_network
+from core.network import Dim, Network, net_guard, save_network
 from core.ops import OpError
 from core.torch_backend import TorchEngine
 from runtime.session import ProfileError, Session
@@ -124,7 +124,7 @@ def test_artifact_round_trip_and_profile_checks(tmp_path):
         net.mark_output(m(x), "y")
     path = str(tmp_path / "affine.safetensors")
     save_network(net, path)
-    session = Session(load_network(path))
+    session = Session.from_artifact(path)
     x = torch.randn(2, 7, 4)
     torch.testing.assert_close(session.run({"x": x})["y"], x @ m.weight.raw_value.T)
     with pytest.raises(ProfileError, match=r"dim 1 \(time\) = 33 is outside the built profile \[1, 32\]"):
@@ -153,3 +153,28 @@ def test_remaining_ops_match_torch():
     assert out["indices"].dtype == torch.int32 and out["indices"].tolist() == ref_indices.tolist()
     torch.testing.assert_close(out["unary"], torch.log(torch.exp(x)) + torch.sqrt(torch.clamp(x, min=0)))
     torch.testing.assert_close(out["act"], torch.relu(-x) * torch.sigmoid(x))
+
+
+def test_int8_quantization_ops_and_weight_only_linear():
+    from layers.linear import WeightOnlyInt8Linear
+
+    weight = torch.randn(6, 5)
+    scale = weight.abs().amax(1) / 127
+    layer = WeightOnlyInt8Linear(5, 6, dtype=DataType.float32)
+    layer.assign_names("proj")
+    layer.weight.set_value(torch.round(weight / scale[:, None]).to(torch.int8))
+    layer.per_channel_scale.set_value(scale)
+    layer.bias.set_value(torch.zeros(6))
+    net = Network("int8")
+    with net_guard(net):
+        x = net.add_input("x", DataType.float32, [B, 5])
+        net.mark_output(layer(x), "y")
+        kv_scale = F.constant(torch.tensor(0.05))
+        net.mark_output(F.quantize(x, kv_scale), "q")
+        net.mark_output(F.dequantize(F.quantize(x, kv_scale), kv_scale), "qdq")
+    x = torch.randn(3, 5)
+    out = run(net, x=x)
+    torch.testing.assert_close(out["y"], x @ weight.T, atol=0.02 * x.abs().sum(1, keepdim=True).max(), rtol=0)
+    assert out["q"].dtype == torch.int8
+    assert out["q"].tolist() == torch.clamp(torch.round(x / 0.05), -128, 127).to(torch.int8).tolist()
+    torch.testing.assert_close(out["qdq"], out["q"].float() * 0.05)

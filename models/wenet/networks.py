@@ -44,7 +44,8 @@ class Profiles:
         min_frames = 1
         while subsampled_length(min_frames, input_layer) < 1:
             min_frames += 1
-        return Dim("frames", min_frames, seconds_to_frames(self.opt_seconds), seconds_to_frames(self.max_seconds))
+        max_frames = seconds_to_frames(self.max_seconds)
+        return Dim("frames", min_frames, min(seconds_to_frames(self.opt_seconds), max_frames), max_frames)
 
     def to_json(self) -> dict:
         return asdict(self)
