@@ -23,7 +23,7 @@ WORKSPACE_BYTES = 4 << 30
 
 
 class TensorRTUnavailable(RuntimeError):
-    pass
+    """TensorRT was asked for where it cannot be imported; the message says what to install."""
 
 
 def import_tensorrt():

@@ -26,7 +26,7 @@ BN_STATS = ("weight", "bias", "running_mean", "running_var")
 
 
 class WeightMappingError(ValueError):
-    pass
+    """A checkpoint that does not fit the model train.yaml describes; the message names the keys."""
 
 
 def _fold_batch_norm(state: dict[str, torch.Tensor], prefix: str, eps: float, used: set[str]) -> dict[str, torch.Tensor]:
