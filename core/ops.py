@@ -361,16 +361,17 @@ class Convolution:
     @staticmethod
     def tensorrt(ctx, x, weight, *bias, stride, pre_padding, post_padding, dilation, groups):
         """1-d convolutions run as 2-d ones on (B, C, T, 1): TensorRT convolves 2 or 3 spatial dims."""
+        from core.tensorrt_backend import conv1d_as_2d
+
         trt, net = ctx.trt, ctx.network
         weight_shape = ctx.spec(1)[1]
         one_d = len(stride) == 1
         if one_d:
             x = ctx.output(net.add_unsqueeze(x, ctx.int64([3])))
-            weight = ctx.reshape(weight, (*weight_shape, 1))
-            stride, pre_padding, post_padding, dilation = ([v[0], extra] for v, extra in
-                                                           zip((stride, pre_padding, post_padding, dilation), (1, 0, 0, 1)))
-        kernel = tuple(weight_shape[2:]) + ((1,) if one_d else ())
-        layer = net.add_convolution_nd(x, weight_shape[0], trt.Dims(kernel), trt.Weights(), trt.Weights())
+            weight_shape, stride, pre_padding, post_padding, dilation = conv1d_as_2d(
+                weight_shape, stride, pre_padding, post_padding, dilation)
+            weight = ctx.reshape(weight, weight_shape)
+        layer = net.add_convolution_nd(x, weight_shape[0], trt.Dims(weight_shape[2:]), trt.Weights(), trt.Weights())
         layer.set_input(1, weight)
         if bias:
             layer.set_input(2, bias[0])

@@ -52,6 +52,22 @@ def profile_shapes(spec: InputSpec) -> tuple[tuple[int, ...], tuple[int, ...], t
     return tuple(p[0] for p in pick), tuple(p[1] for p in pick), tuple(p[2] for p in pick)
 
 
+def slice_plan(rank: int, axis: int) -> tuple[list[tuple], list[tuple]]:
+    """How the full start and size vectors of a one-axis slice are assembled from shape-tensor parts:
+    ("zeros", n), ("begin",), ("shape", first, count) of the input's shape, ("length",)."""
+    before, after = axis, rank - axis - 1
+    starts = ([("zeros", before)] if before else []) + [("begin",)] + ([("zeros", after)] if after else [])
+    sizes = ([("shape", 0, before)] if before else []) + [("length",)] + ([("shape", axis + 1, after)] if after else [])
+    return starts, sizes
+
+
+def conv1d_as_2d(weight_shape: tuple[int, ...], stride: list[int], pre_padding: list[int], post_padding: list[int],
+                 dilation: list[int]) -> tuple[tuple[int, ...], list[int], list[int], list[int], list[int]]:
+    """A 1-d convolution as a 2-d one over (B, C, T, 1): weight (out, in/g, k) -> (out, in/g, k, 1), and the
+    stride, paddings and dilation with the unit second spatial dim appended."""
+    return (*weight_shape, 1), [stride[0], 1], [pre_padding[0], 0], [post_padding[0], 0], [dilation[0], 1]
+
+
 class LoweringContext:
     """What an op's ``tensorrt`` rule works with: the module, the network, its inputs' specs, helpers."""
 
@@ -105,11 +121,9 @@ class LoweringContext:
         """``x`` narrowed to ``[begin, begin + length)`` along ``axis`` (begin may be negative with ``fill``)."""
         rank = self.rank(0)
         shape = self.output(self.network.add_shape(x))
-        starts = [p for p in (self.int64([0] * axis) if axis else None, begin,
-                              self.int64([0] * (rank - axis - 1)) if axis < rank - 1 else None) if p is not None]
-        sizes = [p for p in (self._shape_part(shape, 0, axis) if axis else None, length,
-                             self._shape_part(shape, axis + 1, rank - axis - 1) if axis < rank - 1 else None)
-                 if p is not None]
+        parts = {"zeros": lambda n: self.int64([0] * n), "begin": lambda: begin, "length": lambda: length,
+                 "shape": lambda first, count: self._shape_part(shape, first, count)}
+        starts, sizes = ([parts[kind](*args) for kind, *args in plan] for plan in slice_plan(rank, axis))
         layer = self.network.add_slice(x, self.trt.Dims([0] * rank), self.trt.Dims([1] * rank),
                                        self.trt.Dims([1] * rank))
         layer.set_input(1, self._concat(starts))

@@ -49,3 +49,37 @@ def test_backend_request_without_tensorrt_is_a_clear_error(random_models, tmp_pa
                        "--backend", "tensorrt"])
     assert code == 1
     assert "needs TensorRT 10.x or 11.x" in capsys.readouterr().err
+
+
+def evaluate_slice_plan(plan, shape, begin, length):
+    values = {"zeros": lambda n: [0] * n, "begin": lambda: [begin], "length": lambda: [length],
+              "shape": lambda first, count: list(shape[first:first + count])}
+    return [v for kind, *args in plan for v in values[kind](*args)]
+
+
+@pytest.mark.parametrize("shape", [(5,), (2, 7), (2, 9, 4), (3, 2, 6, 5)])
+def test_slice_plan_assembles_full_start_and_size_vectors(shape):
+    from core.tensorrt_backend import slice_plan
+
+    for axis in range(len(shape)):
+        starts, sizes = slice_plan(len(shape), axis)
+        start = evaluate_slice_plan(starts, shape, -2, 3)
+        size = evaluate_slice_plan(sizes, shape, -2, 3)
+        assert start == [0] * axis + [-2] + [0] * (len(shape) - axis - 1)
+        assert size == [*shape[:axis], 3, *shape[axis + 1:]]
+
+
+@pytest.mark.parametrize("kernel, groups, padding", [(15, 8, (7, 7)), (8, 8, (7, 0)), (1, 1, (0, 0))])
+def test_conv1d_as_2d_layout_computes_the_same_convolution(kernel, groups, padding):
+    import torch
+
+    from core.tensorrt_backend import conv1d_as_2d
+
+    x, weight, bias = torch.randn(2, 8, 30), torch.randn(6 if groups == 1 else 8, 8 // groups, kernel), torch.randn(8)
+    bias = bias[:weight.shape[0]]
+    shape, stride, pre, post, dilation = conv1d_as_2d(tuple(weight.shape), [1], [padding[0]], [padding[1]], [1])
+    assert shape == (*weight.shape, 1)
+    ref = torch.nn.functional.conv1d(torch.nn.functional.pad(x, padding), weight, bias, groups=groups)
+    x2 = torch.nn.functional.pad(x.unsqueeze(3), (pre[1], post[1], pre[0], post[0]))
+    out = torch.nn.functional.conv2d(x2, weight.reshape(shape), bias, stride, 0, dilation, groups).squeeze(3)
+    torch.testing.assert_close(out, ref)
