@@ -1,0 +1,43 @@
+"""summarize.py: data formats, scoring with S/D/I, and the report on real speech."""
+
+import json
+import os
+
+import summarize
+from tests.conftest import SHARED, sample_flacs
+
+
+def test_scoring_counts_substitutions_deletions_insertions():
+    items = [("a", "", "甚至出现交易几乎停滞的情况"), ("b", "", "设定 二十九度!")]
+    run = summarize.SystemRun("x", texts={"m": {"a": "甚至出现交易停滞的情况呀", "b": "设定二十九度"}})
+    row, per_utt = summarize.score(run, "m", items, None)
+    assert row["metric"] == "CER" and (row["sub"], row["del"], row["ins"]) == (0, 2, 1)
+    assert abs(row["error_rate"] - 3 / 19) < 1e-9 and row["ser"] == 0.5
+    assert per_utt[1]["ref"] == "设定二十九度" and per_utt[1]["errors"] == {"sub": 0, "del": 0, "ins": 0}
+    english = summarize.score(summarize.SystemRun("x", texts={"m": {"c": "the cat sat"}}), "m",
+                              [("c", "", "The cat sat down.")], None)[0]
+    assert english["metric"] == "WER" and english["del"] == 1 and abs(english["error_rate"] - 0.25) < 1e-9
+
+
+def test_report_on_real_speech_with_both_systems(tmp_path, random_models, capsys):
+    flacs = sample_flacs(3)
+    texts = dict(line.split(maxsplit=1) for line in open(os.path.join(SHARED, "aishell_sample", "text"), encoding="utf-8"))
+    data = tmp_path / "data"
+    data.mkdir()
+    keys = [os.path.splitext(os.path.basename(f))[0] for f in flacs]
+    (data / "wav.scp").write_text("".join(f"{k} {f}\n" for k, f in zip(keys, flacs)))
+    (data / "text").write_text("".join(f"{k} {texts[k]}" for k in keys), encoding="utf-8")
+    data_list = tmp_path / "data.list"
+    data_list.write_text("".join(json.dumps({"key": k, "wav": f, "txt": texts[k].strip()}) + "\n"
+                                 for k, f in zip(keys, flacs)))
+    assert summarize.read_data(str(data)) == summarize.read_data(str(data_list))
+    result_file = tmp_path / "results.jsonl"
+    code = summarize.main(["--engine_dir", random_models["u2pp"][1], "--data", str(data), "--modes",
+                           "ctc_greedy_search", "attention_rescoring", "--beam_size", "4", "--device", "cpu",
+                           "--result_file", str(result_file)])
+    out = capsys.readouterr().out
+    assert code == 0 and "3 utterances" in out and "on CPU" in out
+    engine_rows = [line for line in out.splitlines() if line.startswith("engine torch float32")]
+    assert len(engine_rows) == 2 and all(float(row.split()[-3]) == 100.0 for row in engine_rows)  # agreement column
+    records = [json.loads(line) for line in result_file.read_text().splitlines()]
+    assert len(records) == 12 and {r["key"] for r in records} == set(keys)
