@@ -141,10 +141,11 @@ class PositionwiseFeedForward(nn.Module):
         super().__init__()
         self.w_1 = nn.Linear(idim, hidden)
         self.activation = activation
+        self.dropout = nn.Dropout(0.0)  # training only (set by the trainer); identity in eval
         self.w_2 = nn.Linear(hidden, idim)
 
     def forward(self, x):
-        return self.w_2(self.activation(self.w_1(x)))
+        return self.w_2(self.dropout(self.activation(self.w_1(x))))
 
 
 class ConvolutionModule(nn.Module):
@@ -201,15 +202,16 @@ class ConformerEncoderLayer(nn.Module):
             self.norm_conv = nn.LayerNorm(d, eps=c.norm_eps)
             self.norm_final = nn.LayerNorm(d, eps=c.norm_eps)
         self.ff_scale = 0.5 if c.macaron_style else 1.0
+        self.dropout = nn.Dropout(0.0)  # training only; identity in eval
 
     def forward(self, x, mask, pos_emb, mask_pad):
         if self.feed_forward_macaron is not None:
-            x = x + self.ff_scale * self.feed_forward_macaron(self.norm_ff_macaron(x))
+            x = x + self.ff_scale * self.dropout(self.feed_forward_macaron(self.norm_ff_macaron(x)))
         y = self.norm_mha(x)
-        x = x + self.self_attn(y, y, y, mask, pos_emb)
+        x = x + self.dropout(self.self_attn(y, y, y, mask, pos_emb))
         if self.conv_module is not None:
-            x = x + self.conv_module(self.norm_conv(x), mask_pad)
-        x = x + self.ff_scale * self.feed_forward(self.norm_ff(x))
+            x = x + self.dropout(self.conv_module(self.norm_conv(x), mask_pad))
+        x = x + self.ff_scale * self.dropout(self.feed_forward(self.norm_ff(x)))
         return self.norm_final(x) if self.conv_module is not None else x
 
 
@@ -222,12 +224,17 @@ class ConformerEncoder(nn.Module):
         self.encoders = nn.ModuleList([ConformerEncoderLayer(c) for _ in range(c.num_blocks)])
         self.after_norm = nn.LayerNorm(c.output_size, eps=c.norm_eps) if c.final_norm else None
 
-    def forward(self, xs, xs_lens):
+    def forward(self, xs, xs_lens, chunk_size: int = 0):
+        """``chunk_size`` > 0 (dynamic-chunk training) limits attention to the own and earlier chunks."""
         masks = ~make_pad_mask(xs_lens, xs.size(1)).unsqueeze(1)
         xs = self.global_cmvn(xs)
         xs, pos_emb, masks = self.embed(xs, masks)
+        att_mask = masks
+        if chunk_size > 0:
+            chunk = torch.arange(xs.size(1), device=xs.device) // chunk_size
+            att_mask = masks & (chunk.unsqueeze(0) <= chunk.unsqueeze(1)).unsqueeze(0)  # (B, T', T')
         for layer in self.encoders:
-            xs = layer(xs, masks, pos_emb, masks)
+            xs = layer(xs, att_mask, pos_emb, masks)
         if self.after_norm is not None:
             xs = self.after_norm(xs)
         return xs, masks
@@ -242,6 +249,7 @@ class DecoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(d, eps=c.norm_eps)
         self.norm2 = nn.LayerNorm(d, eps=c.norm_eps)
         self.norm3 = nn.LayerNorm(d, eps=c.norm_eps)
+        self.dropout = nn.Dropout(0.0)  # training only; identity in eval
 
     def forward(self, tgt, tgt_mask, memory, memory_mask, cache=None):
         residual = tgt
@@ -250,10 +258,10 @@ class DecoderLayer(nn.Module):
             tgt_q, tgt_q_mask = tgt, tgt_mask
         else:  # 2022 WeNet: recompute K/V of all positions, query the last one, cache layer outputs
             tgt_q, residual, tgt_q_mask = tgt[:, -1:, :], residual[:, -1:, :], tgt_mask[:, -1:, :]
-        x = residual + self.self_attn(tgt_q, tgt, tgt, tgt_q_mask)
+        x = residual + self.dropout(self.self_attn(tgt_q, tgt, tgt, tgt_q_mask))
         y = self.norm2(x)
-        x = x + self.src_attn(y, memory, memory, memory_mask)
-        x = x + self.feed_forward(self.norm3(x))
+        x = x + self.dropout(self.src_attn(y, memory, memory, memory_mask))
+        x = x + self.dropout(self.feed_forward(self.norm3(x)))
         if cache is not None:
             x = torch.cat([cache, x], dim=1)
         return x

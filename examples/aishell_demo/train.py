@@ -1,0 +1,291 @@
+"""Train the demo u2++ conformer the WeNet way and write a standard WeNet model dir.
+
+    python examples/aishell_demo/train.py --data .data/demo --out exp/demo --minutes 8 [--device cuda]
+
+CTC + attention loss (label smoothing 0.1, ctc_weight 0.3, reverse_weight 0.3, BiTransformerDecoder), dynamic-chunk
+training (half the batches full context, the others a random chunk of 1-25 frames), SpecAugment (2 frequency masks
+of up to 10 bins, 2 time masks of up to 50 frames), speed perturbation 0.9/1.0/1.1, Adam with warm-up and inverse
+square-root decay, bf16 autocast on GPUs, and the average of the last checkpoints as ``final.pt`` (as WeNet's
+average_model). The model is ``reference.py`` itself, so the checkpoint has WeNet's key names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import torch
+import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from models.wenet.config import load_config  # noqa: E402
+from models.wenet.reference import IGNORE_ID, ReferenceModel  # noqa: E402
+from runtime.audio import load_audio  # noqa: E402
+from runtime.frontend import fbank  # noqa: E402
+
+SPEEDS = (0.9, 1.0, 1.1)
+SPECIALS = ["<blank>", "<unk>", "<sos/eos>"]
+
+
+def model_yaml(vocab_size: int, tiny: bool = False) -> dict:
+    """train.yaml of the demo model (HEAD-era keys, sos = eos = 2)."""
+    size = {"output_size": 64, "attention_heads": 2, "linear_units": 128, "num_blocks": 2} if tiny else \
+        {"output_size": 256, "attention_heads": 4, "linear_units": 1024, "num_blocks": 6}
+    decoder = {"attention_heads": size["attention_heads"], "linear_units": size["linear_units"],
+               "num_blocks": 1 if tiny else 3, "r_num_blocks": 1, "dropout_rate": 0.1,
+               "positional_dropout_rate": 0.1, "self_attention_dropout_rate": 0.1, "src_attention_dropout_rate": 0.1}
+    return {
+        "input_dim": 80, "output_dim": vocab_size,
+        "encoder": "conformer",
+        "encoder_conf": {**size, "dropout_rate": 0.1, "positional_dropout_rate": 0.1, "attention_dropout_rate": 0.1,
+                         "input_layer": "conv2d", "normalize_before": True, "cnn_module_kernel": 8,
+                         "use_cnn_module": True, "activation_type": "swish", "pos_enc_layer_type": "rel_pos",
+                         "selfattention_layer_type": "rel_selfattn", "causal": True, "use_dynamic_chunk": True,
+                         "use_dynamic_left_chunk": False, "cnn_module_norm": "layer_norm"},
+        "decoder": "bitransformer", "decoder_conf": decoder,
+        "tokenizer": "char",
+        "tokenizer_conf": {"symbol_table_path": "units.txt", "split_with_space": False,
+                           "special_tokens": {"<blank>": 0, "<unk>": 1, "<sos>": 2, "<eos>": 2}},
+        "ctc": "ctc", "ctc_conf": {"ctc_blank_id": 0},
+        "cmvn": "global_cmvn", "cmvn_conf": {"cmvn_file": "global_cmvn", "is_json_cmvn": True},
+        "model": "asr_model",
+        "model_conf": {"ctc_weight": 0.3, "lsm_weight": 0.1, "length_normalized_loss": False, "reverse_weight": 0.3},
+        "dataset_conf": {"fbank_conf": {"num_mel_bins": 80, "frame_shift": 10, "frame_length": 25, "dither": 0.0},
+                         "speed_perturb": True, "spec_aug": True,
+                         "spec_aug_conf": {"num_t_mask": 2, "num_f_mask": 2, "max_t": 50, "max_f": 10}},
+    }
+
+
+def read_split(folder: str) -> list[tuple[str, str, str]]:
+    base = os.path.dirname(os.path.abspath(folder))
+    with open(os.path.join(folder, "wav.scp"), encoding="utf-8") as f:
+        wavs = dict(line.split(maxsplit=1) for line in f if line.strip())
+    with open(os.path.join(folder, "text"), encoding="utf-8") as f:
+        texts = dict(line.rstrip("\n").split(maxsplit=1) for line in f if len(line.split()) == 2)
+    return [(k, w.strip() if os.path.isabs(w.strip()) else os.path.join(base, w.strip()), texts[k])
+            for k, w in wavs.items() if k in texts]
+
+
+def _features(args: tuple[str, float]) -> np.ndarray:
+    path, speed = args
+    samples = load_audio(path)
+    if speed != 1.0:  # speed perturbation: resample, as sox's "speed" does
+        from scipy.signal import resample_poly
+
+        samples = resample_poly(samples, 10, round(10 * speed)).astype(np.float32)
+    return fbank(samples).numpy().astype(np.float16)
+
+
+def featurize(items, speeds, workers: int) -> list[tuple[torch.Tensor, str]]:
+    jobs = [(path, speed) for _, path, _ in items for speed in speeds]
+    texts = [text for _, _, text in items for _ in speeds]
+    with ProcessPoolExecutor(workers) as pool:
+        feats = list(pool.map(_features, jobs, chunksize=16))
+    return [(torch.from_numpy(f), t) for f, t in zip(feats, texts) if f.shape[0] >= 7]
+
+
+def cmvn_stats(feats: list[torch.Tensor]) -> dict:
+    x = torch.cat([f.double() for f in feats])
+    return {"mean_stat": x.sum(0).tolist(), "var_stat": (x * x).sum(0).tolist(), "frame_num": int(x.shape[0])}
+
+
+def batches(examples, max_frames: int, rng: random.Random) -> list[list[int]]:
+    """Length-sorted buckets of at most ``max_frames`` padded frames, in random order."""
+    order = sorted(range(len(examples)), key=lambda i: examples[i][0].shape[0])
+    out, current, longest = [], [], 0
+    for i in order:
+        longest = max(longest, examples[i][0].shape[0])
+        if current and longest * (len(current) + 1) > max_frames:
+            out.append(current)
+            current, longest = [], examples[i][0].shape[0]
+        current.append(i)
+    if current:
+        out.append(current)
+    rng.shuffle(out)
+    return out
+
+
+def spec_augment(x: torch.Tensor, lengths: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    x = x.clone()
+    for b in range(x.shape[0]):
+        for _ in range(2):
+            f = rng.randint(0, 10)
+            f0 = rng.randint(0, 80 - f)
+            x[b, :, f0:f0 + f] = 0
+            t = rng.randint(0, min(50, int(lengths[b]) // 5))
+            t0 = rng.randint(0, max(0, int(lengths[b]) - t))
+            x[b, t0:t0 + t] = 0
+    return x
+
+
+def label_smoothing_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float = 0.1) -> torch.Tensor:
+    """KL(smoothed one-hot || prediction) summed over tokens, per utterance (WeNet's LabelSmoothingLoss)."""
+    vocab = logits.shape[-1]
+    logp = torch.log_softmax(logits.float(), -1)
+    valid = target != IGNORE_ID
+    true = torch.full_like(logp, smoothing / (vocab - 1))
+    true.scatter_(-1, target.clamp(min=0).unsqueeze(-1), 1.0 - smoothing)
+    kl = (true * (true.log() - logp)).sum(-1)
+    return (kl * valid).sum() / logits.shape[0]
+
+
+def pad_tokens(seqs: list[list[int]], prefix: int | None, suffix: int | None, pad: int) -> torch.Tensor:
+    rows = [([prefix] if prefix is not None else []) + s + ([suffix] if suffix is not None else []) for s in seqs]
+    out = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = torch.tensor(r)
+    return out
+
+
+def loss_of(model: ReferenceModel, feats, lengths, tokens: list[list[int]], chunk: int, config) -> tuple:
+    encoder_out, mask = model.encoder(feats, lengths, chunk)
+    enc_lens = mask.squeeze(1).sum(1)
+    log_probs = model.ctc.log_softmax(encoder_out).float()
+    targets = torch.cat([torch.tensor(t) for t in tokens]).to(feats.device)
+    target_lens = torch.tensor([len(t) for t in tokens], device=feats.device)
+    ctc = torch.nn.functional.ctc_loss(log_probs.transpose(0, 1), targets, enc_lens, target_lens, blank=0,
+                                       reduction="sum", zero_infinity=True) / len(tokens)
+    sos, eos = config.sos, config.eos
+    device = feats.device
+    ys_lens = torch.tensor([len(t) + 1 for t in tokens], device=device)
+    left, right = model.decoder.left_decoder, model.decoder.right_decoder
+    att = label_smoothing_loss(left(encoder_out, mask, pad_tokens(tokens, sos, None, eos).to(device), ys_lens),
+                               pad_tokens(tokens, None, eos, IGNORE_ID).to(device))
+    reversed_tokens = [t[::-1] for t in tokens]
+    r_att = label_smoothing_loss(right(encoder_out, mask, pad_tokens(reversed_tokens, sos, None, eos).to(device), ys_lens),
+                                 pad_tokens(reversed_tokens, None, eos, IGNORE_ID).to(device))
+    rw, cw = config.reverse_weight, config.ctc_weight
+    att_loss = (1 - rw) * att + rw * r_att
+    return cw * ctc + (1 - cw) * att_loss, ctc, att_loss
+
+
+def train(data: str, out: str, minutes: float, device: str, tiny: bool = False, max_steps: int | None = None,
+          workers: int = 8, max_frames: int = 40000, seed: int = 0, save_dtype: str = "float16") -> dict:
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    start = time.time()
+    train_items = read_split(os.path.join(data, "train"))
+    dev_items = read_split(os.path.join(data, "dev"))
+    chars = sorted({c for _, _, t in train_items for c in t})
+    vocab = SPECIALS + chars
+    ids = {c: i for i, c in enumerate(vocab)}
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "units.txt"), "w", encoding="utf-8") as f:
+        f.writelines(f"{s} {i}\n" for i, s in enumerate(vocab))
+    train_ex = featurize(train_items, SPEEDS if not tiny else (1.0,), workers)
+    dev_ex = featurize(dev_items, (1.0,), workers)
+    with open(os.path.join(out, "global_cmvn"), "w") as f:
+        json.dump(cmvn_stats([x for x, _ in train_ex[1::3] if not tiny] or [x for x, _ in train_ex]), f)
+    with open(os.path.join(out, "train.yaml"), "w", encoding="utf-8") as f:
+        yaml.safe_dump(model_yaml(len(vocab), tiny), f, allow_unicode=True, sort_keys=False)
+    config = load_config(os.path.join(out, "train.yaml"))
+    from weights.files import load_cmvn
+
+    model = ReferenceModel(config)
+    mean, istd = load_cmvn(os.path.join(out, "global_cmvn"))
+    model.encoder.global_cmvn.mean.copy_(torch.from_numpy(mean).float())
+    model.encoder.global_cmvn.istd.copy_(torch.from_numpy(istd).float())
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.1
+    model.to(device).train()
+    params = sum(p.numel() for p in model.parameters())
+    optimizer = torch.optim.Adam(model.parameters(), lr=1.5e-3, betas=(0.9, 0.98), eps=1e-9)
+    warmup = 800
+
+    def lr_at(step: int) -> float:
+        return min((step + 1) / warmup, math.sqrt(warmup / (step + 1)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast(
+        "cpu", enabled=False)
+    to_ids = [[ids.get(c, 1) for c in t] for _, t in train_ex]
+    step, epoch, snapshots, log = 0, 0, [], []
+    budget = minutes * 60
+    deadline = start + budget
+    while time.time() < deadline and (max_steps is None or step < max_steps):
+        epoch += 1
+        for batch in batches(train_ex, max_frames, rng):
+            lengths = torch.tensor([train_ex[i][0].shape[0] for i in batch])
+            feats = torch.zeros(len(batch), int(lengths.max()), 80)
+            for j, i in enumerate(batch):
+                feats[j, :lengths[j]] = train_ex[i][0].float()
+            feats = spec_augment(feats, lengths, rng).to(device)
+            full = rng.random() < 0.5
+            chunk = 0 if full else rng.randint(1, 25)
+            with autocast:
+                loss, ctc, att = loss_of(model, feats, lengths.to(device), [to_ids[i] for i in batch], chunk, config)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            if step % 100 == 0:
+                print(f"step {step} epoch {epoch} loss {loss.item():.2f} ctc {ctc.item():.2f} att {att.item():.2f} "
+                      f"lr {scheduler.get_last_lr()[0]:.2e} {time.time() - start:.0f}s", flush=True)
+            if time.time() >= deadline or (max_steps is not None and step >= max_steps):
+                break
+        dev_loss = evaluate(model, dev_ex, ids, config, device, autocast) if dev_ex else float("nan")
+        log.append({"epoch": epoch, "step": step, "dev_loss": dev_loss, "seconds": round(time.time() - start)})
+        print(f"epoch {epoch} step {step} dev loss {dev_loss:.2f}", flush=True)
+        # keep the last snapshots of the final fifth of the budget for averaging
+        if time.time() > start + 0.8 * budget or (max_steps is not None and step >= max_steps):
+            snapshots.append({k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()})
+            snapshots = snapshots[-5:]
+    averaged = {k: sum(s[k] for s in snapshots) / len(snapshots) if snapshots[0][k].is_floating_point()
+                else snapshots[-1][k] for k in snapshots[0]}
+    torch.save({k: v.to(getattr(torch, save_dtype)) if v.is_floating_point() else v for k, v in averaged.items()},
+               os.path.join(out, "final.pt"))
+    summary = {"parameters": params, "steps": step, "epochs": epoch, "averaged": len(snapshots),
+               "train_utterances": len(train_ex), "train_hours": sum(x.shape[0] for x, _ in train_ex) / 360000,
+               "seconds": round(time.time() - start), "device": torch.cuda.get_device_name() if device.startswith(
+                   "cuda") else "cpu", "torch": torch.__version__, "log": log}
+    with open(os.path.join(out, "train_log.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    return summary
+
+
+@torch.no_grad()
+def evaluate(model, examples, ids, config, device, autocast) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(examples), 32):
+        chunk = examples[start:start + 32]
+        lengths = torch.tensor([x.shape[0] for x, _ in chunk])
+        feats = torch.zeros(len(chunk), int(lengths.max()), 80)
+        for j, (x, _) in enumerate(chunk):
+            feats[j, :x.shape[0]] = x.float()
+        with autocast:
+            loss, _, _ = loss_of(model, feats.to(device), lengths.to(device),
+                                 [[ids.get(c, 1) for c in t] for _, t in chunk], 0, config)
+        total += loss.item() * len(chunk)
+        count += len(chunk)
+    model.train()
+    return total / max(count, 1)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=".data/demo")
+    p.add_argument("--out", default="exp/demo")
+    p.add_argument("--minutes", type=float, default=8.0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--tiny", action="store_true", help="a tiny model, for tests")
+    p.add_argument("--max_steps", type=int)
+    p.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
+    args = p.parse_args()
+    summary = train(args.data, args.out, args.minutes, args.device, args.tiny, args.max_steps, args.workers)
+    print(json.dumps({k: v for k, v in summary.items() if k != "log"}))
+
+
+if __name__ == "__main__":
+    main()
