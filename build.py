@@ -1,4 +1,4 @@
-"""Build engines from a WeNet model dir.
+"""Build engines from a WeNet model dir (default: the shipped demo model).
 
     python build.py --model_dir exp/u2pp --output_dir engines/u2pp [--dtype float16] [--max_batch_size 16]
 """
@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -19,6 +20,10 @@ from models.wenet.networks import Profiles, build_networks, seconds_to_frames
 from runtime.session import VOCAB_FILE
 from weights.files import ModelFileError, read_model_dir
 from weights.mapping import WeightMappingError, load_weights, map_checkpoint
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+DEMO_MODEL_DIR = os.path.join(REPO, "examples", "aishell_demo", "model")
+DEMO_ENGINE_DIR = os.path.join(REPO, "engines", "aishell_demo")
 
 
 def build_engines(model_dir: str, output_dir: str, dtype: str = "float32", profiles: Profiles | None = None,
@@ -40,8 +45,9 @@ def build_engines(model_dir: str, output_dir: str, dtype: str = "float32", profi
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model_dir", required=True, help="WeNet dir: final.pt/avg_N.pt, train.yaml, global_cmvn, units.txt")
-    p.add_argument("--output_dir", required=True, help="engine dir to write")
+    p.add_argument("--model_dir", default=DEMO_MODEL_DIR,
+                   help="WeNet dir: final.pt/avg_N.pt, train.yaml, global_cmvn, units.txt (default: the demo model)")
+    p.add_argument("--output_dir", default=DEMO_ENGINE_DIR, help="engine dir to write")
     p.add_argument("--checkpoint", help="a checkpoint other than the model dir's final.pt")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--max_batch_size", type=int, default=16)

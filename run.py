@@ -1,5 +1,6 @@
-"""Transcribe audio files with built engines.
+"""Transcribe audio files with built engines (default: the demo model's, built on first use).
 
+    python run.py --input_file a.wav
     python run.py --engine_dir engines/u2pp --input_file a.wav b.flac [--modes attention_rescoring]
     python run.py --engine_dir engines/u2pp --wav_scp data/test/wav.scp --results_jsonl out.jsonl
 """
@@ -12,12 +13,13 @@ import os
 import sys
 import time
 
+from build import DEMO_ENGINE_DIR, DEMO_MODEL_DIR, build_engines
 from runtime.transcriber import MODES, DecodingOptions, Failure, Transcriber, read_wav_scp
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--engine_dir", required=True)
+    p.add_argument("--engine_dir", default=DEMO_ENGINE_DIR, help="default: the demo model's engines")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input_file", nargs="+", help="audio files; the key is the file name without extension")
     src.add_argument("--wav_scp", help="Kaldi-style 'key path' list")
@@ -31,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     try:
+        if args.engine_dir == DEMO_ENGINE_DIR and not os.path.exists(os.path.join(DEMO_ENGINE_DIR, "config.json")):
+            print(f"building the demo model's engines into {DEMO_ENGINE_DIR} (once)", file=sys.stderr)
+            build_engines(DEMO_MODEL_DIR, DEMO_ENGINE_DIR)
         items = read_wav_scp(args.wav_scp) if args.wav_scp else \
             [(os.path.splitext(os.path.basename(f))[0], f) for f in args.input_file]
         transcriber = Transcriber(args.engine_dir, args.device)

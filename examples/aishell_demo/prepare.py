@@ -96,9 +96,12 @@ def write_list(folder: str, items: list[tuple[str, str, str]]) -> None:
         f.writelines(f"{k} {t}\n" for k, _, t in items)
 
 
-def prepare(shared: str, out: str, synthetic: int, seed: int = 0) -> dict[str, int]:
+def prepare(shared: str, out: str, synthetic: int, seed: int = 0, max_real: int | None = None) -> dict[str, int]:
+    """``max_real`` keeps only that many real train/dev utterances (for quick tests)."""
     rng = random.Random(seed)
     parts = split_sample(shared)
+    if max_real is not None:
+        parts = {k: v[:max_real] if k != "test" else v for k, v in parts.items()}
     audio = os.path.join(out, "audio")
     os.makedirs(audio, exist_ok=True)
     packed: dict[str, list] = {"train": [], "dev": []}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import random
 import sys
@@ -74,6 +75,10 @@ def read_split(folder: str) -> list[tuple[str, str, str]]:
             for k, w in wavs.items() if k in texts]
 
 
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
 def _features(args: tuple[str, float]) -> np.ndarray:
     path, speed = args
     samples = load_audio(path)
@@ -87,7 +92,8 @@ def _features(args: tuple[str, float]) -> np.ndarray:
 def featurize(items, speeds, workers: int) -> list[tuple[torch.Tensor, str]]:
     jobs = [(path, speed) for _, path, _ in items for speed in speeds]
     texts = [text for _, _, text in items for _ in speeds]
-    with ProcessPoolExecutor(workers) as pool:
+    # spawned, single-threaded workers: forking after torch started its OpenMP pool can deadlock
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread) as pool:
         feats = list(pool.map(_features, jobs, chunksize=16))
     return [(torch.from_numpy(f), t) for f, t in zip(feats, texts) if f.shape[0] >= 7]
 
@@ -182,6 +188,7 @@ def train(data: str, out: str, minutes: float, device: str, tiny: bool = False, 
         f.writelines(f"{s} {i}\n" for i, s in enumerate(vocab))
     train_ex = featurize(train_items, SPEEDS if not tiny else (1.0,), workers)
     dev_ex = featurize(dev_items, (1.0,), workers)
+    print(f"featurized {len(train_ex)} train and {len(dev_ex)} dev utterances in {time.time() - start:.0f} s", flush=True)
     with open(os.path.join(out, "global_cmvn"), "w") as f:
         json.dump(cmvn_stats([x for x, _ in train_ex[1::3] if not tiny] or [x for x, _ in train_ex]), f)
     with open(os.path.join(out, "train.yaml"), "w", encoding="utf-8") as f:
@@ -229,7 +236,7 @@ def train(data: str, out: str, minutes: float, device: str, tiny: bool = False, 
             optimizer.step()
             scheduler.step()
             step += 1
-            if step % 100 == 0:
+            if step % 50 == 0:
                 print(f"step {step} epoch {epoch} loss {loss.item():.2f} ctc {ctc.item():.2f} att {att.item():.2f} "
                       f"lr {scheduler.get_last_lr()[0]:.2e} {time.time() - start:.0f}s", flush=True)
             if time.time() >= deadline or (max_steps is not None and step >= max_steps):

@@ -26,8 +26,8 @@ def make_pad_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     return torch.arange(max_len, device=lengths.device).unsqueeze(0) >= lengths.unsqueeze(1)
 
 
-def subsequent_mask(size: int) -> torch.Tensor:
-    return torch.tril(torch.ones(size, size, dtype=torch.bool))
+def subsequent_mask(size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    return torch.tril(torch.ones(size, size, dtype=torch.bool, device=device))
 
 
 class GlobalCMVN(nn.Module):
@@ -277,7 +277,8 @@ class TransformerDecoder(nn.Module):
 
     def forward(self, memory, memory_mask, ys_in_pad, ys_in_lens):
         max_len = ys_in_pad.size(1)
-        tgt_mask = ~make_pad_mask(ys_in_lens, max_len).unsqueeze(1) & subsequent_mask(max_len).unsqueeze(0)
+        tgt_mask = ~make_pad_mask(ys_in_lens, max_len).unsqueeze(1) & \
+            subsequent_mask(max_len, ys_in_pad.device).unsqueeze(0)
         x, _ = self.embed[1](self.embed[0](ys_in_pad))
         for layer in self.decoders:
             x = layer(x, tgt_mask, memory, memory_mask)
@@ -400,7 +401,7 @@ class ReferenceModel(nn.Module):
         left, right = self._left_right()
         hyps = [torch.tensor(h, dtype=torch.long) for h in prefix.nbest]
         n = len(hyps)
-        hyps_lens = torch.tensor([len(h) + 1 for h in hyps])
+        hyps_lens = torch.tensor([len(h) + 1 for h in hyps], device=encoder_out.device)
         max_len = max(len(h) for h in hyps) + 1
         ys_in = torch.full((n, max_len), self.eos, dtype=torch.long)
         r_ys_in = torch.full((n, max_len), self.eos, dtype=torch.long)
@@ -409,10 +410,11 @@ class ReferenceModel(nn.Module):
             ys_in[i, 1:len(h) + 1] = h
             r_ys_in[i, 1:len(h) + 1] = h.flip(0)
         memory = encoder_out.repeat(n, 1, 1)
-        memory_mask = torch.ones(n, 1, memory.size(1), dtype=torch.bool)
-        out = torch.log_softmax(left(memory, memory_mask, ys_in, hyps_lens), dim=-1)
+        memory_mask = torch.ones(n, 1, memory.size(1), dtype=torch.bool, device=memory.device)
+        ys_in, r_ys_in = ys_in.to(memory.device), r_ys_in.to(memory.device)
+        out = torch.log_softmax(left(memory, memory_mask, ys_in, hyps_lens), dim=-1).cpu()
         use_right = right is not None and reverse_weight > 0
-        r_out = torch.log_softmax(right(memory, memory_mask, r_ys_in, hyps_lens), dim=-1) if use_right else None
+        r_out = torch.log_softmax(right(memory, memory_mask, r_ys_in, hyps_lens), dim=-1).cpu() if use_right else None
         best, best_score, scores = 0, -float("inf"), []
         for i, h in enumerate(prefix.nbest):
             score = sum(out[i, j, w].item() for j, w in enumerate(h)) + out[i, len(h), self.eos].item()
@@ -435,14 +437,15 @@ class ReferenceModel(nn.Module):
         running = batch * beam_size
         encoder_out = encoder_out.unsqueeze(1).repeat(1, beam_size, 1, 1).view(running, max_len, d)
         encoder_mask = encoder_mask.unsqueeze(1).repeat(1, beam_size, 1, 1).view(running, 1, max_len)
-        hyps = torch.full((running, 1), self.sos, dtype=torch.long)
-        scores = torch.tensor([0.0] + [-float("inf")] * (beam_size - 1)).repeat(batch).unsqueeze(1)
+        device = encoder_out.device
+        hyps = torch.full((running, 1), self.sos, dtype=torch.long, device=device)
+        scores = torch.tensor([0.0] + [-float("inf")] * (beam_size - 1), device=device).repeat(batch).unsqueeze(1)
         end_flag = torch.zeros_like(scores, dtype=torch.bool)
         cache = None
         for i in range(1, max_len + 1):
             if end_flag.sum() == running:
                 break
-            hyps_mask = subsequent_mask(i).unsqueeze(0).repeat(running, 1, 1)
+            hyps_mask = subsequent_mask(i, device).unsqueeze(0).repeat(running, 1, 1)
             logp, cache = left.forward_one_step(encoder_out, encoder_mask, hyps, hyps_mask, cache)
             top_k_logp, top_k_index = logp.topk(beam_size)
             # finished hypotheses: one continuation (eos) with score 0, the others -inf
@@ -452,7 +455,7 @@ class ReferenceModel(nn.Module):
             top_k_index = top_k_index.masked_fill(end_flag.repeat(1, beam_size), self.eos)
             scores = (scores + top_k_logp).view(batch, beam_size * beam_size)
             scores, offset_k_index = scores.topk(k=beam_size)
-            base = (torch.arange(batch).view(-1, 1) * beam_size).repeat(1, beam_size).view(-1)
+            base = (torch.arange(batch, device=device).view(-1, 1) * beam_size).repeat(1, beam_size).view(-1)
             cache_index = base + (offset_k_index // beam_size).view(-1)
             cache = [c.index_select(0, cache_index) for c in cache]
             scores = scores.view(-1, 1)

@@ -1,0 +1,54 @@
+"""The demo recipe (data preparation, one training step) and the shipped demo model's transcripts."""
+
+import json
+import os
+
+import pytest
+
+from build import DEMO_MODEL_DIR, build_engines
+from examples.aishell_demo.prepare import prepare, split_sample
+from examples.aishell_demo.train import train
+from runtime.transcriber import DecodingOptions, Transcriber
+from tests.conftest import SHARED
+
+UNSEEN = {  # test-part utterances the model never trained on: its actual output, checked for regressions
+    "BAC009S0150W0171": ("已经成为当前房地产市场的接盘侠", "已经成为当前房地产市场的接盘侠"),
+    "BAC009S0150W0180": ("只撑房地产的刚许在执续缩", "只撑房地产的刚P在执续缩"),
+}
+
+
+def test_split_keeps_the_test_part_unseen():
+    parts = split_sample(SHARED)
+    keys = {part: {k for k, _, _ in items} for part, items in parts.items()}
+    assert not keys["test"] & (keys["train"] | keys["dev"]) and not keys["dev"] & keys["train"]
+    assert len(keys["test"]) == 99 and {k[6:11] for k in keys["test"]} == {"S0150", "S0252"}
+    assert set(UNSEEN) <= keys["test"]
+
+
+def test_recipe_prepares_data_and_trains_a_step(tmp_path):
+    if not any(os.access(os.path.join(d, "espeak-ng"), os.X_OK) for d in os.environ["PATH"].split(os.pathsep)):
+        pytest.fail("espeak-ng is required (apt-get install espeak-ng); .ci/run installs it")
+    counts = prepare(SHARED, str(tmp_path / "data"), synthetic=6, max_real=8)
+    assert counts == {"train": 14, "dev": 8, "test": 99}
+    lines = (tmp_path / "data" / "train" / "text").read_text(encoding="utf-8").splitlines()
+    assert sum(line.startswith("SYN") for line in lines) == 6
+    summary = train(str(tmp_path / "data"), str(tmp_path / "exp"), minutes=5, device="cpu", tiny=True, max_steps=1,
+                    workers=1)
+    assert summary["steps"] == 1
+    model_dir = tmp_path / "exp"
+    assert {"final.pt", "train.yaml", "global_cmvn", "units.txt"} <= set(os.listdir(model_dir))
+    build_engines(str(model_dir), str(tmp_path / "engine"))  # a standard WeNet model dir our build reads
+    assert json.load(open(tmp_path / "engine" / "config.json"))["model"]["wenet"]["sos"] == 2
+
+
+def test_shipped_model_transcribes_unseen_speech(tmp_path):
+    size = sum(os.path.getsize(os.path.join(DEMO_MODEL_DIR, f)) for f in os.listdir(DEMO_MODEL_DIR))
+    assert size <= 40e6
+    build_engines(DEMO_MODEL_DIR, str(tmp_path / "engine"))
+    transcriber = Transcriber(str(tmp_path / "engine"))
+    items = [(k, os.path.join(SHARED, "aishell_sample", "flac", f"{k}.flac")) for k in UNSEEN]
+    results = {(r.key, r.mode): r.text for r in transcriber.transcribe(
+        items, DecodingOptions(["ctc_greedy_search", "attention_rescoring"], 10))}
+    for key, (greedy, rescoring) in UNSEEN.items():
+        assert results[(key, "ctc_greedy_search")] == greedy
+        assert results[(key, "attention_rescoring")] == rescoring
