@@ -12,6 +12,7 @@ average_model). The model is ``reference.py`` itself, so the checkpoint has WeNe
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import multiprocessing
@@ -31,38 +32,27 @@ from models.wenet.config import load_config  # noqa: E402
 from models.wenet.reference import IGNORE_ID, ReferenceModel  # noqa: E402
 from runtime.audio import load_audio  # noqa: E402
 from runtime.frontend import fbank  # noqa: E402
+from tools.make_random_model import RECIPES  # noqa: E402
 
 SPEEDS = (0.9, 1.0, 1.1)
 SPECIALS = ["<blank>", "<unk>", "<sos/eos>"]
 
 
 def model_yaml(vocab_size: int, tiny: bool = False) -> dict:
-    """train.yaml of the demo model (HEAD-era keys, sos = eos = 2)."""
+    """train.yaml of the demo model: WeNet's AISHELL-1 u2++ recipe (HEAD-era keys, sos = eos = 2), made smaller."""
+    conf = copy.deepcopy(RECIPES["u2pp"])
     size = {"output_size": 64, "attention_heads": 2, "linear_units": 128, "num_blocks": 2} if tiny else \
         {"output_size": 256, "attention_heads": 4, "linear_units": 1024, "num_blocks": 6}
-    decoder = {"attention_heads": size["attention_heads"], "linear_units": size["linear_units"],
-               "num_blocks": 1 if tiny else 3, "r_num_blocks": 1, "dropout_rate": 0.1,
-               "positional_dropout_rate": 0.1, "self_attention_dropout_rate": 0.1, "src_attention_dropout_rate": 0.1}
-    return {
-        "input_dim": 80, "output_dim": vocab_size,
-        "encoder": "conformer",
-        "encoder_conf": {**size, "dropout_rate": 0.1, "positional_dropout_rate": 0.1, "attention_dropout_rate": 0.1,
-                         "input_layer": "conv2d", "normalize_before": True, "cnn_module_kernel": 8,
-                         "use_cnn_module": True, "activation_type": "swish", "pos_enc_layer_type": "rel_pos",
-                         "selfattention_layer_type": "rel_selfattn", "causal": True, "use_dynamic_chunk": True,
-                         "use_dynamic_left_chunk": False, "cnn_module_norm": "layer_norm"},
-        "decoder": "bitransformer", "decoder_conf": decoder,
-        "tokenizer": "char",
-        "tokenizer_conf": {"symbol_table_path": "units.txt", "split_with_space": False,
-                           "special_tokens": {"<blank>": 0, "<unk>": 1, "<sos>": 2, "<eos>": 2}},
-        "ctc": "ctc", "ctc_conf": {"ctc_blank_id": 0},
-        "cmvn": "global_cmvn", "cmvn_conf": {"cmvn_file": "global_cmvn", "is_json_cmvn": True},
-        "model": "asr_model",
-        "model_conf": {"ctc_weight": 0.3, "lsm_weight": 0.1, "length_normalized_loss": False, "reverse_weight": 0.3},
-        "dataset_conf": {"fbank_conf": {"num_mel_bins": 80, "frame_shift": 10, "frame_length": 25, "dither": 0.0},
-                         "speed_perturb": True, "spec_aug": True,
-                         "spec_aug_conf": {"num_t_mask": 2, "num_f_mask": 2, "max_t": 50, "max_f": 10}},
-    }
+    conf["output_dim"] = vocab_size
+    conf["encoder_conf"].update(size)
+    conf["decoder_conf"].update(attention_heads=size["attention_heads"], linear_units=size["linear_units"],
+                                num_blocks=1 if tiny else 3, r_num_blocks=1)
+    conf["tokenizer_conf"]["symbol_table_path"] = "units.txt"
+    conf["cmvn_conf"]["cmvn_file"] = "global_cmvn"
+    conf["dataset_conf"] = {"fbank_conf": {"num_mel_bins": 80, "frame_shift": 10, "frame_length": 25, "dither": 0.0},
+                            "speed_perturb": True, "spec_aug": True,
+                            "spec_aug_conf": {"num_t_mask": 2, "num_f_mask": 2, "max_t": 50, "max_f": 10}}
+    return conf
 
 
 def read_split(folder: str) -> list[tuple[str, str, str]]:
