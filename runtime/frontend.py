@@ -47,17 +47,28 @@ def num_frames(num_samples: int, frame_length: int = 400, frame_shift: int = 160
 def fbank(samples: np.ndarray | torch.Tensor, num_mel_bins: int = 80, frame_length_ms: int = 25,
           frame_shift_ms: int = 10, sample_rate: int = 16000) -> torch.Tensor:
     """(T, num_mel_bins) float32 log-mel energies of int16-scale mono samples."""
-    wave = torch.as_tensor(samples, dtype=torch.float32)
+    return fbank_batch([samples], num_mel_bins, frame_length_ms, frame_shift_ms, sample_rate)[0]
+
+
+def fbank_batch(waves: list[np.ndarray | torch.Tensor], num_mel_bins: int = 80, frame_length_ms: int = 25,
+                frame_shift_ms: int = 10, sample_rate: int = 16000,
+                device: str | torch.device | None = None) -> list[torch.Tensor]:
+    """Fbank of several utterances at once, on ``device`` (default: where the first wave is): the frames of all
+    utterances go through one FFT and one mel projection."""
     length = int(sample_rate * frame_length_ms / 1000)
     shift = int(sample_rate * frame_shift_ms / 1000)
-    n = num_frames(wave.numel(), length, shift)
-    if n == 0:
-        return torch.zeros(0, num_mel_bins)
-    frames = wave.as_strided((n, length), (shift, 1))
+    waves = [torch.as_tensor(w, dtype=torch.float32) for w in waves]
+    device = torch.device(device) if device is not None else waves[0].device
+    counts = [num_frames(w.numel(), length, shift) for w in waves]
+    framed = [w.to(device).as_strided((n, length), (shift, 1)) for w, n in zip(waves, counts) if n]
+    if not framed:
+        return [torch.zeros(0, num_mel_bins, device=device) for _ in waves]
+    frames = torch.cat(framed)
     frames = frames - frames.mean(dim=1, keepdim=True)
     previous = torch.cat([frames[:, :1], frames[:, :-1]], dim=1)  # replicate-padded shift for x[0]
-    frames = (frames - 0.97 * previous) * povey_window(length)
+    frames = (frames - 0.97 * previous) * povey_window(length).to(device)
     padded = 1 << math.ceil(math.log2(length))
     spectrum = torch.fft.rfft(frames, n=padded).abs().pow(2.0)
-    energies = spectrum @ mel_banks(num_mel_bins, padded, sample_rate).T
-    return torch.clamp(energies, min=FLT_EPSILON).log()
+    energies = spectrum @ mel_banks(num_mel_bins, padded, sample_rate).to(device).T
+    out = torch.clamp(energies, min=FLT_EPSILON).log()
+    return list(torch.split(out, counts))

@@ -65,3 +65,14 @@ def test_nan_and_empty_audio_are_rejected(tmp_path):
     with pytest.raises(AudioError, match="empty"):
         load_audio(str(tmp_path / "empty.wav"))
     assert fbank(torch.zeros(399)).shape == (0, 80)
+
+
+def test_batched_fbank_equals_one_by_one():
+    from runtime.frontend import fbank_batch
+
+    waves = [load_audio(p) for p in WAVS + sample_flacs(2)] + [np.zeros(100, dtype=np.float32)]
+    batched = fbank_batch(waves)
+    assert [b.shape[0] for b in batched] == [fbank(w).shape[0] for w in waves]
+    assert batched[-1].shape == (0, 80)
+    for b, w in zip(batched, waves):
+        torch.testing.assert_close(b, fbank(w), atol=1e-4, rtol=1e-5)
