@@ -13,11 +13,26 @@ import os
 import sys
 import time
 
+from tqdm import tqdm
+
 from build import DEMO_ENGINE_DIR, DEMO_MODEL_DIR, build_engines
 from runtime.transcriber import MODES, DecodingOptions, Failure, Transcriber, read_wav_scp
 
 
+def seconds_since_process_start(fallback_start: float) -> float:
+    """Wall time since this process started (imports included), from /proc; elsewhere since ``fallback_start``."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - fallback_start
+
+
 def main(argv: list[str] | None = None) -> int:
+    main_start = time.perf_counter()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--engine_dir", default=DEMO_ENGINE_DIR, help="default: the demo model's engines")
     src = p.add_mutually_exclusive_group(required=True)
@@ -30,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--device", default="cpu")
     p.add_argument("--results_jsonl", help="one JSON object per utterance and mode")
+    p.add_argument("--verbose", action="store_true", help="timings: start-up, first result, total")
     args = p.parse_args(argv)
 
     try:
@@ -45,18 +61,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run.py: error: {e}", file=sys.stderr)
         return 2
     start = time.perf_counter()
+    ready_after, first_result_after = seconds_since_process_start(main_start), None
     failures, results = 0, {mode: [] for mode in args.modes}
     sink = open(args.results_jsonl, "w", encoding="utf-8") if args.results_jsonl else None
+    progress = tqdm(total=len(items), unit="file", file=sys.stderr, disable=len(items) < 2 or not sys.stderr.isatty())
     try:
         for out in transcriber.transcribe(items, options):
             if isinstance(out, Failure):
                 failures += 1
-                print(f"run.py: error: {out.key}: {out.message}", file=sys.stderr)
+                progress.update()
+                progress.write(f"run.py: error: {out.key}: {out.message}", file=sys.stderr)
                 continue
+            if first_result_after is None:
+                first_result_after = seconds_since_process_start(main_start)
+            if out.mode == args.modes[0]:
+                progress.update()
             results[out.mode].append(out)
             if sink:
                 sink.write(json.dumps(out.to_json(), ensure_ascii=False) + "\n")
     finally:
+        progress.close()
         if sink:
             sink.close()
     for mode, mode_results in results.items():
@@ -64,8 +88,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"# {mode}")
         for r in mode_results:
             print(f"{r.key}\t{r.text}")
-    done = len(items) - failures
-    print(f"transcribed {done}/{len(items)} files in {time.perf_counter() - start:.2f} s", file=sys.stderr)
+    done, elapsed = len(items) - failures, time.perf_counter() - start
+    audio = transcriber.audio_seconds
+    print(f"transcribed {done}/{len(items)} files, {audio:.1f} s of audio, in {elapsed:.2f} s: real-time factor "
+          f"{elapsed / max(audio, 1e-9):.4f} ({audio / max(elapsed, 1e-9):.0f}x real time)", file=sys.stderr)
+    if args.verbose:
+        first = f"{first_result_after:.2f} s" if first_result_after is not None else "none"
+        print(f"since process start: engines ready {ready_after:.2f} s, first result {first}", file=sys.stderr)
     return 1 if failures else 0
 
 

@@ -81,6 +81,7 @@ class Transcriber:
         self.engine = EngineDir(engine_dir, device)
         self.encoding = WeNetEncoding(self.engine)
         self.decoding = WeNetDecoding(self.engine)
+        self.audio_seconds = 0.0  # of the files featurized so far
 
     def check(self, options: DecodingOptions) -> None:
         """Options the built engines cannot serve fail here, before any audio is read."""
@@ -90,16 +91,17 @@ class Transcriber:
     def features(self, key: str, path: str) -> torch.Tensor:
         """The fbank of one file, checked against the encoder's frame profile."""
         model = self.engine.model
-        feats = fbank(load_audio(path, model.sample_rate), model.num_mel_bins, model.frame_length,
-                      model.frame_shift, model.sample_rate)
+        samples = load_audio(path, model.sample_rate)
+        feats = fbank(samples, model.num_mel_bins, model.frame_length, model.frame_shift, model.sample_rate)
         frames = self.encoding.frames
-        seconds = feats.shape[0] * model.frame_shift / 1000
+        seconds = len(samples) / model.sample_rate
         if subsampled_length(feats.shape[0], model.encoder.input_layer) < 1:
             raise AudioError(f"{path}: too short to transcribe ({seconds:.3f} s of frames; at least "
                              f"{frames.min} frames are needed)")
         if feats.shape[0] > frames.max:
             raise AudioError(f"{path}: {seconds:.1f} s is longer than the engines were built for "
                              f"({frames.max} frames); rebuild with a larger --max_seconds")
+        self.audio_seconds += seconds
         return feats
 
     def transcribe(self, items: Iterable[tuple[str, str]], options: DecodingOptions) -> Iterator[Result | Failure]:

@@ -64,9 +64,10 @@ def test_run_reads_wav_scp_with_relative_paths(tmp_path, random_models, capsys):
     shutil.copy(WAVS[1], tmp_path / "a.wav")
     (tmp_path / "wav.scp").write_text("utt_a a.wav\nutt_b " + WAVS[0] + "\n")
     code = run.main(["--engine_dir", random_models["conformer"][1], "--wav_scp", str(tmp_path / "wav.scp"),
-                     "--modes", "ctc_prefix_beam_search", "--beam_size", "3"])
-    out, _ = capsys.readouterr()
+                     "--modes", "ctc_prefix_beam_search", "--beam_size", "3", "--verbose"])
+    out, err = capsys.readouterr()
     assert code == 0
+    assert "8.5 s of audio" in err and "real-time factor" in err and "first result" in err
     assert sorted(line.split("\t")[0] for line in out.splitlines()) == ["utt_a", "utt_b"]
 
 
