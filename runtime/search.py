@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
+
+from runtime.native import NativeBuildError
+from runtime.native import load as load_native
 
 NEG_INF = -float("inf")
 
@@ -77,6 +83,44 @@ def prefix_beam_search(top_logp: list[list[float]], top_ids: list[list[int]], be
 
 def ctc_prefix_beam_search(log_probs: torch.Tensor, lengths: torch.Tensor, beam_size: int,
                            blank: int = 0) -> list[DecodeResult]:
-    top_logp, top_ids = log_probs.topk(beam_size, dim=-1)  # all frames at once
-    return [prefix_beam_search(top_logp[b, :n].tolist(), top_ids[b, :n].tolist(), beam_size, blank)
-            for b, n in enumerate(lengths.tolist())]
+    """The batch through the native search (same arithmetic and tie order as ``prefix_beam_search``),
+    or through ``prefix_beam_search`` where no C++ compiler is available."""
+    top_logp, top_ids = log_probs.float().cpu().topk(beam_size, dim=-1)  # all frames at once
+    lengths = lengths.cpu().long()
+    try:
+        search = _native_search()
+    except NativeBuildError as e:
+        _warn_once(f"native CTC prefix beam search unavailable ({e}); using the Python one")
+        return [prefix_beam_search(top_logp[b, :n].tolist(), top_ids[b, :n].tolist(), beam_size, blank)
+                for b, n in enumerate(lengths.tolist())]
+    batch, frames, k = top_logp.shape
+    tokens = torch.zeros(batch, beam_size, frames, dtype=torch.int32)
+    token_lengths = torch.zeros(batch, beam_size, dtype=torch.int64)
+    scores = torch.zeros(batch, beam_size, dtype=torch.float64)
+    count = torch.zeros(batch, dtype=torch.int64)
+    top_logp, top_ids, lengths = top_logp.contiguous(), top_ids.contiguous(), lengths.contiguous()
+    search(_ptr(top_logp), _ptr(top_ids), _ptr(lengths), batch, frames, k, beam_size, blank, _ptr(tokens),
+           _ptr(token_lengths), _ptr(scores), _ptr(count))
+    results = []
+    for b in range(batch):
+        nbest = [tokens[b, r, :token_lengths[b, r]].tolist() for r in range(int(count[b]))]
+        nbest_scores = scores[b, :int(count[b])].tolist()
+        results.append(DecodeResult(nbest[0], nbest_scores[0], nbest, nbest_scores))
+    return results
+
+
+def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
+    return ctypes.c_void_p(t.data_ptr())
+
+
+@functools.lru_cache(maxsize=1)
+def _native_search():
+    fn = load_native("prefix_beam_search").ctc_prefix_beam_search
+    fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 5 + [ctypes.c_void_p] * 4
+    fn.restype = None
+    return fn
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=3)

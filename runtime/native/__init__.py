@@ -1,0 +1,47 @@
+"""Native (C++) pieces of the runtime, compiled with the system C++ compiler on first use and loaded with ctypes.
+
+They need no Python headers or torch headers, so the build takes about a second; the shared library is cached next to
+its source (or in ~/.cache/wenet-trt where the source dir is read-only).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class NativeBuildError(RuntimeError):
+    pass
+
+
+@functools.cache
+def load(name: str) -> ctypes.CDLL:
+    """The compiled ``name.cc`` of this folder (built once per source version)."""
+    source = os.path.join(HERE, f"{name}.cc")
+    with open(source, "rb") as f:
+        digest = hashlib.sha1(f.read()).hexdigest()[:12]
+    for folder in (os.path.join(HERE, "_build"), os.path.join(os.path.expanduser("~"), ".cache", "wenet-trt")):
+        library = os.path.join(folder, f"{name}-{digest}.so")
+        if os.path.exists(library):
+            return ctypes.CDLL(library)
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError:
+            continue
+        compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+        if compiler is None:
+            raise NativeBuildError("no C++ compiler found (install g++ or set CXX)")
+        tmp = f"{library}.{os.getpid()}.tmp"
+        result = subprocess.run([compiler, "-O3", "-std=c++17", "-shared", "-fPIC", source, "-o", tmp],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise NativeBuildError(f"compiling {source} failed:\n{result.stderr}")
+        os.replace(tmp, library)
+        return ctypes.CDLL(library)
+    raise NativeBuildError(f"no writable folder to build {name}")
