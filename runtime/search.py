@@ -28,7 +28,7 @@ class DecodeResult:
 
 def ctc_greedy_search(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int = 0) -> list[DecodeResult]:
     """Best label per frame, runs collapsed, blanks dropped; score = the best path's log-prob."""
-    best_logp, best = log_probs.max(-1)
+    best_logp, best = (t.cpu() for t in log_probs.float().max(-1))  # on the device; only the best path moves
     results = []
     for b, length in enumerate(lengths.tolist()):
         path = best[b, :length]
@@ -85,7 +85,7 @@ def ctc_prefix_beam_search(log_probs: torch.Tensor, lengths: torch.Tensor, beam_
                            blank: int = 0) -> list[DecodeResult]:
     """The batch through the native search (same arithmetic and tie order as ``prefix_beam_search``),
     or through ``prefix_beam_search`` where no C++ compiler is available."""
-    top_logp, top_ids = log_probs.float().cpu().topk(beam_size, dim=-1)  # all frames at once
+    top_logp, top_ids = (t.cpu() for t in log_probs.float().topk(beam_size, dim=-1))  # on the device, all frames
     lengths = lengths.cpu().long()
     try:
         search = _native_search()

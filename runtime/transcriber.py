@@ -132,7 +132,7 @@ class Transcriber:
         ctc_weight = model.ctc_weight if options.ctc_weight is None else options.ctc_weight
         reverse_weight = model.reverse_weight if options.reverse_weight is None else options.reverse_weight
         enc = self.encoding.encode(feats)
-        log_probs, lens = enc.ctc_log_probs.float().cpu(), enc.encoder_lens.cpu()
+        log_probs, lens = enc.ctc_log_probs, enc.encoder_lens.cpu()  # searches move only what they need
         out: dict[str, list[DecodeResult]] = {}
         for mode in options.modes:
             if mode == "ctc_greedy_search":
