@@ -17,7 +17,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 class NativeBuildError(RuntimeError):
-    pass
+    """A native piece could not be built here (no compiler, a compile error, no writable folder)."""
 
 
 @functools.cache
