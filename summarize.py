@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 
 import jiwer
+import soundfile
 import torch
 
 from runtime.audio import AudioError, load_audio
@@ -130,6 +131,14 @@ def score(run: SystemRun, mode: str, items, reference: SystemRun | None) -> tupl
     return row, per_utt
 
 
+def _duration(path: str) -> float:
+    """Seconds of audio from the file's header, without decoding it (0 for an unreadable file)."""
+    try:
+        return soundfile.info(path).duration
+    except (RuntimeError, OSError, soundfile.LibsndfileError):
+        return 0.0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--engine_dir", required=True)
@@ -153,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     transcriber = Transcriber(args.engine_dir, args.device)
     options = DecodingOptions(args.modes, args.beam_size, args.ctc_weight, args.reverse_weight, args.batch_size)
     transcriber.check(options)
-    audio_seconds = sum(len(load_audio(w)) / 16000 for _, w, _ in items if os.path.exists(w))
+    audio_seconds = sum(_duration(w) for _, w, _ in items)
     runs = []
     if test_torch:
         model_dir = args.model_dir or os.path.dirname(transcriber.engine.config["model"]["checkpoint"])
