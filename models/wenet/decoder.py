@@ -27,11 +27,12 @@ class DecoderLayer(Module):
         self.norm2 = LayerNorm(d, config.norm_eps)
         self.norm3 = LayerNorm(d, config.norm_eps)
 
-    def forward(self, x: Tensor, self_mask: Tensor | None, memory: KV, memory_mask: Tensor,
+    def forward(self, x: Tensor, lengths: Tensor | None, memory: KV, memory_lengths: Tensor,
                 cache: KV | None = None) -> tuple[Tensor, KV]:
-        a, new_cache = self.self_attn(self.norm1(x), self_mask, cache)
+        """Causal self-attention over the first ``lengths`` tokens (all cached ones if ``cache``)."""
+        a, new_cache = self.self_attn(self.norm1(x), lengths, causal=cache is None, cache=cache)
         x = x + a
-        x = x + self.src_attn(self.norm2(x), memory[0], memory[1], memory_mask)
+        x = x + self.src_attn(self.norm2(x), memory[0], memory[1], memory_lengths)
         x = x + self.feed_forward(self.norm3(x))
         return x, new_cache
 
@@ -45,33 +46,32 @@ class TransformerDecoder(Module):
         self.embed = ModuleList([Embedding(vocab_size, d, dtype), PositionalEncoding(d, max_len, dtype=dtype)])
         self.decoders = ModuleList([DecoderLayer(d, config, dtype) for _ in range(num_blocks)])
         self.after_norm = LayerNorm(d, config.norm_eps)
-        self.output_layer = Linear(d, vocab_size, dtype=dtype)
+        self.output_layer = Linear(d, vocab_size, dtype=DataType.float32)  # fp32 logits, as CTC's
+
+    def logits(self, x: Tensor) -> Tensor:
+        return self.output_layer(self.after_norm(F.cast(x, DataType.float32)))
 
     def memory_kv(self, memory: Tensor) -> list[KV]:
         """Per layer, the cross-attention K/V of the encoder output (B, H, T, d_k)."""
         return [layer.src_attn.key_value(memory) for layer in self.decoders]
 
-    def forward(self, tokens: Tensor, valid: Tensor, memory: list[KV], memory_mask: Tensor) -> Tensor:
-        """tokens (B*N, L) int32, valid (B*N, L) bool -> logits (B*N, L, V)."""
+    def forward(self, tokens: Tensor, lengths: Tensor, memory: list[KV], memory_lengths: Tensor) -> Tensor:
+        """tokens (B*N, L) int32 of which the first ``lengths`` (B*N,) count -> logits (B*N, L, V)."""
         x, _ = self.embed[1](self.embed[0](tokens))
-        positions = F.arange(F.shape(tokens, 1))
-        causal = F.unsqueeze(positions, 0) < F.unsqueeze(positions + 1, 1)  # (L, L): key j <= query i
-        self_mask = F.unsqueeze(F.unsqueeze(valid, 1) & causal, 1)  # (B*N, 1, L, L)
         for layer, kv in zip(self.decoders, memory):
-            x, _ = layer(x, self_mask, kv, memory_mask)
-        return self.output_layer(self.after_norm(x))
+            x, _ = layer(x, lengths, kv, memory_lengths)
+        return self.logits(x)
 
     def step(self, tokens: Tensor, cache: list[KV], memory: list[KV],
-             memory_mask: Tensor) -> tuple[Tensor, list[KV]]:
+             memory_lengths: Tensor) -> tuple[Tensor, list[KV]]:
         """One token per hypothesis (B*N, 1) after ``S`` cached ones -> logits (B*N, V), caches with S+1."""
         offset = F.shape(cache[0][0], 2)
         x, _ = self.embed[1](self.embed[0](tokens), offset)
         new_cache = []
         for layer, kv, layer_cache in zip(self.decoders, memory, cache):
-            x, c = layer(x, None, kv, memory_mask, layer_cache)
+            x, c = layer(x, None, kv, memory_lengths, layer_cache)
             new_cache.append(c)
-        logits = self.output_layer(self.after_norm(x))
-        return F.squeeze(logits, 1), new_cache
+        return F.squeeze(self.logits(x), 1), new_cache
 
 
 class BiTransformerDecoder(Module):

@@ -14,13 +14,16 @@ from models.wenet.encoder import ConformerEncoder
 
 
 class CTC(Module):
-    def __init__(self, vocab_size: int, d: int, dtype: DataType):
+    """The projection to the vocabulary runs in fp32 whatever the model's dtype: fp16 would round a
+    logit near 16 to 1/64, enough to swap near-tied tokens against an fp32 reference."""
+
+    def __init__(self, vocab_size: int, d: int):
         super().__init__()
-        self.ctc_lo = Linear(d, vocab_size, dtype=dtype)
+        self.ctc_lo = Linear(d, vocab_size, dtype=DataType.float32)
 
     def log_softmax(self, x: Tensor) -> Tensor:
         """fp32 log-probs (B, T, V)."""
-        return F.log_softmax(F.cast(self.ctc_lo(x), DataType.float32), -1)
+        return F.log_softmax(self.ctc_lo(F.cast(x, DataType.float32)), -1)
 
 
 class WeNetModel(Module):
@@ -40,7 +43,7 @@ class WeNetModel(Module):
         else:
             self.decoder = TransformerDecoder(config.vocab_size, d, config.decoder, config.decoder.num_blocks,
                                               max_tokens, dtype)
-        self.ctc = CTC(config.vocab_size, d, dtype)
+        self.ctc = CTC(config.vocab_size, d)
         self.assign_names()
 
     def decoders(self) -> dict[str, TransformerDecoder]:
