@@ -157,6 +157,18 @@ def matmul(a: Tensor, b: Tensor, transpose_b: bool = False) -> Tensor:
     return _one("matmul", [a, b], transpose_b=transpose_b)
 
 
+def attention(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None = None, *, scale: float,
+              causal: bool = False, pos: Tensor | None = None, pos_bias_u: Tensor | None = None,
+              pos_bias_v: Tensor | None = None) -> Tensor:
+    """Fused multi-head attention, one node (``core.composite.attention`` defines it; ``plugins.attention``
+    runs it): q (B, H, M, D), k/v (B, H, N, D), key_lengths (B,) int32 -> (B, H, M, Dv)."""
+    inputs = [q, k, v] + ([key_lengths] if key_lengths is not None else [])
+    if pos is not None:
+        inputs += [pos, pos_bias_u, pos_bias_v]
+    return _one("attention", inputs, scale=float(scale), causal=causal, has_lengths=key_lengths is not None,
+                has_pos=pos is not None)
+
+
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
     return _one("softmax", [x], dim=dim)
 

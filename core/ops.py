@@ -729,3 +729,45 @@ class Dequantize:
         layer = ctx.network.add_dequantize(x, scale, ctx.dtype(ctx.spec(1)[0]))
         layer.axis = _axis(axis, ctx.rank(0))
         return ctx.output(layer)
+
+
+@register
+class Attention:
+    """Fused multi-head attention (``core.composite.attention`` says what it computes).
+
+    Inputs: q (B, H, M, D), k (B, H, N, D), v (B, H, N, Dv), then key_lengths (B,) int32 if
+    ``has_lengths``, then pos (1 or B, H, N, D), pos_bias_u and pos_bias_v (H, D) if ``has_pos``.
+    PyTorch lowering: the ``wenet_trt::attention`` plugin (a Triton kernel on CUDA). TensorRT
+    lowering: ``composite`` -- the decomposition, whose matmul-softmax-matmul TensorRT fuses itself.
+    """
+
+    name = "attention"
+    composite = True
+
+    @staticmethod
+    def infer(q, k, v, *rest, scale: float, causal: bool, has_lengths: bool, has_pos: bool) -> list[Spec]:
+        dtype = _same_dtype("attention", q, k, v)
+        _require(dtype.is_float, "attention needs float q/k/v")
+        _require(q.ndim == k.ndim == v.ndim == 4, "attention: q, k, v must be (B, H, T, D)")
+        _require(len(rest) == int(has_lengths) + 3 * int(has_pos), "attention: inputs do not match has_lengths/has_pos")
+        if has_lengths:
+            _require(rest[0].dtype == DataType.int32 and rest[0].ndim == 1, "attention: key_lengths must be int32 (B,)")
+        if has_pos:
+            pos, u, bias_v = rest[-3:]
+            _same_dtype("attention", q, pos, u, bias_v)
+            _require(pos.ndim == 4 and u.ndim == 2 == bias_v.ndim, "attention: pos (B|1, H, N, D), biases (H, D)")
+        return [(dtype, (*broadcast_shape("attention", q.shape[:2], k.shape[:2]), q.shape[2], v.shape[3]))]
+
+    @staticmethod
+    def torch(q, k, v, *rest, scale: float, causal: bool, has_lengths: bool, has_pos: bool):
+        from core.composite import run_decomposition
+        from plugins.attention import attention, kernel_available
+
+        if not kernel_available(q.device):  # inline, so that export and Inductor see plain ops
+            return run_decomposition("attention", [q, k, v, *rest], {"scale": scale, "causal": causal,
+                                                                   "has_lengths": has_lengths, "has_pos": has_pos})
+        key_lengths = rest[0] if has_lengths else None
+        pos, u, bias_v = rest[-3:] if has_pos else (None, None, None)
+        return attention(q, k, v, key_lengths, pos, u, bias_v, scale, causal)
+
+    tensorrt = None

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from core.composite import decomposition
 from core.dtype import DataType
 from core.network import InputSpec, Network
 from core.ops import OPS
@@ -147,19 +148,35 @@ class LoweringContext:
         return self.values[name]
 
 
+def lower_nodes(ctx: LoweringContext, prefix: str = "") -> None:
+    """Adds the layers of every node of ``ctx.graph``; a fused (``composite``) op adds those of its
+    decomposition, named under the fused node's first output."""
+    graph = ctx.graph
+    for node in graph.nodes:
+        inputs = [ctx.value(n) for n in node.inputs]
+        specs = [graph.tensors[n] for n in node.inputs]
+        op = OPS[node.op]
+        if getattr(op, "composite", False):
+            sub = LoweringContext(ctx.trt, ctx.network, decomposition(node.op, specs, node.attrs))
+            sub.keep_alive = ctx.keep_alive
+            sub.values = {f"input{i}": value for i, value in enumerate(inputs)}
+            lower_nodes(sub, prefix=f"{prefix}{node.outputs[0]}/")
+            result = sub.value(sub.graph.outputs["output"])
+        else:
+            ctx._specs = specs
+            result = op.tensorrt(ctx, *inputs, **node.attrs)
+        for name, tensor in zip(node.outputs, result if isinstance(result, tuple) else (result,)):
+            tensor.name = prefix + name
+            ctx.values[name] = tensor
+
+
 def define_network(trt, builder, graph: Network) -> tuple[Any, LoweringContext]:
     """The strongly typed INetworkDefinition of ``graph``."""
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     ctx = LoweringContext(trt, network, graph)
     for name, spec in graph.inputs.items():
         ctx.values[name] = network.add_input(name, ctx.dtype(spec.dtype), trt.Dims(spec.shape))
-    for node in graph.nodes:
-        inputs = [ctx.value(n) for n in node.inputs]
-        ctx._specs = [graph.tensors[n] for n in node.inputs]
-        result = OPS[node.op].tensorrt(ctx, *inputs, **node.attrs)
-        for name, tensor in zip(node.outputs, result if isinstance(result, tuple) else (result,)):
-            tensor.name = name
-            ctx.values[name] = tensor
+    lower_nodes(ctx)
     for output_name, tensor_name in graph.outputs.items():
         tensor = ctx.value(tensor_name)
         if tensor_name in graph.inputs or tensor_name in graph.constants:

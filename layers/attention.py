@@ -1,4 +1,7 @@
-"""WeNet's attention: plain, relative-position (no rel_shift), and cross-attention over precomputed K/V."""
+"""WeNet's attention: plain, relative-position (no rel_shift), and cross-attention over precomputed K/V.
+
+The projections are layers here; the attention itself is one fused op (``F.attention``).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from layers.linear import Linear
 
 
 class MultiHeadedAttention(Module):
-    """Self-attention with an optional KV cache; masks are bool, True = attend, broadcast to (B, H, T1, T2)."""
+    """Self-attention with an optional KV cache; keys are masked by length (and causally)."""
 
     def __init__(self, n_head: int, n_feat: int, dtype: DataType):
         super().__init__()
@@ -33,28 +36,19 @@ class MultiHeadedAttention(Module):
         x = x.transpose(1, 2)
         return F.view(x, [F.shape(like, 0), F.shape(like, 1), self.h * self.d_k])
 
-    def attend(self, scores: Tensor, value: Tensor, mask: Tensor | None) -> Tensor:
-        """softmax in fp32 over masked scores, zeros for fully masked rows (as WeNet), then ·V."""
-        scores = F.cast(scores, DataType.float32)
-        if mask is not None:
-            scores = F.where(mask, scores, float("-inf"))
-        attn = F.softmax(scores, -1)
-        if mask is not None:
-            attn = F.where(mask, attn, 0.0)
-        return F.matmul(F.cast(attn, value.dtype), value)
-
     def key_value(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self.heads(self.linear_k(x)), self.heads(self.linear_v(x))
 
-    def forward(self, x: Tensor, mask: Tensor | None,
+    def forward(self, x: Tensor, key_lengths: Tensor | None, causal: bool = False,
                 cache: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """Self-attention of ``x``; with ``cache`` the new keys/values are appended to it."""
+        """Self-attention of ``x`` over keys ``j < key_lengths[b]`` (all if None; also ``j <= i`` if
+        ``causal``); with ``cache`` the new keys/values are appended to it."""
         q = self.heads(self.linear_q(x))
         k, v = self.key_value(x)
         if cache is not None:
             k, v = F.concat([cache[0], k], 2), F.concat([cache[1], v], 2)
-        scores = F.matmul(q, k, transpose_b=True) / math.sqrt(self.d_k)
-        return self.linear_out(self.merge_heads(self.attend(scores, v, mask), x)), (k, v)
+        out = F.attention(q, k, v, key_lengths, scale=1 / math.sqrt(self.d_k), causal=causal)
+        return self.linear_out(self.merge_heads(out, x)), (k, v)
 
 
 class MultiHeadedCrossAttention(MultiHeadedAttention):
@@ -64,10 +58,10 @@ class MultiHeadedCrossAttention(MultiHeadedAttention):
     memory is never repeated per hypothesis.
     """
 
-    def forward(self, x: Tensor, key: Tensor, value: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, key: Tensor, value: Tensor, memory_lengths: Tensor) -> Tensor:
         q = self.heads(self.linear_q(x), batch=F.shape(key, 0))
-        scores = F.matmul(q, key, transpose_b=True) / math.sqrt(self.d_k)
-        return self.linear_out(self.merge_heads(self.attend(scores, value, mask), x))
+        out = F.attention(q, key, value, memory_lengths, scale=1 / math.sqrt(self.d_k))
+        return self.linear_out(self.merge_heads(out, x))
 
 
 class RelPositionMultiHeadedAttention(MultiHeadedAttention):
@@ -79,13 +73,10 @@ class RelPositionMultiHeadedAttention(MultiHeadedAttention):
         self.pos_bias_u = Parameter((n_head, n_feat // n_head), dtype)
         self.pos_bias_v = Parameter((n_head, n_feat // n_head), dtype)
 
-    def forward(self, x: Tensor, mask: Tensor, pos_emb: Tensor) -> Tensor:
-        q = F.view(self.linear_q(x), [F.shape(x, 0), -1, self.h, self.d_k])  # (B, T, H, d_k)
+    def forward(self, x: Tensor, key_lengths: Tensor, pos_emb: Tensor) -> Tensor:
+        q = self.heads(self.linear_q(x))
         k, v = self.key_value(x)
         p = self.heads(self.linear_pos(pos_emb))  # (1, H, T, d_k), broadcast over B
-        q_u = (q + self.pos_bias_u.value).transpose(1, 2)
-        q_v = (q + self.pos_bias_v.value).transpose(1, 2)
-        matrix_ac = F.matmul(q_u, k, transpose_b=True)
-        matrix_bd = F.matmul(q_v, p, transpose_b=True)
-        scores = (matrix_ac + matrix_bd) / math.sqrt(self.d_k)
-        return self.linear_out(self.merge_heads(self.attend(scores, v, mask), x))
+        out = F.attention(q, k, v, key_lengths, scale=1 / math.sqrt(self.d_k), pos=p,
+                          pos_bias_u=self.pos_bias_u.value, pos_bias_v=self.pos_bias_v.value)
+        return self.linear_out(self.merge_heads(out, x))

@@ -52,13 +52,13 @@ class ConformerEncoderLayer(Module):
             self.norm_final = LayerNorm(d, eps)
         self.ff_scale = 0.5 if config.macaron_style else 1.0
 
-    def forward(self, x: Tensor, att_mask: Tensor, pos_emb: Tensor, valid: Tensor) -> Tensor:
+    def forward(self, x: Tensor, lengths: Tensor, pos_emb: Tensor, valid: Tensor) -> Tensor:
         if self.feed_forward_macaron is not None:
             x = x + self.ff_scale * self.feed_forward_macaron(self.norm_ff_macaron(x))
         if isinstance(self.self_attn, RelPositionMultiHeadedAttention):
-            x = x + self.self_attn(self.norm_mha(x), att_mask, pos_emb)
+            x = x + self.self_attn(self.norm_mha(x), lengths, pos_emb)
         else:
-            x = x + self.self_attn(self.norm_mha(x), att_mask)[0]
+            x = x + self.self_attn(self.norm_mha(x), lengths)[0]
         if self.conv_module is not None:
             x = x + self.conv_module(self.norm_conv(x), valid)
         x = x + self.ff_scale * self.feed_forward(self.norm_ff(x))
@@ -82,9 +82,8 @@ class ConformerEncoder(Module):
         x = F.cast(self.global_cmvn(speech), self.dtype)
         x, lengths, pos_emb = self.embed(x, lengths)
         valid = F.make_valid_mask(lengths, F.shape(x, 1))  # (B, T')
-        att_mask = F.unsqueeze(F.unsqueeze(valid, 1), 1)  # (B, 1, 1, T'): key padding
         for layer in self.encoders:
-            x = layer(x, att_mask, pos_emb, valid)
+            x = layer(x, lengths, pos_emb, valid)
         if self.after_norm is not None:
             x = self.after_norm(x)
         return x, lengths

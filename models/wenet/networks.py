@@ -50,6 +50,17 @@ class Profiles:
     def to_json(self) -> dict:
         return asdict(self)
 
+    def buckets(self, input_layer: str) -> dict[str, list[int]]:
+        """The shape buckets of the compiled engines' CUDA graphs, per dynamic dim: inputs are padded up to
+        the next bucket. Batch: powers of two; audio: steps of 1.28 s; hypotheses: always the beam;
+        tokens: steps of 8. The encoder frames of an audio bucket are the buckets of the encoder output."""
+        frames = self.frames(input_layer)
+        batch = sorted({min(2**i, self.max_batch_size) for i in range(self.max_batch_size.bit_length() + 1)})
+        audio = sorted({min(n, frames.max) for n in range(128, frames.max + 128, 128)})
+        tokens_max = subsampled_length(frames.max, input_layer) + 2
+        return {"batch": batch, "frames": audio, "encoder_frames": [subsampled_length(n, input_layer) for n in audio],
+                "hyps": [self.beam_size], "hyp_tokens": sorted({min(n, tokens_max) for n in range(8, tokens_max + 8, 8)})}
+
 
 def _encoder_frames(model: WeNetModel, profiles: Profiles) -> Dim:
     frames = profiles.frames(model.config.encoder.input_layer)
@@ -59,11 +70,6 @@ def _encoder_frames(model: WeNetModel, profiles: Profiles) -> Dim:
 
 def _batch(profiles: Profiles) -> Dim:
     return Dim("batch", 1, min(profiles.opt_batch_size, profiles.max_batch_size), profiles.max_batch_size)
-
-
-def _memory_mask(lengths: Tensor, frames: Tensor) -> Tensor:
-    """(B, 1, 1, T') key-padding mask of the encoder output."""
-    return F.unsqueeze(F.unsqueeze(F.make_valid_mask(lengths, frames), 1), 1)
 
 
 def cross_kv_names(decoder: TransformerDecoder) -> list[tuple[str, str]]:
@@ -124,12 +130,11 @@ def decoder_network(model: WeNetModel, profiles: Profiles) -> Network:
 
         def direction_scores(decoder: TransformerDecoder, padded: Tensor) -> Tensor:
             memory = _add_cross_kv_inputs(net, model, decoder, batch, frames)
-            memory_mask = _memory_mask(encoder_lens, F.shape(memory[0][0], 2))
             flat = F.view(padded, [-1, F.shape(padded, 2)])  # (B*N, L+1): [sos] hyp [eos] pad
             steps = F.shape(flat, 1) - 1
             inputs, targets = F.slice(flat, 1, 0, steps), F.slice(flat, 1, 1, steps)
             valid = F.make_valid_mask(lens, steps)
-            logp = F.log_softmax(F.cast(decoder(inputs, valid, memory, memory_mask), DataType.float32), -1)
+            logp = F.log_softmax(decoder(inputs, lens, memory, encoder_lens), -1)
             token_logp = F.squeeze(F.gather_elements(logp, F.unsqueeze(targets, 2), 2), 2)
             per_hyp = F.sum(F.where(valid, token_logp, 0.0), [1])
             return F.view(per_hyp, [F.shape(hyps, 0), F.shape(hyps, 1)])
@@ -161,9 +166,8 @@ def decoder_step_network(model: WeNetModel, profiles: Profiles) -> Network:
         cache_dims = [beams, heads, cache_len, model.config.d_model // heads]
         cache = [(net.add_input(f"cache.{i}.key", model.dtype, cache_dims),
                   net.add_input(f"cache.{i}.value", model.dtype, cache_dims)) for i in range(len(decoder.decoders))]
-        memory_mask = _memory_mask(encoder_lens, F.shape(memory[0][0], 2))
-        logits, new_cache = decoder.step(tokens, cache, memory, memory_mask)
-        net.mark_output(F.log_softmax(F.cast(logits, DataType.float32), -1), "log_probs")
+        logits, new_cache = decoder.step(tokens, cache, memory, encoder_lens)
+        net.mark_output(F.log_softmax(logits, -1), "log_probs")
         for i, (k, v) in enumerate(new_cache):
             net.mark_output(k, f"new_cache.{i}.key")
             net.mark_output(v, f"new_cache.{i}.value")

@@ -1,0 +1,99 @@
+"""Fused ops and their decompositions.
+
+A fused op (``attention``) is one node of a network. Its PyTorch lowering is a plugin: a Triton
+kernel registered as a torch custom op (``plugins/``). Its TensorRT lowering, and the plugin's
+path where no kernel runs (the CPU), use its decomposition: the same math in primitive ops of
+``core.functional``, recorded into a small network on demand. The math is written once in our
+API; the kernel is held to it by tests.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+from torch.utils._python_dispatch import _disable_current_modes
+
+from core import functional as F
+from core.dtype import DataType
+from core.network import Dim, Network, net_guard
+from core.tensor import Tensor
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None = None, pos: Tensor | None = None,
+              pos_bias_u: Tensor | None = None, pos_bias_v: Tensor | None = None, *, scale: float,
+              causal: bool = False) -> Tensor:
+    """softmax(scores * scale) · v over (B, H, M, D) queries and (B, H, N, D) keys, softmax in fp32.
+
+    scores = q·kᵀ, or with ``pos`` (WeNet's relative-position attention, no rel_shift)
+    (q + u)·kᵀ + (q + v_bias)·posᵀ. Key j of row b is attended where j < key_lengths[b] and, if
+    ``causal``, j <= i + N - M for query i. Rows with no key attended give zeros, as WeNet.
+    """
+    if pos is not None:
+        u, bias_v = (F.unsqueeze(F.unsqueeze(b, 0), 2) for b in (pos_bias_u, pos_bias_v))  # (1, H, 1, D)
+        scores = F.matmul(q + u, k, transpose_b=True) + F.matmul(q + bias_v, pos, transpose_b=True)
+    else:
+        scores = F.matmul(q, k, transpose_b=True)
+    scores = F.cast(scores, DataType.float32) * scale
+    keys = F.arange(F.shape(k, 2))
+    mask = None
+    if key_lengths is not None:
+        mask = F.unsqueeze(F.unsqueeze(F.unsqueeze(keys, 0) < F.unsqueeze(key_lengths, 1), 1), 1)  # (B, 1, 1, N)
+    if causal:
+        queries = F.slice(keys, 0, F.shape(k, 2) - F.shape(q, 2), F.shape(q, 2))  # i + N - M
+        allowed = F.unsqueeze(F.unsqueeze(F.unsqueeze(keys, 0) < F.unsqueeze(queries + 1, 1), 0), 0)  # (1, 1, M, N)
+        mask = allowed if mask is None else mask & allowed
+    if mask is None:
+        return F.matmul(F.cast(F.softmax(scores, -1), v.dtype), v)
+    attn = F.where(mask, F.softmax(F.where(mask, scores, float("-inf")), -1), 0.0)
+    return F.matmul(F.cast(attn, v.dtype), v)
+
+
+DECOMPOSITIONS: dict[str, Callable[..., Tensor]] = {"attention": attention}
+
+
+def _input_names(attrs: dict) -> list[str]:
+    """The decomposition's argument names that a node's inputs fill, in order (optional ones by flag)."""
+    names = ["q", "k", "v"]
+    if attrs.get("has_lengths"):
+        names.append("key_lengths")
+    if attrs.get("has_pos"):
+        names += ["pos", "pos_bias_u", "pos_bias_v"]
+    return names
+
+
+@functools.lru_cache(maxsize=256)
+def _decomposition(op: str, specs: tuple[tuple[DataType, tuple[int, ...]], ...], attrs: tuple) -> Network:
+    attrs = dict(attrs)
+    net = Network(op)
+    # Recorded outside any tracing mode (torch.export, Inductor): its constants must be real tensors.
+    with _disable_current_modes(), net_guard(net):
+        inputs = {}
+        for i, (name, (dtype, shape)) in enumerate(zip(_input_names(attrs), specs)):
+            dims = [Dim(f"{name}.{axis}", 0, 0, 2**31 - 1) if d == -1 else d for axis, d in enumerate(shape)]
+            inputs[name] = net.add_input(f"input{i}", dtype, dims)
+        flags = {k: v for k, v in attrs.items() if not k.startswith("has_")}
+        net.mark_output(DECOMPOSITIONS[op](**inputs, **flags), "output")
+    return net
+
+
+def decomposition(op: str, specs: list[tuple[DataType, tuple[int, ...]]], attrs: dict) -> Network:
+    """The network that computes fused op ``op`` from primitive ops, for inputs of ``specs``
+    (inputs ``input0``, ``input1``, ...; output ``output``)."""
+    return _decomposition(op, tuple((d, tuple(s)) for d, s in specs), tuple(sorted(attrs.items())))
+
+
+@functools.lru_cache(maxsize=256)
+def _engine(network: Network, device: torch.device):
+    from core.torch_backend import TorchEngine
+
+    with _disable_current_modes():  # real constants, reused by every later call, traced or not
+        return TorchEngine(network, device)
+
+
+def run_decomposition(op: str, inputs: list[torch.Tensor], attrs: dict) -> torch.Tensor:
+    """Fused op ``op`` on torch tensors through its decomposition's PyTorch lowering."""
+    specs = [(DataType.from_torch(t.dtype), tuple(-1 for _ in t.shape)) for t in inputs]
+    engine = _engine(decomposition(op, specs, attrs), inputs[0].device)
+    return engine({f"input{i}": t for i, t in enumerate(inputs)})["output"]

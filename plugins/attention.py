@@ -1,0 +1,144 @@
+"""``wenet_trt::attention``: fused multi-head attention as one Triton kernel.
+
+What it computes is ``core.composite.attention`` (plain, causal, or WeNet's relative-position
+scores (q+u)·kᵀ + (q+v)·posᵀ; a key-length mask; softmax in fp32). The kernel makes one pass over
+the keys per block of queries with an online softmax (flash attention): scores never reach
+memory, and the relative-position term costs a second dot product per key block instead of two
+(B, H, T, T) tensors. Cross-attention needs nothing special: the N hypotheses' queries of an
+utterance are rows of one (B, H, N*L, D) query tensor against that utterance's K/V.
+
+Registered with ``torch.library.triton_op``, so torch.export and Inductor see the kernel itself
+and compile it into the engines. Where no kernel can run (CPU without ``TRITON_INTERPRET=1``, or
+no Triton) the op runs the decomposition.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from core.composite import run_decomposition
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: the decomposition serves
+    triton = None
+
+
+def kernel_available(device: torch.device) -> bool:
+    """Whether the Triton kernel runs for tensors on ``device`` (CUDA, or the CPU under the interpreter)."""
+    return triton is not None and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
+
+
+if triton is not None:
+
+    @triton.jit
+    def _attention_kernel(Q, K, V, P, BIAS_U, BIAS_V, LENGTHS, OUT,
+                          stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                          stride_vb, stride_vh, stride_vn, stride_pb, stride_ph, stride_pn,
+                          stride_ob, stride_oh, stride_om,
+                          heads, M, N, scale,
+                          HAS_LENGTHS: tl.constexpr, HAS_POS: tl.constexpr, CAUSAL: tl.constexpr,
+                          D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+        block_m = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = bh // heads
+        h = bh % heads
+        rows = block_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        d = tl.arange(0, BLOCK_D)
+        dv = tl.arange(0, BLOCK_DV)
+        q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qm + d[None, :],
+                    mask=(rows[:, None] < M) & (d[None, :] < D), other=0.0)
+        if HAS_POS:  # (q + u) and (q + v) rounded to q's dtype, as the unfused layer computes them
+            q_u = (q + tl.load(BIAS_U + h * D + d, mask=d < D, other=0.0)[None, :]).to(q.dtype)
+            q_v = (q + tl.load(BIAS_V + h * D + d, mask=d < D, other=0.0)[None, :]).to(q.dtype)
+        else:
+            q_u = q
+        n_end = N
+        if HAS_LENGTHS:
+            n_end = tl.minimum(tl.load(LENGTHS + b), N)
+        if CAUSAL:  # no key beyond the block's last query (offset N - M) is ever attended
+            n_end = tl.minimum(n_end, (block_m + 1) * BLOCK_M + N - M)
+        row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        row_sum = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+        start = 0
+        while start < n_end:  # (a while loop: the interpreter cannot range() over a runtime bound)
+            cols = start + tl.arange(0, BLOCK_N)
+            k = tl.load(K + b * stride_kb + h * stride_kh + cols[None, :] * stride_kn + d[:, None],
+                        mask=(cols[None, :] < n_end) & (d[:, None] < D), other=0.0)
+            s = tl.dot(q_u, k, input_precision=PRECISION)
+            if HAS_POS:
+                p = tl.load(P + b * stride_pb + h * stride_ph + cols[None, :] * stride_pn + d[:, None],
+                            mask=(cols[None, :] < n_end) & (d[:, None] < D), other=0.0)
+                s += tl.dot(q_v, p, input_precision=PRECISION)
+            keep = cols[None, :] < n_end
+            if CAUSAL:
+                keep = keep & (cols[None, :] <= rows[:, None] + N - M)
+            s = tl.where(keep, s * scale, float("-inf"))
+            new_max = tl.maximum(row_max, tl.max(s, 1))
+            shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # rows with nothing attended yet
+            weights = tl.exp(s - shift[:, None])
+            correction = tl.exp(row_max - shift)
+            row_sum = row_sum * correction + tl.sum(weights, 1)
+            v = tl.load(V + b * stride_vb + h * stride_vh + cols[:, None] * stride_vn + dv[None, :],
+                        mask=(cols[:, None] < n_end) & (dv[None, :] < DV), other=0.0)
+            acc = acc * correction[:, None] + tl.dot(weights.to(v.dtype), v, input_precision=PRECISION)
+            row_max = new_max
+            start += BLOCK_N
+        out = tl.where(row_sum[:, None] > 0, acc / tl.where(row_sum > 0, row_sum, 1.0)[:, None], 0.0)
+        tl.store(OUT + b * stride_ob + h * stride_oh + rows[:, None] * stride_om + dv[None, :],
+                 out.to(OUT.dtype.element_ty), mask=(rows[:, None] < M) & (dv[None, :] < DV))
+
+
+def _launch(q, k, v, key_lengths, pos, pos_bias_u, pos_bias_v, scale, causal):
+    from torch.library import wrap_triton
+
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    batch, heads, m, d = q.shape
+    n, dv = k.shape[2], v.shape[3]
+    # (B, M, H, Dv) memory seen as (B, H, M, Dv): merging the heads afterwards is a free view
+    out = torch.empty((batch, m, heads, dv), dtype=v.dtype, device=q.device).transpose(1, 2)
+    has_pos = pos is not None
+    if has_pos:
+        pos, pos_bias_u, pos_bias_v = pos.contiguous(), pos_bias_u.contiguous(), pos_bias_v.contiguous()
+    p = pos if has_pos else k
+    block_d, block_dv = triton.next_power_of_2(d), triton.next_power_of_2(dv)
+    block_n = 64 if max(block_d, block_dv) <= 64 else 32
+    grid = (triton.cdiv(m, 64), batch * heads)
+    wrap_triton(_attention_kernel)[grid](
+        q, k, v, p, pos_bias_u if has_pos else q, pos_bias_v if has_pos else q,
+        key_lengths if key_lengths is not None else q, out,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        0 if p.shape[0] == 1 else p.stride(0), p.stride(1), p.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        heads, m, n, scale,
+        HAS_LENGTHS=key_lengths is not None, HAS_POS=has_pos, CAUSAL=causal, D=d, DV=dv,
+        BLOCK_D=block_d, BLOCK_DV=block_dv, BLOCK_M=64, BLOCK_N=block_n,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
+    return out
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_lengths: torch.Tensor | None,
+               pos: torch.Tensor | None, pos_bias_u: torch.Tensor | None, pos_bias_v: torch.Tensor | None,
+               scale: float, causal: bool) -> torch.Tensor:
+    if kernel_available(q.device):
+        return _launch(q, k, v, key_lengths, pos, pos_bias_u, pos_bias_v, scale, causal)
+    inputs = [q, k, v] + ([key_lengths] if key_lengths is not None else []) + (
+        [pos, pos_bias_u, pos_bias_v] if pos is not None else [])
+    return run_decomposition("attention", inputs, {"scale": scale, "causal": causal,
+                                                   "has_lengths": key_lengths is not None, "has_pos": pos is not None})
+
+
+if triton is not None:
+    attention = torch.library.triton_op("wenet_trt::attention", _attention, mutates_args=())
+else:
+    attention = torch.library.custom_op("wenet_trt::attention", _attention, mutates_args=())
+
+    @attention.register_fake
+    def _(q, k, v, key_lengths, pos, pos_bias_u, pos_bias_v, scale, causal):
+        return q.new_empty((q.shape[0], q.shape[2], q.shape[1], v.shape[3])).transpose(1, 2)

@@ -1,0 +1,110 @@
+"""Plugins (Triton kernels as torch custom ops) against the decompositions of their fused ops.
+
+On the CPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1``), which must be
+set before Triton compiles anything, so those cases run in a child process. On a CUDA machine
+the same cases also run on the GPU in this process.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# name: (batch, heads, queries, keys, head dim, lengths, causal, rel-pos, query groups over one K/V)
+CASES = {
+    "rel_pos": (3, 2, 37, 37, 16, [37, 20, 1], False, True),
+    "plain_no_lengths": (2, 2, 70, 70, 16, None, False, False),
+    "causal_with_lengths": (4, 2, 23, 23, 16, [23, 5, 1, 17], True, False),
+    "causal_offset_cache": (2, 2, 3, 40, 16, None, True, False),
+    "cross_grouped_queries": (2, 2, 5 * 9, 66, 16, [66, 31], False, False),
+    "head_dim_not_power_of_two": (2, 3, 19, 19, 12, [19, 7], False, True),
+    "empty_key_row_gives_zeros": (2, 2, 8, 8, 16, [8, 0], False, False),
+}
+
+
+def make_inputs(case: str, dtype: torch.dtype, device: str = "cpu"):
+    batch, heads, m, n, d, lengths, causal, rel_pos = CASES[case]
+    g = torch.Generator().manual_seed(len(case))
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g).to(dtype=dtype, device=device)
+
+    q = rand(batch, m, heads, d).transpose(1, 2)  # the layers' (B, T, H, D) -> (B, H, T, D) view
+    k, v = rand(batch, heads, n, d), rand(batch, heads, n, d)
+    key_lengths = torch.tensor(lengths, dtype=torch.int32, device=device) if lengths is not None else None
+    pos = (rand(1, heads, n, d), rand(heads, d), rand(heads, d)) if rel_pos else (None, None, None)
+    return (q, k, v, key_lengths, *pos, 1 / d**0.5, causal)
+
+
+def decomposed(args) -> torch.Tensor:
+    from core.composite import run_decomposition
+
+    q, k, v, key_lengths, pos, u, bias_v, scale, causal = args
+    inputs = [q, k, v] + ([key_lengths] if key_lengths is not None else []) + ([pos, u, bias_v] if pos is not None else [])
+    return run_decomposition("attention", inputs, {"scale": scale, "causal": causal,
+                                                   "has_lengths": key_lengths is not None, "has_pos": pos is not None})
+
+
+def errors(device: str) -> dict:
+    """Max |kernel - decomposition| per case and dtype (the decomposition in fp32 on the same inputs)."""
+    from plugins.attention import _launch
+
+    out = {}
+    for case in CASES:
+        for dtype in (torch.float32, torch.float16):
+            args = make_inputs(case, dtype, device)
+            got = _launch(*args).float()
+            as_fp32 = [a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+            want = decomposed(as_fp32)
+            out[f"{case}/{str(dtype)[6:]}"] = [float((got - want).abs().max()), float(want.abs().max()),
+                                              list(got.shape) == list(want.shape)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    code = "import json, tests.test_plugins as t; print(json.dumps(t.errors('cpu')))"
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": ROOT}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _check(results: dict):
+    assert len(results) == 2 * len(CASES)
+    for name, (error, scale, same_shape) in results.items():
+        assert same_shape, name
+        assert error <= (2e-5 if name.endswith("float32") else 2e-3 * max(scale, 1.0)), (name, error)
+
+
+def test_attention_kernel_matches_decomposition_under_the_interpreter(interpreted):
+    _check(interpreted)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_attention_kernel_matches_decomposition_on_the_gpu():
+    _check(errors("cuda"))
+
+
+def test_fully_masked_rows_are_zero_and_others_are_not():
+    args = make_inputs("empty_key_row_gives_zeros", torch.float32)
+    out = decomposed(args)
+    assert out[1].abs().max() == 0 and out[0].abs().min() > 0
+
+
+def test_decomposition_is_the_unfused_math():
+    """Held against torch's own attention (scaled_dot_product_attention with a boolean mask)."""
+    q, k, v, key_lengths, pos, u, bias_v, scale, causal = make_inputs("rel_pos", torch.float32)
+    q_cat = torch.cat([q + u[None, :, None], q + bias_v[None, :, None]], -1)
+    k_cat = torch.cat([k, pos.expand_as(k)], -1)
+    mask = (torch.arange(k.shape[2])[None, :] < key_lengths[:, None].long())[:, None, None, :]
+    want = torch.nn.functional.scaled_dot_product_attention(q_cat, k_cat, v, attn_mask=mask, scale=scale)
+    got = decomposed((q, k, v, key_lengths, pos, u, bias_v, scale, causal))
+    assert (got - want).abs().max() < 1e-5
