@@ -11,6 +11,8 @@ import shutil
 import sys
 import time
 
+import torch
+
 from core.builder import Builder, BuilderConfig
 from core.dtype import DataType
 from core.tensorrt_backend import TensorRTUnavailable, tensorrt_usable
@@ -27,14 +29,18 @@ DEMO_ENGINE_DIR = os.path.join(REPO, "engines", "aishell_demo")
 
 
 def build_engines(model_dir: str, output_dir: str, dtype: str = "float32", profiles: Profiles | None = None,
-                  checkpoint: str | None = None, backend: str = "torch") -> dict:
-    """Reads the model dir, maps every checkpoint tensor to a parameter, writes the engine dir."""
+                  checkpoint: str | None = None, backend: str = "torch", compile_device: str | None = None) -> dict:
+    """Reads the model dir, maps every checkpoint tensor to a parameter, writes the engine dir; with
+    ``compile_device`` (torch backend) also the compiled engines for that device."""
     profiles = profiles or Profiles()
     ckpt = read_model_dir(model_dir, checkpoint)
     model = WeNetModel(ckpt.config, DataType(dtype), seconds_to_frames(profiles.max_seconds))
     load_weights(model, map_checkpoint(ckpt.state, model, ckpt.cmvn))
     networks = build_networks(model, profiles)
-    config = Builder(BuilderConfig(dtype=dtype, backend=backend)).build(
+    builder_config = BuilderConfig(dtype=dtype, backend=backend, compile=compile_device is not None,
+                                   compile_device=compile_device or "cuda",
+                                   buckets=profiles.buckets(ckpt.config.encoder.input_layer) if compile_device else {})
+    config = Builder(builder_config).build(
         networks, output_dir, {"wenet": ckpt.config.to_json(), "profiles": profiles.to_json(),
                                "checkpoint": ckpt.files.checkpoint, "vocabulary": VOCAB_FILE,
                                # As in WeNet, CMVN is part of the encoder (its checkpoint buffers win over the file).
@@ -57,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--beam_size", type=int, default=10, help="most hypotheses per utterance")
     p.add_argument("--backend", choices=["auto", "torch", "tensorrt"], default="auto",
                    help="auto: tensorrt where TensorRT imports and a GPU is present, else the PyTorch lowering")
+    p.add_argument("--no_compile", action="store_true",
+                   help="torch backend on a CUDA machine: skip the compiled engines (export + Inductor + CUDA graphs)")
     args = p.parse_args(argv)
     backend = args.backend
     if backend == "auto":
@@ -64,12 +72,19 @@ def main(argv: list[str] | None = None) -> int:
     profiles = Profiles(args.max_batch_size, args.opt_batch_size, args.max_seconds, args.opt_seconds, args.beam_size)
     start = time.perf_counter()
     try:
-        config = build_engines(args.model_dir, args.output_dir, args.dtype, profiles, args.checkpoint, backend)
+        compile_device = "cuda" if backend == "torch" and torch.cuda.is_available() and not args.no_compile else None
+        config = build_engines(args.model_dir, args.output_dir, args.dtype, profiles, args.checkpoint, backend,
+                               compile_device)
     except (ModelFileError, ConfigError, WeightMappingError, ValueError, TensorRTUnavailable) as e:
         print(f"build.py: error: {e}", file=sys.stderr)
         return 1
     for name, info in config["networks"].items():
-        print(f"{name:14s} {info['nodes']:5d} nodes  {info['parameters'] / 1e6:7.2f} M weights  -> {info['artifact']}")
+        compiled = f" + {info['compiled']['program']}" if "compiled" in info else ""
+        print(f"{name:14s} {info['nodes']:5d} nodes  {info['parameters'] / 1e6:7.2f} M weights  -> {info['artifact']}"
+              f"{compiled}")
+    if "compiled" in config["builder"]:
+        c = config["builder"]["compiled"]
+        print(f"compiled for {c['device']} (torch {c['torch']}) in {c['seconds']} s")
     print(f"built {len(config['networks'])} {args.dtype} {backend} networks into {args.output_dir} "
           f"in {time.perf_counter() - start:.1f} s")
     return 0

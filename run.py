@@ -13,6 +13,7 @@ import os
 import sys
 import time
 
+import torch
 from tqdm import tqdm
 
 from build import DEMO_ENGINE_DIR, DEMO_MODEL_DIR, build_engines
@@ -43,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ctc_weight", type=float, help="default: the model's model_conf.ctc_weight")
     p.add_argument("--reverse_weight", type=float, help="default: the model's model_conf.reverse_weight")
     p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="on CUDA the compiled engines run where the build made them")
     p.add_argument("--results_jsonl", help="one JSON object per utterance and mode")
     p.add_argument("--verbose", action="store_true", help="timings: start-up, first result, total")
     args = p.parse_args(argv)
@@ -51,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.engine_dir == DEMO_ENGINE_DIR and not os.path.exists(os.path.join(DEMO_ENGINE_DIR, "config.json")):
             print(f"building the demo model's engines into {DEMO_ENGINE_DIR} (once)", file=sys.stderr)
-            build_engines(DEMO_MODEL_DIR, DEMO_ENGINE_DIR)
+            build_engines(DEMO_MODEL_DIR, DEMO_ENGINE_DIR,
+                          compile_device="cuda" if args.device.startswith("cuda") else None)
         items = read_wav_scp(args.wav_scp) if args.wav_scp else \
             [(os.path.splitext(os.path.basename(f))[0], f) for f in args.input_file]
         transcriber = Transcriber(args.engine_dir, args.device)

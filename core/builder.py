@@ -20,6 +20,9 @@ class BuilderConfig:
 
     dtype: str = "float32"
     backend: str = "torch"
+    compile: bool = False  # torch backend: export + Inductor (+ CUDA graphs on CUDA), core/compiled.py
+    compile_device: str = "cuda"
+    buckets: dict[str, list[int]] = field(default_factory=dict)  # per dynamic dim, for compiled engines
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -51,10 +54,36 @@ class Builder:
                 "nodes": len(network.nodes),
                 "parameters": sum(v.numel() for v in network.constants.values()),
             }
+        if self.config.compile:
+            backend_info["compiled"] = self._compile(networks, output_dir, summary)
         config = {"builder": {**asdict(self.config), **backend_info}, "networks": summary, "model": model_config}
         with open(os.path.join(output_dir, CONFIG_FILE), "w") as f:
             json.dump(config, f, indent=2, ensure_ascii=False)
         return config
+
+    def _compile(self, networks: list[Network], output_dir: str, summary: dict) -> dict:
+        """Exports and compiles, on the compile device, every network whose dynamic dims all have
+        buckets; records each one's ``compiled`` artifacts and output dims. Returns what it ran on."""
+        import time
+
+        import torch
+
+        from core.compiled import compile_network, export_network, output_dims
+
+        device = torch.device(self.config.compile_device)
+        buckets = self.config.buckets
+        start = time.perf_counter()
+        for network in networks:
+            dims = {d.name for spec in network.inputs.values() for d in spec.dims if not isinstance(d, int)}
+            if not dims <= set(buckets):
+                continue
+            exported = export_network(network, buckets, device)
+            compiled = compile_network(exported, network.inputs, device)
+            summary[network.name]["compiled"] = {**compiled.save(output_dir, network.name),
+                                                 "output_dims": output_dims(exported, network.inputs)}
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        return {"torch": torch.__version__, "device": name, "buckets": buckets,
+                "seconds": round(time.perf_counter() - start, 1)}
 
     def _write(self, network: Network, output_dir: str) -> str:
         if self.config.backend == "torch":

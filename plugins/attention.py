@@ -78,7 +78,7 @@ if triton is not None:
             keep = cols[None, :] < n_end
             if CAUSAL:
                 keep = keep & (cols[None, :] <= rows[:, None] + N - M)
-            s = tl.where(keep, s * scale, float("-inf"))
+            s = tl.where(keep, s * scale, float("-inf")).to(tl.float32)  # scale may arrive as an fp64 constant
             new_max = tl.maximum(row_max, tl.max(s, 1))
             shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # rows with nothing attended yet
             weights = tl.exp(s - shift[:, None])
@@ -97,24 +97,23 @@ if triton is not None:
 def _launch(q, k, v, key_lengths, pos, pos_bias_u, pos_bias_v, scale, causal):
     from torch.library import wrap_triton
 
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    # No Python branch on a size here: under torch.export and Inductor sizes are symbols, and a
+    # branch would specialize the compiled engine to the traced size.
     batch, heads, m, d = q.shape
     n, dv = k.shape[2], v.shape[3]
     # (B, M, H, Dv) memory seen as (B, H, M, Dv): merging the heads afterwards is a free view
     out = torch.empty((batch, m, heads, dv), dtype=v.dtype, device=q.device).transpose(1, 2)
     has_pos = pos is not None
-    if has_pos:
-        pos, pos_bias_u, pos_bias_v = pos.contiguous(), pos_bias_u.contiguous(), pos_bias_v.contiguous()
-    p = pos if has_pos else k
+    p = pos.expand(batch, -1, -1, -1) if has_pos else k  # broadcast over the batch: stride 0
     block_d, block_dv = triton.next_power_of_2(d), triton.next_power_of_2(dv)
     block_n = 64 if max(block_d, block_dv) <= 64 else 32
-    grid = (triton.cdiv(m, 64), batch * heads)
-    wrap_triton(_attention_kernel)[grid](
+    # wrap_triton lets torch.export and Inductor see the kernel; torch 2.11 refuses it an interpreted one
+    kernel = _attention_kernel if os.environ.get("TRITON_INTERPRET") == "1" else wrap_triton(_attention_kernel)
+    kernel[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), batch * heads)](
         q, k, v, p, pos_bias_u if has_pos else q, pos_bias_v if has_pos else q,
         key_lengths if key_lengths is not None else q, out,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        0 if p.shape[0] == 1 else p.stride(0), p.stride(1), p.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), p.stride(0), p.stride(1), p.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         heads, m, n, scale,
         HAS_LENGTHS=key_lengths is not None, HAS_POS=has_pos, CAUSAL=causal, D=d, DV=dv,

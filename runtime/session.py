@@ -35,6 +35,16 @@ class Session:
         self._engine = engine
 
     @staticmethod
+    def compiled(engine_dir: str, name: str, info: dict, buckets: dict, device: str | torch.device) -> Session:
+        """A compiled network (``info``: its config.json entry) with CUDA graphs per bucket on CUDA."""
+        from core.compiled import CompiledEngine, CompiledNetwork
+
+        device = torch.device(device)
+        specs = {s.name: s for s in (InputSpec.from_json(d) for d in info["inputs"])}
+        network = CompiledNetwork.load(engine_dir, info["compiled"], device)
+        return Session(name, specs, CompiledEngine(network, specs, buckets, info["compiled"]["output_dims"], device))
+
+    @staticmethod
     def from_artifact(path: str, device: str | torch.device = "cpu", inputs: list[dict] | None = None) -> Session:
         """A ``.safetensors`` network (PyTorch lowering) or a ``.plan`` (TensorRT; ``inputs`` from config.json)."""
         if path.endswith(".plan"):
@@ -84,9 +94,13 @@ class Session:
 
 
 class EngineDir:
-    """A built engine dir: its config, vocabulary and (lazily opened) network Sessions."""
+    """A built engine dir: its config, vocabulary and (lazily opened) network Sessions.
 
-    def __init__(self, path: str, device: str | torch.device = "cpu"):
+    ``compiled``: run the compiled engines (``.pt2``, CUDA graphs on CUDA) where the build made them;
+    None: on CUDA devices only.
+    """
+
+    def __init__(self, path: str, device: str | torch.device = "cpu", compiled: bool | None = None):
         config_path = os.path.join(path, CONFIG_FILE)
         if not os.path.isfile(config_path):
             raise FileNotFoundError(f"{path}: not an engine dir (no {CONFIG_FILE}); build one with build.py")
@@ -96,6 +110,8 @@ class EngineDir:
         self.device = torch.device(device)
         self.model = ModelConfig.from_json(self.config["model"]["wenet"])
         self.vocab = load_vocab(os.path.join(path, VOCAB_FILE))
+        self.compiled = self.device.type == "cuda" if compiled is None else compiled
+        self.compiled = self.compiled and "compiled" in self.config["builder"]
 
     @property
     def dtype(self) -> torch.dtype:
@@ -103,5 +119,12 @@ class EngineDir:
 
     @functools.cached_property
     def sessions(self) -> dict[str, Session]:
-        return {name: Session.from_artifact(os.path.join(self.path, info["artifact"]), self.device, info["inputs"])
-                for name, info in self.config["networks"].items()}
+        sessions = {}
+        for name, info in self.config["networks"].items():
+            if self.compiled and "compiled" in info:
+                sessions[name] = Session.compiled(self.path, name, info, self.config["builder"]["compiled"]["buckets"],
+                                                  self.device)
+            else:
+                sessions[name] = Session.from_artifact(os.path.join(self.path, info["artifact"]), self.device,
+                                                       info["inputs"])
+        return sessions

@@ -1,0 +1,245 @@
+"""Compiled engines (CUDA): the PyTorch lowering exported, compiled by Inductor, replayed as CUDA graphs.
+
+Build time: each network's lowering is exported with ``torch.export`` (its dynamic dims bounded by
+the smallest shape bucket and the profile's max) and the exported graph is compiled once by
+Inductor with symbolic shapes (``torch._inductor.standalone_compile``, shapes "from the graph"): one
+compiled program serves every shape in range, with no guards and no recompilation. Written to the
+engine dir: ``<network>.inductor`` (the compiled artifact: generated kernels and wrapper) and
+``<network>.constants.safetensors`` (its weights, in its input order). AOTInductor packages, the
+other serialized form, crash on load in torch 2.11 (every loader, on CUDA and CPU: see
+docs/architecture.md).
+
+Run time (``CompiledEngine``): inputs are copied into device buffers allocated once for the
+profile maximum, padded up to their shape bucket (batch rows repeat row 0, so padding rows are
+valid inputs; other dims are zero-padded and masked by the lengths inputs), and each bucket runs
+as a CUDA graph captured on first use. Outputs are views of the graph's static outputs, cut back
+to the real sizes of the dims they share with the inputs, and valid until the next call.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.utils._pytree as pytree
+from safetensors.torch import load_file, save_file
+
+import plugins.attention  # noqa: F401 - registers the custom ops that exported graphs call
+from core.network import Dim, InputSpec, Network
+from core.torch_backend import TorchEngine
+
+PROGRAM_SUFFIX = ".inductor"
+CONSTANTS_SUFFIX = ".constants.safetensors"
+REPEAT_DIMS = ("batch",)  # padded by repeating row 0; every other dim is zero-padded
+
+
+class NetworkModule(torch.nn.Module):
+    """A network's PyTorch lowering as a module: ``forward(inputs) -> outputs`` (dicts by name)."""
+
+    def __init__(self, network: Network, device: torch.device):
+        super().__init__()
+        self.engine = TorchEngine(network, device)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.engine._run(inputs)
+
+
+def pick_bucket(sizes: list[int], size: int) -> int:
+    """The smallest bucket holding ``size`` (callers check the profile max first)."""
+    return sizes[min(bisect.bisect_left(sizes, size), len(sizes) - 1)]
+
+
+def _dynamic_dims(inputs: dict[str, InputSpec]) -> dict[str, Dim]:
+    return {d.name: d for spec in inputs.values() for d in spec.dims if isinstance(d, Dim)}
+
+
+def example_inputs(inputs: dict[str, InputSpec], sizes: dict[str, int], device: torch.device) -> dict[str, torch.Tensor]:
+    """Inputs of the given dim sizes: zeros, and ones for integers (lengths of at least one)."""
+    out = {}
+    for name, spec in inputs.items():
+        shape = [sizes[d.name] if isinstance(d, Dim) else d for d in spec.dims]
+        fill = 1 if spec.dtype.torch in (torch.int32, torch.int64) else 0
+        out[name] = torch.full(shape, fill, dtype=spec.dtype.torch, device=device)
+    return out
+
+
+def trace_sizes(inputs: dict[str, InputSpec], buckets: dict[str, list[int]]) -> dict[str, int]:
+    """The dim sizes that export and compilation trace at: a middle bucket (sizes 0 and 1 would be
+    specialized into the graph, and so may a size that equals the profile max)."""
+    return {n: max(buckets[n][len(buckets[n]) // 2], 2) for n in _dynamic_dims(inputs)}
+
+
+def export_network(network: Network, buckets: dict[str, list[int]], device: torch.device):
+    """``torch.export`` of the lowering; each dynamic dim ranges over [smallest bucket, profile max].
+    Traced at ``trace_sizes``."""
+    dims = _dynamic_dims(network.inputs)
+    # A dim of one bucket keeps a two-value range: a one-value Dim would be a constant, and its outputs uncut.
+    export_dims = {n: torch.export.Dim(n.replace(".", "_"), min=min(buckets[n][0], d.max - 1), max=d.max)
+                   for n, d in dims.items()}
+    dynamic = {name: {axis: export_dims[d.name] for axis, d in enumerate(spec.dims) if isinstance(d, Dim)}
+               for name, spec in network.inputs.items()}
+    example = example_inputs(network.inputs, trace_sizes(network.inputs, buckets), device)
+    with torch.no_grad():
+        return torch.export.export(NetworkModule(network, device), (example,), dynamic_shapes={"inputs": dynamic},
+                                   strict=False)
+
+
+def output_dims(exported, inputs: dict[str, InputSpec]) -> dict[str, list[str | None]]:
+    """For each output axis, the input dim whose size it always has (None if it is derived or fixed)."""
+    placeholders = [n for n in exported.graph.nodes if n.op == "placeholder"]
+    user = placeholders[len(placeholders) - len(exported.graph_signature.user_inputs):]
+    symbols = {}
+    for node, spec in zip(user, inputs.values()):  # user inputs flatten in dict order
+        for axis, d in enumerate(spec.dims):
+            if isinstance(d, Dim):
+                symbols[str(node.meta["val"].shape[axis])] = d.name
+    output_node = next(n for n in exported.graph.nodes if n.op == "output")
+    values = pytree.tree_unflatten([n.meta["val"] for n in output_node.args[0]], exported.call_spec.out_spec)
+    return {name: [symbols.get(str(s)) for s in value.shape] for name, value in values.items()}
+
+
+@dataclass
+class CompiledNetwork:
+    """Inductor's program for a network, its constant inputs, and how its flat outputs are named."""
+
+    program: Callable
+    constants: list[torch.Tensor]
+    input_names: list[str]
+    output_names: list[str]
+
+    def __call__(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        outputs = self.program(*self.constants, *(inputs[n] for n in self.input_names))
+        return dict(zip(self.output_names, outputs))
+
+    def save(self, engine_dir: str, name: str) -> dict:
+        self.program.save(path=os.path.join(engine_dir, f"{name}{PROGRAM_SUFFIX}"), format="binary")
+        # safetensors wants one owner per storage: constants that share memory are copied apart
+        save_file({f"{i:05d}": t.detach().cpu().clone().contiguous() for i, t in enumerate(self.constants)},
+                  os.path.join(engine_dir, f"{name}{CONSTANTS_SUFFIX}"))
+        return {"program": f"{name}{PROGRAM_SUFFIX}", "constants": f"{name}{CONSTANTS_SUFFIX}",
+                "input_names": self.input_names, "output_names": self.output_names}
+
+    @staticmethod
+    def load(engine_dir: str, info: dict, device: torch.device) -> CompiledNetwork:
+        program = torch._inductor.CompiledArtifact.load(path=os.path.join(engine_dir, info["program"]), format="binary")
+        constants = load_file(os.path.join(engine_dir, info["constants"]), device=str(device))
+        return CompiledNetwork(program, [constants[k] for k in sorted(constants)], info["input_names"],
+                               info["output_names"])
+
+
+def compile_network(exported, inputs: dict[str, InputSpec], device: torch.device) -> CompiledNetwork:
+    """One Inductor compilation of the exported graph, symbolic in every dim the export left dynamic."""
+    signature = exported.graph_signature
+    constants = [exported.state_dict[s.target] if s.target in exported.state_dict else exported.constants[s.target]
+                 for s in signature.input_specs if s.kind.name != "USER_INPUT"]
+    constants = [c.to(device) for c in constants]
+    # Compile from the export's own fake inputs: its symbols (with their ranges) for the dynamic dims
+    # and static sizes for everything else. standalone_compile finds the export's fake mode through
+    # the outputs' "example_value" (Dynamo's name for export's "val").
+    graph = exported.graph_module
+    fake_inputs = [node.meta["val"] for node in graph.graph.nodes if node.op == "placeholder"]
+    for node in graph.graph.find_nodes(op="output")[0].args[0]:
+        node.meta["example_value"] = node.meta["val"]
+    program = torch._inductor.standalone_compile(graph, fake_inputs, dynamic_shapes="from_graph")
+    names = pytree.tree_unflatten(list(range(len(signature.output_specs))), exported.call_spec.out_spec)
+    return CompiledNetwork(program, constants, list(inputs), sorted(names, key=names.get))
+
+
+class CompiledEngine:
+    """A compiled network on one CUDA device; called like ``TorchEngine``, with CUDA graphs per bucket."""
+
+    def __init__(self, network: CompiledNetwork, inputs: dict[str, InputSpec], buckets: dict[str, list[int]],
+                 output_dims: dict[str, list[str | None]], device: torch.device, cuda_graphs: bool = True):
+        self.device = device
+        self.inputs = inputs
+        self.buckets = buckets
+        self.output_dims = output_dims
+        self.module = network
+        self.cuda_graphs = cuda_graphs and device.type == "cuda"
+        dims = _dynamic_dims(inputs)
+        # one flat buffer per input for the profile maximum; each bucket views it contiguously
+        self.storage = {name: torch.zeros(_numel(spec, {n: d.max for n, d in dims.items()}), dtype=spec.dtype.torch,
+                                          device=device) for name, spec in inputs.items()}
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph | None, dict, dict]] = {}
+        self.pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
+
+    def bucket_sizes(self, inputs: dict[str, torch.Tensor]) -> tuple[dict[str, int], dict[str, int]]:
+        real = {}
+        for name, spec in self.inputs.items():
+            for axis, d in enumerate(spec.dims):
+                if isinstance(d, Dim):
+                    real[d.name] = inputs[name].shape[axis]
+        return real, {n: pick_bucket(self.buckets[n], s) for n, s in real.items()}
+
+    def _static_inputs(self, sizes: dict[str, int]) -> dict[str, torch.Tensor]:
+        return {name: self.storage[name][:_numel(spec, sizes)].view(_shape(spec, sizes))
+                for name, spec in self.inputs.items()}
+
+    def _fill(self, static: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]) -> None:
+        for name, value in inputs.items():
+            target = static[name]
+            if target.shape != value.shape:
+                target.zero_()
+            target[tuple(slice(0, s) for s in value.shape)].copy_(value)
+            spec = self.inputs[name]
+            for axis, d in enumerate(spec.dims):
+                if isinstance(d, Dim) and d.name in REPEAT_DIMS and value.shape[axis] < target.shape[axis]:
+                    target.narrow(axis, value.shape[axis], target.shape[axis] - value.shape[axis]).copy_(
+                        target.narrow(axis, 0, 1).expand_as(
+                            target.narrow(axis, value.shape[axis], target.shape[axis] - value.shape[axis])))
+
+    def _capture(self, static: dict[str, torch.Tensor]):
+        """(graph, static inputs, static outputs) of one bucket; no graph off CUDA."""
+        if not self.cuda_graphs:
+            return None, static, None
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # compile (or load) and settle the allocator outside the capture
+                self.module(static)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            outputs = self.module(static)
+        return graph, static, outputs
+
+    @torch.no_grad()
+    def __call__(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # as TorchEngine: fp32 stays fp32
+            return self._run(inputs)
+
+    def _run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        real, sizes = self.bucket_sizes(inputs)
+        key = tuple(sorted(sizes.items()))
+        entry = self.graphs.get(key)
+        static = entry[1] if entry is not None else self._static_inputs(sizes)
+        self._fill(static, inputs)
+        if entry is None:
+            entry = self.graphs[key] = self._capture(static)
+        graph, _, outputs = entry
+        if graph is None:
+            outputs = self.module(static)
+        else:
+            graph.replay()
+        return {name: _cut(value, self.output_dims.get(name, []), real) for name, value in outputs.items()}
+
+
+def _shape(spec: InputSpec, sizes: dict[str, int]) -> list[int]:
+    return [sizes[d.name] if isinstance(d, Dim) else d for d in spec.dims]
+
+
+def _numel(spec: InputSpec, sizes: dict[str, int]) -> int:
+    n = 1
+    for s in _shape(spec, sizes):
+        n *= s
+    return n
+
+
+def _cut(value: torch.Tensor, dims: list[str | None], real: dict[str, int]) -> torch.Tensor:
+    for axis, name in enumerate(dims):
+        if name is not None and value.shape[axis] != real[name]:
+            value = value.narrow(axis, 0, real[name])
+    return value
