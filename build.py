@@ -29,15 +29,18 @@ DEMO_ENGINE_DIR = os.path.join(REPO, "engines", "aishell_demo")
 
 
 def build_engines(model_dir: str, output_dir: str, dtype: str = "float32", profiles: Profiles | None = None,
-                  checkpoint: str | None = None, backend: str = "torch", compile_device: str | None = None) -> dict:
+                  checkpoint: str | None = None, backend: str = "torch", compile_device: str | None = None,
+                  decoder_dtype: str | None = None) -> dict:
     """Reads the model dir, maps every checkpoint tensor to a parameter, writes the engine dir; with
     ``compile_device`` (torch backend) also the compiled engines for that device."""
     profiles = profiles or Profiles()
     ckpt = read_model_dir(model_dir, checkpoint)
-    model = WeNetModel(ckpt.config, DataType(dtype), seconds_to_frames(profiles.max_seconds))
+    model = WeNetModel(ckpt.config, DataType(dtype), seconds_to_frames(profiles.max_seconds),
+                       DataType(decoder_dtype) if decoder_dtype else None)
     load_weights(model, map_checkpoint(ckpt.state, model, ckpt.cmvn))
     networks = build_networks(model, profiles)
-    builder_config = BuilderConfig(dtype=dtype, backend=backend, compile=compile_device is not None,
+    builder_config = BuilderConfig(dtype=dtype, backend=backend, decoder_dtype=decoder_dtype or dtype,
+                                   compile=compile_device is not None,
                                    compile_device=compile_device or "cuda",
                                    buckets=profiles.buckets(ckpt.config.encoder.input_layer) if compile_device else {})
     config = Builder(builder_config).build(
@@ -56,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output_dir", default=DEMO_ENGINE_DIR, help="engine dir to write")
     p.add_argument("--checkpoint", help="a checkpoint other than the model dir's final.pt")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--decoder_dtype", choices=["float32", "float16", "bfloat16"],
+                   help="the attention decoders' (rescoring, attention search); default: --dtype")
     p.add_argument("--max_batch_size", type=int, default=16)
     p.add_argument("--opt_batch_size", type=int, default=8)
     p.add_argument("--max_seconds", type=float, default=40.0, help="longest utterance the engines accept")
@@ -74,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         compile_device = "cuda" if backend == "torch" and torch.cuda.is_available() and not args.no_compile else None
         config = build_engines(args.model_dir, args.output_dir, args.dtype, profiles, args.checkpoint, backend,
-                               compile_device)
+                               compile_device, args.decoder_dtype)
     except (ModelFileError, ConfigError, WeightMappingError, ValueError, TensorRTUnavailable) as e:
         print(f"build.py: error: {e}", file=sys.stderr)
         return 1

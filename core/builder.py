@@ -19,6 +19,7 @@ class BuilderConfig:
     """What the engines are built for; recorded in the engine dir's config.json."""
 
     dtype: str = "float32"
+    decoder_dtype: str = ""  # the attention decoders' and cross K/V's, where it differs from dtype
     backend: str = "torch"
     compile: bool = False  # torch backend: export + Inductor (+ CUDA graphs on CUDA), core/compiled.py
     compile_device: str = "cuda"

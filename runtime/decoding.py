@@ -6,6 +6,7 @@ of its hypotheses; all hypotheses of all utterances of a batch are rescored in o
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from runtime.encoding import EncoderOutput
@@ -39,23 +40,28 @@ class WeNetDecoding:
         sos, eos = self.model.sos, self.model.eos
         batch, n = len(prefix), max(len(p.nbest) for p in prefix)
         self.check_beam(n)
-        max_len = max(len(h) for p in prefix for h in p.nbest) + 2
-        hyps = torch.full((batch, n, max_len), eos, dtype=torch.int32)
-        r_hyps = hyps.clone()
-        lens = torch.ones(batch, n, dtype=torch.int32)
-        ctc = torch.zeros(batch, n)
-        real = torch.zeros(batch, n, dtype=torch.bool)
-        for b, p in enumerate(prefix):
-            for i, (h, score) in enumerate(zip(p.nbest, p.nbest_scores)):
-                tokens = torch.tensor(h, dtype=torch.int32)
-                hyps[b, i, 0] = r_hyps[b, i, 0] = sos
-                hyps[b, i, 1:len(h) + 1] = tokens
-                r_hyps[b, i, 1:len(h) + 1] = tokens.flip(0)
-                lens[b, i] = len(h) + 1
-                ctc[b, i] = score
-                real[b, i] = True
-        hyps[:, :, 0] = sos  # padding hypotheses are empty: [sos, eos]
-        r_hyps[:, :, 0] = sos
+        # Built with whole-array numpy operations: a Python step per token would cost more than the decoder.
+        slots = [(b, i) for b, p in enumerate(prefix) for i in range(len(p.nbest))]
+        hyp_lens = np.array([len(h) for p in prefix for h in p.nbest], dtype=np.int64)
+        flat_slot = np.array([b * n + i for b, i in slots], dtype=np.int64)
+        max_len = int(hyp_lens.max(initial=0)) + 2
+        hyps = np.full((batch * n, max_len), eos, dtype=np.int32)
+        r_hyps = hyps.copy()
+        hyps[:, 0] = r_hyps[:, 0] = sos  # padding hypotheses are empty: [sos, eos]
+        tokens = np.fromiter((t for p in prefix for h in p.nbest for t in h), dtype=np.int32, count=int(hyp_lens.sum()))
+        rows = np.repeat(flat_slot, hyp_lens)
+        step = np.arange(len(tokens)) - np.repeat(np.cumsum(hyp_lens) - hyp_lens, hyp_lens)  # position within its hyp
+        hyps[rows, 1 + step] = tokens
+        r_hyps[rows, np.repeat(hyp_lens, hyp_lens) - step] = tokens
+        lens = np.ones(batch * n, dtype=np.int32)
+        lens[flat_slot] = hyp_lens + 1
+        ctc = np.zeros(batch * n, dtype=np.float32)
+        ctc[flat_slot] = [s for p in prefix for s in p.nbest_scores]
+        real = np.zeros(batch * n, dtype=bool)
+        real[flat_slot] = True
+        hyps, r_hyps = torch.from_numpy(hyps).view(batch, n, max_len), torch.from_numpy(r_hyps).view(batch, n, max_len)
+        lens, ctc = torch.from_numpy(lens).view(batch, n), torch.from_numpy(ctc).view(batch, n)
+        real = torch.from_numpy(real).view(batch, n)
         device = self.engine.device
         inputs = {"hyps_pad_sos_eos": hyps, "hyps_lens_sos": lens, "ctc_scores": ctc,
                   "ctc_weight": torch.tensor([ctc_weight]), "encoder_out_lens": enc.encoder_lens}
@@ -84,7 +90,7 @@ class WeNetDecoding:
         layers = sum(1 for k in self.step.inputs if k.startswith("cache.") and k.endswith(".key"))
         cache_shape = self.step.inputs["cache.0.key"].dims
         heads, d_k = cache_shape[1], cache_shape[3]
-        empty = torch.zeros(running, heads, 0, d_k, dtype=enc.encoder_out.dtype, device=device)
+        empty = torch.zeros(running, heads, 0, d_k, dtype=self.step.inputs["cache.0.key"].dtype.torch, device=device)
         cache = {f"cache.{i}.{kind}": empty for i in range(layers) for kind in ("key", "value")}
         memory = {k: v for k, v in kv.items() if k in self.step.inputs}
         hyps = torch.full((running, 1), sos, dtype=torch.long)

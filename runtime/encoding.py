@@ -24,11 +24,9 @@ class WeNetEncoding:
         self.max_batch_size = self.session.profile("batch").max
 
     def encode(self, feats: list[torch.Tensor]) -> EncoderOutput:
-        """``feats``: (T_i, 80) fp32 fbank per utterance; padded with zeros like WeNet."""
-        lengths = torch.tensor([f.shape[0] for f in feats], dtype=torch.int32)
-        speech = torch.zeros(len(feats), int(lengths.max()), feats[0].shape[1])
-        for i, f in enumerate(feats):
-            speech[i, :f.shape[0]] = f
+        """``feats``: (T_i, 80) fp32 fbank per utterance, on any device; padded with zeros like WeNet."""
         device = self.engine.device
-        out = self.session.run({"speech": speech.to(device), "speech_lengths": lengths.to(device)})
+        lengths = torch.tensor([f.shape[0] for f in feats], dtype=torch.int32).to(device, non_blocking=True)
+        speech = torch.nn.utils.rnn.pad_sequence([f.to(device) for f in feats], batch_first=True)
+        out = self.session.run({"speech": speech, "speech_lengths": lengths})
         return EncoderOutput(out["encoder_out"], out["encoder_out_lens"], out["ctc_log_probs"])

@@ -10,13 +10,14 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from layers.subsampling import subsampled_length
 from runtime.audio import AudioError, load_audio
 from runtime.decoding import WeNetDecoding
 from runtime.encoding import WeNetEncoding
-from runtime.frontend import fbank
+from runtime.frontend import fbank_batch, num_frames
 from runtime.search import DecodeResult, ctc_greedy_search, ctc_prefix_beam_search
 from runtime.session import EngineDir, ProfileError
 
@@ -88,37 +89,43 @@ class Transcriber:
         if {"ctc_prefix_beam_search", "attention", "attention_rescoring"} & set(options.modes):
             self.decoding.check_beam(options.beam_size)
 
-    def features(self, key: str, path: str) -> torch.Tensor:
-        """The fbank of one file, checked against the encoder's frame profile."""
+    def audio(self, path: str) -> np.ndarray:
+        """The samples of one file, checked against the encoder's frame profile."""
         model = self.engine.model
         samples = load_audio(path, model.sample_rate)
-        feats = fbank(samples, model.num_mel_bins, model.frame_length, model.frame_shift, model.sample_rate)
-        frames = self.encoding.frames
+        frames = num_frames(len(samples), model.sample_rate * model.frame_length // 1000,
+                            model.sample_rate * model.frame_shift // 1000)
         seconds = len(samples) / model.sample_rate
-        if subsampled_length(feats.shape[0], model.encoder.input_layer) < 1:
+        if subsampled_length(frames, model.encoder.input_layer) < 1:
             raise AudioError(f"{path}: too short to transcribe ({seconds:.3f} s of frames; at least "
-                             f"{frames.min} frames are needed)")
-        if feats.shape[0] > frames.max:
+                             f"{self.encoding.frames.min} frames are needed)")
+        if frames > self.encoding.frames.max:
             raise AudioError(f"{path}: {seconds:.1f} s is longer than the engines were built for "
-                             f"({frames.max} frames); rebuild with a larger --max_seconds")
+                             f"({self.encoding.frames.max} frames); rebuild with a larger --max_seconds")
         self.audio_seconds += seconds
-        return feats
+        return samples
+
+    def features(self, waves: list[np.ndarray]) -> list[torch.Tensor]:
+        """Fbank of a batch at once, on the engines' device."""
+        model = self.engine.model
+        return fbank_batch(waves, model.num_mel_bins, model.frame_length, model.frame_shift, model.sample_rate,
+                           device=self.engine.device)
 
     def transcribe(self, items: Iterable[tuple[str, str]], options: DecodingOptions) -> Iterator[Result | Failure]:
         self.check(options)
         ready = []
         for key, path in items:
             try:
-                ready.append((key, self.features(key, path)))
+                ready.append((key, self.audio(path)))
             except AudioError as e:
                 yield Failure(key, str(e))
-        ready.sort(key=lambda kv: -kv[1].shape[0])  # length-sorted batches waste little padding
+        ready.sort(key=lambda kv: -len(kv[1]))  # length-sorted batches waste little padding
         batch_size = max(1, min(options.batch_size, self.encoding.max_batch_size))
         for start in range(0, len(ready), batch_size):
             batch = ready[start:start + batch_size]
             keys = [k for k, _ in batch]
             try:
-                decoded = self.decode([f for _, f in batch], options)
+                decoded = self.decode(self.features([w for _, w in batch]), options)
             except (ProfileError, RuntimeError) as e:  # one bad batch must not end the run
                 for key in keys:
                     yield Failure(key, f"decoding failed: {e}")

@@ -76,3 +76,12 @@ def test_batched_fbank_equals_one_by_one():
     assert batched[-1].shape == (0, 80)
     for b, w in zip(batched, waves):
         torch.testing.assert_close(b, fbank(w), atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fbank_on_the_gpu_matches_the_cpu_kaldi_fbank():
+    from runtime.frontend import fbank_batch
+
+    waves = [load_audio(p) for p in WAVS + sample_flacs(8)]
+    for gpu, w in zip(fbank_batch(waves, device="cuda"), waves):
+        assert np.abs(gpu.cpu().numpy() - kaldi_fbank(w)).max() < 1e-3

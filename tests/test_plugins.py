@@ -71,7 +71,7 @@ def errors(device: str) -> dict:
 @pytest.fixture(scope="module")
 def interpreted():
     code = "import json, tests.test_plugins as t; print(json.dumps(t.errors('cpu')))"
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": ROOT}
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])

@@ -27,22 +27,25 @@ class CTC(Module):
 
 
 class WeNetModel(Module):
-    """``max_frames`` (input fbank frames) sizes the position tables the networks can address."""
+    """``max_frames`` (input fbank frames) sizes the position tables the networks can address;
+    ``decoder_dtype`` (default: ``dtype``) is the attention decoders' and their cross K/V's."""
 
-    def __init__(self, config: ModelConfig, dtype: DataType = DataType.float32, max_frames: int = 20000):
+    def __init__(self, config: ModelConfig, dtype: DataType = DataType.float32, max_frames: int = 20000,
+                 decoder_dtype: DataType | None = None):
         super().__init__()
         self.config = config
         self.dtype = dtype
+        self.decoder_dtype = decoder_dtype or dtype
         d = config.d_model
         self.max_encoder_frames = max(subsampled_length(max_frames, config.encoder.input_layer), 1)
         self.encoder = ConformerEncoder(config.encoder, config.input_dim, self.max_encoder_frames, dtype)
         # A hypothesis has at most one token per encoder frame, plus sos/eos.
         max_tokens = self.max_encoder_frames + 2
         if config.decoder.kind == "bitransformer":
-            self.decoder = BiTransformerDecoder(config.vocab_size, d, config.decoder, max_tokens, dtype)
+            self.decoder = BiTransformerDecoder(config.vocab_size, d, config.decoder, max_tokens, self.decoder_dtype)
         else:
             self.decoder = TransformerDecoder(config.vocab_size, d, config.decoder, config.decoder.num_blocks,
-                                              max_tokens, dtype)
+                                              max_tokens, self.decoder_dtype)
         self.ctc = CTC(config.vocab_size, d)
         self.assign_names()
 

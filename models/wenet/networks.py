@@ -80,7 +80,7 @@ def _add_cross_kv_inputs(net: Network, model: WeNetModel, decoder: TransformerDe
                          frames: Dim) -> list[tuple[Tensor, Tensor]]:
     heads = model.config.decoder.attention_heads
     dims = [batch, heads, frames, model.config.d_model // heads]
-    return [(net.add_input(k, model.dtype, dims), net.add_input(v, model.dtype, dims))
+    return [(net.add_input(k, model.decoder_dtype, dims), net.add_input(v, model.decoder_dtype, dims))
             for k, v in cross_kv_names(decoder)]
 
 
@@ -103,6 +103,7 @@ def cross_kv_network(model: WeNetModel, profiles: Profiles) -> Network:
     with net_guard(net):
         memory = net.add_input("encoder_out", model.dtype,
                                [_batch(profiles), _encoder_frames(model, profiles), model.config.d_model])
+        memory = F.cast(memory, model.decoder_dtype)
         for decoder in model.decoders().values():
             for (k_name, v_name), (k, v) in zip(cross_kv_names(decoder), decoder.memory_kv(memory)):
                 net.mark_output(k, k_name)
@@ -164,8 +165,9 @@ def decoder_step_network(model: WeNetModel, profiles: Profiles) -> Network:
         encoder_lens = net.add_input("encoder_out_lens", DataType.int32, [batch])
         memory = _add_cross_kv_inputs(net, model, decoder, batch, frames)
         cache_dims = [beams, heads, cache_len, model.config.d_model // heads]
-        cache = [(net.add_input(f"cache.{i}.key", model.dtype, cache_dims),
-                  net.add_input(f"cache.{i}.value", model.dtype, cache_dims)) for i in range(len(decoder.decoders))]
+        cache = [(net.add_input(f"cache.{i}.key", model.decoder_dtype, cache_dims),
+                  net.add_input(f"cache.{i}.value", model.decoder_dtype, cache_dims))
+                 for i in range(len(decoder.decoders))]
         logits, new_cache = decoder.step(tokens, cache, memory, encoder_lens)
         net.mark_output(F.log_softmax(logits, -1), "log_probs")
         for i, (k, v) in enumerate(new_cache):

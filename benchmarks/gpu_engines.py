@@ -1,0 +1,366 @@
+"""Speed of the compiled GPU engines against WeNet's PyTorch model (``reference.py``), one process.
+
+    python benchmarks/gpu_engines.py [--recipes conformer u2pp] [--utterances 1000] [--out DIR]
+
+For each AISHELL-1 recipe at real size (random weights), on one CUDA GPU:
+- encoder+CTC time for batch 1, 16, 64 at 5, 10, 20 s of audio, and rescoring time (10 hypotheses
+  of 20 tokens per utterance; cross-attention K/V included) at the same shapes, for: reference.py
+  eager fp32 and fp16, ``torch.compile(mode="reduce-overhead")`` of reference.py in fp16, and our
+  compiled engines in fp16 and bf16 (CUDA events, median of 20 after warm-up);
+- each row's floor: the larger of FLOPs (counted on the reference by torch's FlopCounterMode) over
+  the measured matmul peak, and the fewest bytes (weights once, inputs and outputs once) over the
+  measured device copy bandwidth; and the fraction of the floor reached;
+- end-to-end throughput, audio files in and text out (reading, fbank, encoder, CTC prefix beam
+  search, rescoring), over ``--utterances`` files of mixed length made from the real wavs. The
+  reference's pipeline uses the same file reading, fbank and native prefix search as ours, so
+  the comparison isolates the models: WeNet's model rescoring each utterance's n-best in one
+  decoder call per direction, as WeNet's ``attention_rescoring`` does;
+- agreement of the fp16/bf16 engines' greedy and rescoring tokens with reference.py fp32 on every
+  real wav, counting only utterances whose reference top-two candidates differ by more than 1e-3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+import soundfile
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from build import build_engines  # noqa: E402
+from models.wenet.networks import Profiles, seconds_to_frames  # noqa: E402
+from models.wenet.reference import ReferenceModel  # noqa: E402
+from runtime.audio import load_audio  # noqa: E402
+from runtime.frontend import fbank  # noqa: E402
+from runtime.search import DecodeResult, ctc_prefix_beam_search  # noqa: E402
+from runtime.transcriber import DecodingOptions, Transcriber  # noqa: E402
+from tools.make_random_model import SHARED, make_random_model  # noqa: E402
+from weights.files import read_model_dir  # noqa: E402
+
+DATA = os.path.dirname(SHARED)  # the shared data dir (SHARED is its aishell1 assets)
+BATCHES = (1, 16, 64)
+SECONDS = (5, 10, 20)
+HYPS, HYP_TOKENS = 10, 20
+
+
+def cuda_time(fn, *args, warmup: int = 3, repeat: int = 20) -> float:
+    """Median milliseconds of ``fn(*args)`` between device events."""
+    for _ in range(warmup):
+        fn(*args)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeat):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(*args)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def ceilings() -> dict:
+    """Measured matmul peak (TFLOP/s per dtype, 8192^3) and copy bandwidth (GB/s, read + write)."""
+    out = {}
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        a = torch.randn(8192, 8192, device="cuda", dtype=dtype)
+        b = torch.randn(8192, 8192, device="cuda", dtype=dtype)
+        ms = cuda_time(torch.matmul, a, b, repeat=10)  # fp32 without TF32 (torch's default)
+        out[f"matmul_tflops_{str(dtype)[6:]}"] = 2 * 8192**3 / ms / 1e9
+    x = torch.randn(256 << 20, device="cuda")  # 1 GiB
+    y = torch.empty_like(x)
+    ms = cuda_time(y.copy_, x, repeat=10)
+    out["copy_gbps"] = 2 * x.numel() * 4 / ms / 1e6
+    return out
+
+
+def count_flops(fn, *args) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn(*args)
+    return counter.get_total_flops()
+
+
+def hypotheses(batch: int, vocab: int, seed: int) -> list[DecodeResult]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(batch):
+        nbest = [torch.randint(3, vocab - 1, (HYP_TOKENS,), generator=g).tolist() for _ in range(HYPS)]
+        out.append(DecodeResult(nbest[0], 0.0, nbest, [-float(i) for i in range(HYPS)]))
+    return out
+
+
+def reference_rescoring_inputs(ref: ReferenceModel, prefix: list[DecodeResult], memory: torch.Tensor,
+                               memory_lens: torch.Tensor):
+    """WeNet's attention_rescoring tensors for a batch: memory repeated per hypothesis."""
+    n = len(prefix[0].nbest)
+    hyps = torch.tensor([h for p in prefix for h in p.nbest], device=memory.device)
+    sos = torch.full((hyps.shape[0], 1), ref.sos, device=memory.device)
+    ys_in, r_ys_in = torch.cat([sos, hyps], 1), torch.cat([sos, hyps.flip(1)], 1)
+    lens = torch.full((hyps.shape[0],), hyps.shape[1] + 1, device=memory.device)
+    mem = memory.repeat_interleave(n, 0)
+    mask = (torch.arange(mem.shape[1], device=memory.device)[None] < memory_lens.repeat_interleave(n)[:, None])[:, None]
+    return mem, mask, ys_in, r_ys_in, lens
+
+
+def rescore(tr: Transcriber, prefix: list[DecodeResult], enc) -> list[DecodeResult]:
+    """Our rescoring of a batch: cross-attention K/V, then all hypotheses in one decoder call."""
+    return tr.decoding.rescore(prefix, enc, tr.decoding.cross_kv(enc), 0.5, 0.3)
+
+
+def reference_rescore(ref: ReferenceModel, mem, mask, ys_in, r_ys_in, lens):
+    left, right = ref._left_right()
+    out = torch.log_softmax(left(mem, mask, ys_in, lens), -1)
+    r_out = torch.log_softmax(right(mem, mask, r_ys_in, lens), -1) if right is not None else None
+    return out, r_out
+
+
+def kernel_rows(recipe: str, model_dir: str, engines: dict[str, str], peaks: dict) -> list[dict]:
+    ckpt = read_model_dir(model_dir)
+    vocab = ckpt.config.vocab_size
+    refs = {}
+    for name, dtype in (("reference eager fp32", torch.float32), ("reference eager fp16", torch.float16)):
+        ref = ReferenceModel(ckpt.config)
+        ref.load_checkpoint(ckpt.state, ckpt.cmvn)
+        refs[name] = ref.to("cuda", dtype)
+    compiled_ref = refs["reference eager fp16"]
+    compiled = {"encode": torch.compile(lambda s, n: compiled_ref.encode(s, n)[:3], mode="reduce-overhead"),
+                "rescore": torch.compile(lambda *a: reference_rescore(compiled_ref, *a), mode="reduce-overhead")}
+    ours = {name: Transcriber(path, "cuda") for name, path in engines.items()}
+    weight_bytes = {"float32": 4, "float16": 2, "bfloat16": 2}
+    n_params = sum(p.numel() for p in refs["reference eager fp32"].parameters())
+    n_encoder = sum(p.numel() for p in refs["reference eager fp32"].encoder.parameters()) + \
+        sum(p.numel() for p in refs["reference eager fp32"].ctc.parameters())
+    rows = []
+    for seconds in SECONDS:
+        frames = seconds_to_frames(seconds)
+        for batch in BATCHES:
+            g = torch.Generator().manual_seed(batch * 100 + seconds)
+            speech = (torch.randn(batch, frames, 80, generator=g) + 10).cuda()
+            lens = torch.full((batch,), frames, dtype=torch.int32, device="cuda")
+            prefix = hypotheses(batch, vocab, seconds)
+            ref32 = refs["reference eager fp32"]
+            with torch.no_grad():
+                enc_out, enc_lens, _, _ = ref32.encode(speech, lens)
+                enc_flops = count_flops(ref32.encode, speech, lens)
+                resc_flops = count_flops(reference_rescore, ref32,
+                                         *reference_rescoring_inputs(ref32, prefix, enc_out, enc_lens))
+            t_out = enc_out.shape[1]
+            for system in ("reference eager fp32", "reference eager fp16", "reference compiled fp16", *ours):
+                dtype_name = "float32" if system.endswith("fp32") else ("bfloat16" if "bf16" in system else "float16")
+                with torch.no_grad():
+                    if system.startswith("reference"):
+                        ref = refs.get(system, compiled_ref)
+                        x = speech.to(next(ref.parameters()).dtype)
+                        mem, mem_lens, _, _ = ref.encode(x, lens)
+                        resc_in = reference_rescoring_inputs(ref, prefix, mem, mem_lens)
+                        if system == "reference compiled fp16":
+                            enc_ms = cuda_time(compiled["encode"], x, lens)
+                            resc_ms = cuda_time(compiled["rescore"], *resc_in)
+                        else:
+                            enc_ms = cuda_time(ref.encode, x, lens)
+                            resc_ms = cuda_time(reference_rescore, ref, *resc_in)
+                    else:
+                        tr = ours[system]
+                        session = tr.encoding.session
+                        inputs = {"speech": speech, "speech_lengths": lens}
+                        enc_ms = cuda_time(session.run, inputs)
+                        enc = tr.encoding.encode([speech[i].cpu() for i in range(batch)])
+                        resc_ms = cuda_time(rescore, tr, prefix, enc)
+                wb = weight_bytes[dtype_name]
+                enc_bytes = n_encoder * wb + speech.numel() * 4 + batch * t_out * (vocab * 4 + ckpt.config.d_model * wb)
+                resc_bytes = (n_params - n_encoder) * wb + batch * t_out * ckpt.config.d_model * wb
+                peak = peaks[f"matmul_tflops_{dtype_name}"] * 1e9  # FLOP per ms
+                for stage, ms, flops, nbytes in (("encoder+ctc", enc_ms, enc_flops, enc_bytes),
+                                                 ("rescoring", resc_ms, resc_flops, resc_bytes)):
+                    floor = max(flops / peak, nbytes / (peaks["copy_gbps"] * 1e6))
+                    rows.append({"recipe": recipe, "stage": stage, "system": system, "batch": batch,
+                                 "seconds": seconds, "ms": ms, "gflop": flops / 1e9, "mbytes": nbytes / 1e6,
+                                 "floor_ms": floor, "fraction_of_floor": floor / ms})
+            print(f"{recipe} {seconds:2d} s b{batch:<3d} " + "  ".join(
+                f"{r['system'].replace('reference ', 'ref ')}: {r['ms']:.3f}" for r in rows[-2 * (3 + len(ours)):]
+                if r["stage"] == "encoder+ctc"), flush=True)
+    return rows
+
+
+def mixed_utterances(n: int, folder: str) -> list[tuple[str, str]]:
+    """``n`` wav files of 1.5 to 20 s: real utterances alone or joined end to end."""
+    sources = sorted(glob.glob(os.path.join(DATA, "aishell_sample", "flac", "*.flac")))
+    audio = [load_audio(p) for p in sources]
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(n):
+        parts, total = [], 0
+        target = rng.uniform(1.5, 20.0) * 16000
+        while total < target:
+            a = audio[rng.integers(len(audio))]
+            if total + len(a) > 20 * 16000 and parts:
+                break
+            parts.append(a[:20 * 16000])
+            total += len(parts[-1])
+        path = os.path.join(folder, f"utt{i:04d}.wav")
+        soundfile.write(path, np.concatenate(parts), 16000, subtype="PCM_16")
+        items.append((f"utt{i:04d}", path))
+    return items
+
+
+def reference_pipeline(ref: ReferenceModel, items: list[tuple[str, str]], batch_size: int, dtype: torch.dtype,
+                       encode=None) -> tuple[float, float]:
+    """(audio seconds, wall seconds) of WeNet's model over the files: read, fbank, encode in
+    length-sorted batches, native prefix beam search, rescoring per utterance in one call per direction."""
+    start = time.perf_counter()
+    feats = [fbank(load_audio(p)) for _, p in items]
+    audio = sum(f.shape[0] for f in feats) / 100
+    feats.sort(key=lambda f: -f.shape[0])
+    encode = encode or ref.encode
+    with torch.no_grad():
+        for s in range(0, len(feats), batch_size):
+            batch = feats[s:s + batch_size]
+            lens = torch.tensor([f.shape[0] for f in batch], dtype=torch.int32)
+            speech = torch.nn.utils.rnn.pad_sequence(batch, batch_first=True).to("cuda", dtype)
+            enc_out, enc_lens, ctc_logp = encode(speech, lens.cuda())[:3]
+            prefix = ctc_prefix_beam_search(ctc_logp.float(), enc_lens.cpu(), HYPS)
+            for i, p in enumerate(prefix):
+                one = DecodeResult(p.tokens, p.score, p.nbest, p.nbest_scores)
+                mem = enc_out[i:i + 1, :int(enc_lens[i])]
+                ref.attention_rescoring(one, mem.to(dtype), 0.5, 0.3)
+    torch.cuda.synchronize()
+    return audio, time.perf_counter() - start
+
+
+def e2e_rows(recipe: str, model_dir: str, engines: dict[str, str], items: list[tuple[str, str]]) -> list[dict]:
+    ckpt = read_model_dir(model_dir)
+    rows = []
+    for name, dtype in (("reference eager fp32", torch.float32), ("reference eager fp16", torch.float16)):
+        ref = ReferenceModel(ckpt.config)
+        ref.load_checkpoint(ckpt.state, ckpt.cmvn)
+        ref.to("cuda", dtype)
+        reference_pipeline(ref, items[:64], 64, dtype)  # warm-up
+        audio, wall = reference_pipeline(ref, items, 64, dtype)
+        rows.append({"recipe": recipe, "system": name, "utterances": len(items), "audio_s": audio, "wall_s": wall,
+                     "x_real_time": audio / wall})
+        print(json.dumps(rows[-1]), flush=True)
+        if dtype == torch.float16:
+            encode = torch.compile(lambda s, n, ref=ref: ref.encode(s, n)[:3], mode="reduce-overhead")
+            reference_pipeline(ref, items, 64, dtype, encode)  # warm-up pass: compiles every shape met
+            audio, wall = reference_pipeline(ref, items, 64, dtype, encode)
+            rows.append({"recipe": recipe, "system": "reference compiled fp16", "utterances": len(items),
+                         "audio_s": audio, "wall_s": wall, "x_real_time": audio / wall})
+            print(json.dumps(rows[-1]), flush=True)
+    options = DecodingOptions(["attention_rescoring"], HYPS, 0.5, 0.3, 64)
+    for name, path in engines.items():
+        tr = Transcriber(path, "cuda")
+        list(tr.transcribe(items, options))  # warm-up pass: captures the CUDA graphs of every bucket met
+        tr.audio_seconds = 0.0
+        start = time.perf_counter()
+        results = list(tr.transcribe(items, options))
+        wall = time.perf_counter() - start
+        rows.append({"recipe": recipe, "system": name, "utterances": len(results), "audio_s": tr.audio_seconds,
+                     "wall_s": wall, "x_real_time": tr.audio_seconds / wall})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def agreement(model_dir: str, engines: dict[str, str]) -> list[dict]:
+    """Engine tokens vs reference.py fp32 on the real wavs (greedy, rescoring), clear-margin utterances only."""
+    ckpt = read_model_dir(model_dir)
+    ref = ReferenceModel(ckpt.config)
+    ref.load_checkpoint(ckpt.state, ckpt.cmvn)
+    ref.to("cuda")
+    wavs = sorted(glob.glob(os.path.join(DATA, "wavs", "*.wav"))) + \
+        sorted(glob.glob(os.path.join(DATA, "aishell_sample", "flac", "*.flac")))
+    feats = [fbank(load_audio(w)) for w in wavs]
+    rw = ckpt.config.reverse_weight
+    expected, clear = [], []
+    with torch.no_grad():
+        for f in feats:
+            speech, lens = f[None].cuda(), torch.tensor([f.shape[0]], device="cuda")
+            enc_out, enc_lens, logp, _ = ref.encode(speech, lens)
+            top2 = logp[0, :int(enc_lens[0])].topk(2, -1).values
+            prefix = ref.ctc_prefix_beam_search(logp[0].cpu(), int(enc_lens[0]), HYPS)
+            resc = ref.attention_rescoring(prefix, enc_out[:, :int(enc_lens[0])], 0.5, rw)
+            greedy = ref.ctc_greedy_search(logp[0].cpu(), int(enc_lens[0]))
+            margin_resc = resc.nbest_scores[0] - resc.nbest_scores[1] if len(resc.nbest_scores) > 1 else float("inf")
+            clear.append((float((top2[:, 0] - top2[:, 1]).min()) > 1e-3, margin_resc > 1e-3))
+            expected.append((greedy.tokens, resc.tokens))
+    rows = []
+    for name, path in engines.items():
+        tr = Transcriber(path, "cuda")
+        decoded = {"ctc_greedy_search": [], "attention_rescoring": []}
+        for s in range(0, len(feats), 16):
+            out = tr.decode(feats[s:s + 16], DecodingOptions(["ctc_greedy_search", "attention_rescoring"], HYPS, 0.5,
+                                                             rw, 16))
+            for mode in decoded:
+                decoded[mode] += [r.tokens for r in out[mode]]
+        for m, mode in enumerate(decoded):
+            counted = [i for i in range(len(feats)) if clear[i][m]]
+            same = sum(decoded[mode][i] == expected[i][m] for i in counted)
+            same_all = sum(decoded[mode][i] == expected[i][m] for i in range(len(feats)))
+            rows.append({"system": name, "mode": mode, "clear_margin": len(counted), "identical_clear": same,
+                         "utterances": len(feats), "identical_all": same_all})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipes", nargs="+", default=["conformer", "u2pp"])
+    p.add_argument("--utterances", type=int, default=1000)
+    p.add_argument("--parts", nargs="+", default=["kernels", "e2e", "agreement"])
+    p.add_argument("--out", default=".")
+    args = p.parse_args()
+    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+              "command": " ".join(sys.argv), "ceilings": ceilings(), "kernels": [], "e2e": [], "agreement": []}
+    print(json.dumps({k: report[k] for k in ("device", "torch", "ceilings")}), flush=True)
+    root = tempfile.mkdtemp()
+    items = mixed_utterances(args.utterances, tempfile.mkdtemp()) if "e2e" in args.parts else []
+    for recipe in args.recipes:
+        model_dir = make_random_model(recipe, os.path.join(root, recipe))
+        engines = {}
+        for dtype, short in (("float16", "fp16"), ("bfloat16", "bf16")):
+            path = os.path.join(root, f"{recipe}_{short}")
+            start = time.perf_counter()
+            config = build_engines(model_dir, path, dtype, Profiles(max_batch_size=64, opt_batch_size=16,
+                                                                    max_seconds=20.5, beam_size=HYPS),
+                                   compile_device="cuda")
+            print(f"built {recipe} {dtype} in {time.perf_counter() - start:.0f} s "
+                  f"(compile {config['builder']['compiled']['seconds']} s)", flush=True)
+            engines[f"engines {short}"] = path
+        if "kernels" in args.parts:
+            report["kernels"] += kernel_rows(recipe, model_dir, engines, report["ceilings"])
+        if "e2e" in args.parts:
+            report["e2e"] += e2e_rows(recipe, model_dir, engines, items)
+        if "agreement" in args.parts:
+            report["agreement"] += agreement(model_dir, engines)
+        with open(os.path.join(args.out, "gpu_engines.json"), "w") as f:
+            json.dump(report, f, indent=1)
+    print_tables(report)
+
+
+def print_tables(report: dict) -> None:
+    print(f"\n{report['device']}, torch {report['torch']}; matmul peak fp16 "
+          f"{report['ceilings']['matmul_tflops_float16']:.0f} TFLOP/s, copy {report['ceilings']['copy_gbps']:.0f} GB/s")
+    print(f"{'recipe':9s} {'stage':11s} {'system':24s} {'b':>3s} {'s':>3s} {'ms':>8s} {'floor ms':>8s} {'of floor':>8s}")
+    for r in report["kernels"]:
+        print(f"{r['recipe']:9s} {r['stage']:11s} {r['system']:24s} {r['batch']:3d} {r['seconds']:3d} {r['ms']:8.3f} "
+              f"{r['floor_ms']:8.4f} {r['fraction_of_floor']:8.1%}")
+    for r in report["e2e"]:
+        print(f"e2e {r['recipe']:9s} {r['system']:24s} {r['utterances']} utt {r['audio_s']:.0f} s audio "
+              f"in {r['wall_s']:.2f} s: {r['x_real_time']:.0f}x real time")
+    for r in report["agreement"]:
+        print(f"agreement {r['system']:14s} {r['mode']:20s} {r['identical_clear']}/{r['clear_margin']} clear-margin "
+              f"utterances identical ({r['identical_all']}/{r['utterances']} of all)")
+
+
+if __name__ == "__main__":
+    main()
