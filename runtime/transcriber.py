@@ -78,8 +78,8 @@ def read_wav_scp(path: str) -> list[tuple[str, str]]:
 
 
 class Transcriber:
-    def __init__(self, engine_dir: str, device: str = "cpu"):
-        self.engine = EngineDir(engine_dir, device)
+    def __init__(self, engine_dir: str, device: str = "cpu", compiled: bool | None = None):
+        self.engine = EngineDir(engine_dir, device, compiled)
         self.encoding = WeNetEncoding(self.engine)
         self.decoding = WeNetDecoding(self.engine)
         self.audio_seconds = 0.0  # of the files featurized so far

@@ -1,0 +1,74 @@
+"""Compiled engines (export + one symbolic-shape Inductor compilation per network), built and run on the
+CPU: same outputs and transcripts as the eager lowering at every batch size and length, with no
+specialization to the traced shapes. (CUDA graphs, the GPU half of CompiledEngine, need a GPU.)"""
+
+import json
+import os
+
+import pytest
+import torch
+
+from build import build_engines
+from models.wenet.networks import Profiles
+from runtime.audio import load_audio
+from runtime.frontend import fbank
+from runtime.session import EngineDir
+from runtime.transcriber import DecodingOptions, Transcriber
+from tests.conftest import SHARED, WAVS, sample_flacs
+from tests.test_models import TINY_DECODER, TINY_ENCODER, tiny_vocab
+from tools.make_random_model import write_random_model
+
+
+@pytest.fixture(scope="module")
+def engine_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compiled")
+    vocab = tiny_vocab("last")
+    conf = {"input_dim": 80, "output_dim": len(vocab), "encoder": "conformer", "decoder": "bitransformer",
+            "cmvn_file": "global_cmvn", "encoder_conf": {**TINY_ENCODER, "causal": True, "cnn_module_norm": "layer_norm"},
+            "decoder_conf": {**TINY_DECODER, "r_num_blocks": 1}, "model_conf": {"ctc_weight": 0.3, "reverse_weight": 0.3}}
+    model_dir = write_random_model(str(root / "model"), conf, vocab, os.path.join(SHARED, "aishell1", "global_cmvn"),
+                                   seed=3)
+    path = str(root / "engine")
+    build_engines(model_dir, path, "float32", Profiles(max_batch_size=4, max_seconds=12, beam_size=4),
+                  compile_device="cpu")
+    return path
+
+
+def test_build_records_compiled_networks(engine_dir):
+    with open(os.path.join(engine_dir, "config.json")) as f:
+        config = json.load(f)
+    compiled = {name: info["compiled"] for name, info in config["networks"].items() if "compiled" in info}
+    assert sorted(compiled) == ["cross_kv", "decoder", "encoder"]  # decoder_step has unbucketed dims
+    assert compiled["encoder"]["output_dims"] == {"encoder_out": ["batch", None, None], "encoder_out_lens": ["batch"],
+                                                  "ctc_log_probs": ["batch", None, None]}
+    assert compiled["decoder"]["output_dims"]["scores"] == ["batch", "hyps"]
+    for info in compiled.values():
+        assert os.path.getsize(os.path.join(engine_dir, info["program"])) > 0
+    assert config["builder"]["compiled"]["buckets"]["batch"] == [1, 2, 4]
+
+
+def test_compiled_encoder_equals_eager_at_untraced_shapes(engine_dir):
+    eager = EngineDir(engine_dir, "cpu", compiled=False).sessions["encoder"]
+    compiled = EngineDir(engine_dir, "cpu", compiled=True).sessions["encoder"]
+    g = torch.Generator().manual_seed(0)
+    for batch, frames in [(1, 150), (3, 517), (4, 1190)]:  # traced at batch 2: 1, 3 and 4 must not be specialized
+        speech = torch.randn(batch, frames, 80, generator=g) * 3 + 10
+        lengths = torch.tensor([frames - 40 * i for i in range(batch)], dtype=torch.int32)
+        want = eager.run({"speech": speech, "speech_lengths": lengths})
+        got = compiled.run({"speech": speech, "speech_lengths": lengths})
+        assert torch.equal(got["encoder_out_lens"], want["encoder_out_lens"])
+        assert got["encoder_out"].shape[0] == batch and got["encoder_out"].shape[1] >= want["encoder_out"].shape[1]
+        for i, n in enumerate(want["encoder_out_lens"].tolist()):  # beyond the lengths: bucket padding
+            torch.testing.assert_close(got["encoder_out"][i, :n], want["encoder_out"][i, :n], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(got["ctc_log_probs"][i, :n], want["ctc_log_probs"][i, :n], atol=1e-4, rtol=1e-4)
+
+
+def test_compiled_pipeline_gives_the_eager_transcripts(engine_dir):
+    feats = [fbank(load_audio(p)) for p in WAVS + sample_flacs(3)][-4:]  # the built max batch
+    options = DecodingOptions(["ctc_greedy_search", "ctc_prefix_beam_search", "attention_rescoring"], 4, batch_size=4)
+    want = Transcriber(engine_dir, "cpu", compiled=False).decode(feats, options)
+    got = Transcriber(engine_dir, "cpu", compiled=True).decode(feats, options)
+    for mode in options.modes:
+        assert [r.tokens for r in got[mode]] == [r.tokens for r in want[mode]], mode
+        for a, b in zip(got[mode], want[mode]):
+            assert abs(a.score - b.score) < 1e-3, mode
