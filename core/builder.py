@@ -47,6 +47,7 @@ class Builder:
 
             backend_info["tensorrt_version"] = tensorrt_version()
         for network in networks:
+            network.fold_constants()
             artifact = self._write(network, output_dir)
             summary[network.name] = {
                 "artifact": artifact,

@@ -153,6 +153,29 @@ class Network:
         self.tensors[name] = (dtype, tuple(shape))
         return Tensor(self, name, dtype, shape)
 
+    # -- optimization -----------------------------------------------------------------------
+    def fold_constants(self) -> int:
+        """Evaluates, once at build time, every node whose inputs are all constants (weights concatenated
+        for a fused GEMM, casts of weights, ...), replacing it by its result; drops the constants nothing
+        reads any more. Shape (int64) values stay nodes: they belong to the shape path. Returns the
+        number of nodes folded."""
+        kept, folded = [], 0
+        for node in self.nodes:
+            op = OPS[node.op]
+            foldable = node.inputs and all(n in self.constants for n in node.inputs) and not getattr(
+                op, "needs_device", False) and all(self.tensors[n][0] != DataType.int64 for n in node.outputs)
+            if not foldable:
+                kept.append(node)
+                continue
+            result = op.torch(*(self.constants[n] for n in node.inputs), **node.attrs)
+            for name, value in zip(node.outputs, result if isinstance(result, tuple) else (result,)):
+                self.constants[name] = value.contiguous()
+            folded += 1
+        self.nodes = kept
+        used = {n for node in kept for n in node.inputs} | set(self.outputs.values())
+        self.constants = {k: v for k, v in self.constants.items() if k in used}
+        return folded
+
     # -- serialization ----------------------------------------------------------------------
     def to_json(self) -> str:
         return json.dumps({

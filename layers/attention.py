@@ -11,7 +11,7 @@ from core import functional as F
 from core.dtype import DataType
 from core.module import Module, Parameter
 from core.tensor import Tensor
-from layers.linear import Linear
+from layers.linear import Linear, fused_linear
 
 
 class MultiHeadedAttention(Module):
@@ -36,15 +36,16 @@ class MultiHeadedAttention(Module):
         x = x.transpose(1, 2)
         return F.view(x, [F.shape(like, 0), F.shape(like, 1), self.h * self.d_k])
 
-    def key_value(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self.heads(self.linear_k(x)), self.heads(self.linear_v(x))
+    def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Q, K and V of ``x`` in heads layout, from one GEMM."""
+        q, k, v = fused_linear(x, [self.linear_q, self.linear_k, self.linear_v])
+        return self.heads(q), self.heads(k), self.heads(v)
 
     def forward(self, x: Tensor, key_lengths: Tensor | None, causal: bool = False,
                 cache: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """Self-attention of ``x`` over keys ``j < key_lengths[b]`` (all if None; also ``j <= i`` if
         ``causal``); with ``cache`` the new keys/values are appended to it."""
-        q = self.heads(self.linear_q(x))
-        k, v = self.key_value(x)
+        q, k, v = self.qkv(x)
         if cache is not None:
             k, v = F.concat([cache[0], k], 2), F.concat([cache[1], v], 2)
         out = F.attention(q, k, v, key_lengths, scale=1 / math.sqrt(self.d_k), causal=causal)
@@ -74,8 +75,7 @@ class RelPositionMultiHeadedAttention(MultiHeadedAttention):
         self.pos_bias_v = Parameter((n_head, n_feat // n_head), dtype)
 
     def forward(self, x: Tensor, key_lengths: Tensor, pos_emb: Tensor) -> Tensor:
-        q = self.heads(self.linear_q(x))
-        k, v = self.key_value(x)
+        q, k, v = self.qkv(x)
         p = self.heads(self.linear_pos(pos_emb))  # (1, H, T, d_k), broadcast over B
         out = F.attention(q, k, v, key_lengths, scale=1 / math.sqrt(self.d_k), pos=p,
                           pos_bias_u=self.pos_bias_u.value, pos_bias_v=self.pos_bias_v.value)

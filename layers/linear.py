@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from core import functional as F
 from core.dtype import DataType
 from core.module import Module, Parameter
@@ -19,6 +21,19 @@ class Linear(Module):
     def forward(self, x: Tensor) -> Tensor:
         y = F.matmul(x, self.weight.value, transpose_b=True)
         return y + self.bias.value if self.bias is not None else y
+
+
+def fused_linear(x: Tensor, linears: Sequence[Linear]) -> list[Tensor]:
+    """``[linear(x) for linear in linears]`` as one GEMM over their weights concatenated, then slices of
+    its output. The concatenation has only constant inputs, so the build folds it into one weight."""
+    y = F.matmul(x, F.concat([lin.weight.value for lin in linears], 0), transpose_b=True)
+    if linears[0].bias is not None:
+        y = y + F.concat([lin.bias.value for lin in linears], 0)
+    outputs, start = [], 0
+    for lin in linears:
+        outputs.append(F.slice(y, x.ndim - 1, start, lin.out_features))
+        start += lin.out_features
+    return outputs
 
 
 class WeightOnlyInt8Linear(Module):
