@@ -70,14 +70,13 @@ class Builder:
 
         import torch
 
-        from core.compiled import compile_network, export_network, output_dims
+        from core.compiled import compile_network, dynamic_dims, export_network, output_dims
 
         device = torch.device(self.config.compile_device)
         buckets = self.config.buckets
         start = time.perf_counter()
         for network in networks:
-            dims = {d.name for spec in network.inputs.values() for d in spec.dims if not isinstance(d, int)}
-            if not dims <= set(buckets):
+            if not set(dynamic_dims(network.inputs)) <= set(buckets):
                 continue
             exported = export_network(network, buckets, device)
             compiled = compile_network(exported, network.inputs, device)

@@ -19,6 +19,7 @@ to the real sizes of the dims they share with the inputs, and valid until the ne
 from __future__ import annotations
 
 import bisect
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,30 +53,26 @@ def pick_bucket(sizes: list[int], size: int) -> int:
     return sizes[min(bisect.bisect_left(sizes, size), len(sizes) - 1)]
 
 
-def _dynamic_dims(inputs: dict[str, InputSpec]) -> dict[str, Dim]:
+def dynamic_dims(inputs: dict[str, InputSpec]) -> dict[str, Dim]:
     return {d.name: d for spec in inputs.values() for d in spec.dims if isinstance(d, Dim)}
 
 
 def example_inputs(inputs: dict[str, InputSpec], sizes: dict[str, int], device: torch.device) -> dict[str, torch.Tensor]:
     """Inputs of the given dim sizes: zeros, and ones for integers (lengths of at least one)."""
-    out = {}
-    for name, spec in inputs.items():
-        shape = [sizes[d.name] if isinstance(d, Dim) else d for d in spec.dims]
-        fill = 1 if spec.dtype.torch in (torch.int32, torch.int64) else 0
-        out[name] = torch.full(shape, fill, dtype=spec.dtype.torch, device=device)
-    return out
+    return {name: torch.full(_shape(spec, sizes), 1 if spec.dtype.torch in (torch.int32, torch.int64) else 0,
+                             dtype=spec.dtype.torch, device=device) for name, spec in inputs.items()}
 
 
 def trace_sizes(inputs: dict[str, InputSpec], buckets: dict[str, list[int]]) -> dict[str, int]:
     """The dim sizes that export and compilation trace at: a middle bucket (sizes 0 and 1 would be
     specialized into the graph, and so may a size that equals the profile max)."""
-    return {n: max(buckets[n][len(buckets[n]) // 2], 2) for n in _dynamic_dims(inputs)}
+    return {n: max(buckets[n][len(buckets[n]) // 2], 2) for n in dynamic_dims(inputs)}
 
 
 def export_network(network: Network, buckets: dict[str, list[int]], device: torch.device):
     """``torch.export`` of the lowering; each dynamic dim ranges over [smallest bucket, profile max].
     Traced at ``trace_sizes``."""
-    dims = _dynamic_dims(network.inputs)
+    dims = dynamic_dims(network.inputs)
     # A dim of one bucket keeps a two-value range: a one-value Dim would be a constant, and its outputs uncut.
     export_dims = {n: torch.export.Dim(n.replace(".", "_"), min=min(buckets[n][0], d.max - 1), max=d.max)
                    for n, d in dims.items()}
@@ -152,14 +149,14 @@ class CompiledEngine:
     """A compiled network on one CUDA device; called like ``TorchEngine``, with CUDA graphs per bucket."""
 
     def __init__(self, network: CompiledNetwork, inputs: dict[str, InputSpec], buckets: dict[str, list[int]],
-                 output_dims: dict[str, list[str | None]], device: torch.device, cuda_graphs: bool = True):
+                 output_dims: dict[str, list[str | None]], device: torch.device):
         self.device = device
         self.inputs = inputs
         self.buckets = buckets
         self.output_dims = output_dims
         self.module = network
-        self.cuda_graphs = cuda_graphs and device.type == "cuda"
-        dims = _dynamic_dims(inputs)
+        self.cuda_graphs = device.type == "cuda"
+        dims = dynamic_dims(inputs)
         # one flat buffer per input for the profile maximum; each bucket views it contiguously
         self.storage = {name: torch.zeros(_numel(spec, {n: d.max for n, d in dims.items()}), dtype=spec.dtype.torch,
                                           device=device) for name, spec in inputs.items()}
@@ -187,9 +184,8 @@ class CompiledEngine:
             spec = self.inputs[name]
             for axis, d in enumerate(spec.dims):
                 if isinstance(d, Dim) and d.name in REPEAT_DIMS and value.shape[axis] < target.shape[axis]:
-                    target.narrow(axis, value.shape[axis], target.shape[axis] - value.shape[axis]).copy_(
-                        target.narrow(axis, 0, 1).expand_as(
-                            target.narrow(axis, value.shape[axis], target.shape[axis] - value.shape[axis])))
+                    padding = target.narrow(axis, value.shape[axis], target.shape[axis] - value.shape[axis])
+                    padding.copy_(target.narrow(axis, 0, 1).expand_as(padding))
 
     def _capture(self, static: dict[str, torch.Tensor]):
         """(graph, static inputs, static outputs) of one bucket; no graph off CUDA."""
@@ -231,10 +227,7 @@ def _shape(spec: InputSpec, sizes: dict[str, int]) -> list[int]:
 
 
 def _numel(spec: InputSpec, sizes: dict[str, int]) -> int:
-    n = 1
-    for s in _shape(spec, sizes):
-        n *= s
-    return n
+    return math.prod(_shape(spec, sizes))
 
 
 def _cut(value: torch.Tensor, dims: list[str | None], real: dict[str, int]) -> torch.Tensor:

@@ -760,14 +760,12 @@ class Attention:
 
     @staticmethod
     def torch(q, k, v, *rest, scale: float, causal: bool, has_lengths: bool, has_pos: bool):
-        from core.composite import run_decomposition
-        from plugins.attention import attention, kernel_available
+        from plugins.attention import attention, decomposed, kernel_available
 
-        if not kernel_available(q.device):  # inline, so that export and Inductor see plain ops
-            return run_decomposition("attention", [q, k, v, *rest], {"scale": scale, "causal": causal,
-                                                                   "has_lengths": has_lengths, "has_pos": has_pos})
         key_lengths = rest[0] if has_lengths else None
         pos, u, bias_v = rest[-3:] if has_pos else (None, None, None)
-        return attention(q, k, v, key_lengths, pos, u, bias_v, scale, causal)
+        # without a kernel: the decomposition inline, so that export and Inductor see plain ops
+        run = attention if kernel_available(q.device) else decomposed
+        return run(q, k, v, key_lengths, pos, u, bias_v, scale, causal)
 
     tensorrt = None

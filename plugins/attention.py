@@ -122,15 +122,21 @@ def _launch(q, k, v, key_lengths, pos, pos_bias_u, pos_bias_v, scale, causal):
     return out
 
 
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_lengths: torch.Tensor | None,
+def decomposed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_lengths: torch.Tensor | None,
                pos: torch.Tensor | None, pos_bias_u: torch.Tensor | None, pos_bias_v: torch.Tensor | None,
                scale: float, causal: bool) -> torch.Tensor:
-    if kernel_available(q.device):
-        return _launch(q, k, v, key_lengths, pos, pos_bias_u, pos_bias_v, scale, causal)
+    """The op through its decomposition (``core.composite.attention``), on any device."""
     inputs = [q, k, v] + ([key_lengths] if key_lengths is not None else []) + (
         [pos, pos_bias_u, pos_bias_v] if pos is not None else [])
     return run_decomposition("attention", inputs, {"scale": scale, "causal": causal,
                                                    "has_lengths": key_lengths is not None, "has_pos": pos is not None})
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_lengths: torch.Tensor | None,
+               pos: torch.Tensor | None, pos_bias_u: torch.Tensor | None, pos_bias_v: torch.Tensor | None,
+               scale: float, causal: bool) -> torch.Tensor:
+    launch = _launch if kernel_available(q.device) else decomposed
+    return launch(q, k, v, key_lengths, pos, pos_bias_u, pos_bias_v, scale, causal)
 
 
 if triton is not None:

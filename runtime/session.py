@@ -26,6 +26,11 @@ class ProfileError(ValueError):
     """An input outside what the engine was built for (shape beyond a profile, wrong dtype, ...)."""
 
 
+def _input_specs(inputs: list[dict]) -> dict[str, InputSpec]:
+    """The input specs a config.json entry records, by name."""
+    return {spec.name: spec for spec in map(InputSpec.from_json, inputs)}
+
+
 class Session:
     """One engine network, whichever backend built it: input checks, then execution."""
 
@@ -40,7 +45,7 @@ class Session:
         from core.compiled import CompiledEngine, CompiledNetwork
 
         device = torch.device(device)
-        specs = {s.name: s for s in (InputSpec.from_json(d) for d in info["inputs"])}
+        specs = _input_specs(info["inputs"])
         network = CompiledNetwork.load(engine_dir, info["compiled"], device)
         return Session(name, specs, CompiledEngine(network, specs, buckets, info["compiled"]["output_dims"], device))
 
@@ -50,10 +55,9 @@ class Session:
         if path.endswith(".plan"):
             from core.tensorrt_backend import TensorRTEngine
 
-            specs = [InputSpec.from_json(d) for d in inputs or []]
             with open(path, "rb") as f:
                 engine = TensorRTEngine(f.read(), device)
-            return Session(os.path.splitext(os.path.basename(path))[0], {s.name: s for s in specs}, engine)
+            return Session(os.path.splitext(os.path.basename(path))[0], _input_specs(inputs or []), engine)
         network = load_network(path)
         return Session(network.name, network.inputs, TorchEngine(network, device))
 

@@ -44,12 +44,9 @@ def make_inputs(case: str, dtype: torch.dtype, device: str = "cpu"):
 
 
 def decomposed(args) -> torch.Tensor:
-    from core.composite import run_decomposition
+    from plugins.attention import decomposed
 
-    q, k, v, key_lengths, pos, u, bias_v, scale, causal = args
-    inputs = [q, k, v] + ([key_lengths] if key_lengths is not None else []) + ([pos, u, bias_v] if pos is not None else [])
-    return run_decomposition("attention", inputs, {"scale": scale, "causal": causal,
-                                                   "has_lengths": key_lengths is not None, "has_pos": pos is not None})
+    return decomposed(*args)
 
 
 def errors(device: str) -> dict:
