@@ -35,22 +35,22 @@ from tools.make_random_model import SHARED, make_random_model  # noqa: E402
 from weights.files import read_model_dir  # noqa: E402
 
 
-def cuda_time(fn, warmup: int = 3, repeat: int = 20) -> float:
-    """Median milliseconds of ``fn`` (device events; host clock on the CPU)."""
+def cuda_time(fn, *args, warmup: int = 3, repeat: int = 20) -> float:
+    """Median milliseconds of ``fn(*args)`` (device events; host clock on the CPU)."""
     for _ in range(warmup):
-        fn()
+        fn(*args)
     if not torch.cuda.is_available():
         times = []
         for _ in range(3):
             start = time.perf_counter()
-            fn()
+            fn(*args)
             times.append((time.perf_counter() - start) * 1000)
         return statistics.median(times)
     times = []
     for _ in range(repeat):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        fn(*args)
         end.record()
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))

@@ -25,7 +25,6 @@ import argparse
 import glob
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -36,6 +35,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.eager_lowering import cuda_time  # noqa: E402
 from build import build_engines  # noqa: E402
 from models.wenet.networks import Profiles, seconds_to_frames  # noqa: E402
 from models.wenet.reference import ReferenceModel  # noqa: E402
@@ -50,22 +50,6 @@ DATA = os.path.dirname(SHARED)  # the shared data dir (SHARED is its aishell1 as
 BATCHES = (1, 16, 64)
 SECONDS = (5, 10, 20)
 HYPS, HYP_TOKENS = 10, 20
-
-
-def cuda_time(fn, *args, warmup: int = 3, repeat: int = 20) -> float:
-    """Median milliseconds of ``fn(*args)`` between device events."""
-    for _ in range(warmup):
-        fn(*args)
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn(*args)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def ceilings() -> dict:
@@ -231,9 +215,7 @@ def reference_pipeline(ref: ReferenceModel, items: list[tuple[str, str]], batch_
             enc_out, enc_lens, ctc_logp = encode(speech, lens.cuda())[:3]
             prefix = ctc_prefix_beam_search(ctc_logp.float(), enc_lens.cpu(), HYPS)
             for i, p in enumerate(prefix):
-                one = DecodeResult(p.tokens, p.score, p.nbest, p.nbest_scores)
-                mem = enc_out[i:i + 1, :int(enc_lens[i])]
-                ref.attention_rescoring(one, mem.to(dtype), 0.5, 0.3)
+                ref.attention_rescoring(p, enc_out[i:i + 1, :int(enc_lens[i])], 0.5, 0.3)
     torch.cuda.synchronize()
     return audio, time.perf_counter() - start
 
