@@ -255,17 +255,21 @@ def e2e_rows(recipe: str, model_dir: str, engines: dict[str, str], items: list[t
     return rows
 
 
-def agreement(model_dir: str, engines: dict[str, str]) -> list[dict]:
-    """Engine tokens vs reference.py fp32 on the real wavs (greedy, rescoring), clear-margin utterances only."""
+def real_wavs() -> list[str]:
+    return sorted(glob.glob(os.path.join(DATA, "wavs", "*.wav"))) + \
+        sorted(glob.glob(os.path.join(DATA, "aishell_sample", "flac", "*.flac")))
+
+
+def agreement(model_dir: str, engines: dict[str, str], wavs: list[str]) -> list[dict]:
+    """Engine tokens vs reference.py fp32 on ``wavs`` (greedy, rescoring), clear-margin utterances
+    counted; each disagreement is printed with the reference's margin."""
     ckpt = read_model_dir(model_dir)
     ref = ReferenceModel(ckpt.config)
     ref.load_checkpoint(ckpt.state, ckpt.cmvn)
     ref.to("cuda")
-    wavs = sorted(glob.glob(os.path.join(DATA, "wavs", "*.wav"))) + \
-        sorted(glob.glob(os.path.join(DATA, "aishell_sample", "flac", "*.flac")))
     feats = [fbank(load_audio(w)) for w in wavs]
     rw = ckpt.config.reverse_weight
-    expected, clear = [], []
+    expected, margins = [], []
     with torch.no_grad():
         for f in feats:
             speech, lens = f[None].cuda(), torch.tensor([f.shape[0]], device="cuda")
@@ -275,7 +279,7 @@ def agreement(model_dir: str, engines: dict[str, str]) -> list[dict]:
             resc = ref.attention_rescoring(prefix, enc_out[:, :int(enc_lens[0])], 0.5, rw)
             greedy = ref.ctc_greedy_search(logp[0].cpu(), int(enc_lens[0]))
             margin_resc = resc.nbest_scores[0] - resc.nbest_scores[1] if len(resc.nbest_scores) > 1 else float("inf")
-            clear.append((float((top2[:, 0] - top2[:, 1]).min()) > 1e-3, margin_resc > 1e-3))
+            margins.append((float((top2[:, 0] - top2[:, 1]).min()), margin_resc))
             expected.append((greedy.tokens, resc.tokens))
     rows = []
     for name, path in engines.items():
@@ -287,7 +291,10 @@ def agreement(model_dir: str, engines: dict[str, str]) -> list[dict]:
             for mode in decoded:
                 decoded[mode] += [r.tokens for r in out[mode]]
         for m, mode in enumerate(decoded):
-            counted = [i for i in range(len(feats)) if clear[i][m]]
+            for i in range(len(feats)):
+                if decoded[mode][i] != expected[i][m]:
+                    print(f"{name} {mode} differs on {os.path.basename(wavs[i])}: reference margin {margins[i][m]:.2e}")
+            counted = [i for i in range(len(feats)) if margins[i][m] > 1e-3]
             same = sum(decoded[mode][i] == expected[i][m] for i in counted)
             same_all = sum(decoded[mode][i] == expected[i][m] for i in range(len(feats)))
             rows.append({"system": name, "mode": mode, "clear_margin": len(counted), "identical_clear": same,
@@ -327,7 +334,7 @@ def main() -> None:
         if "e2e" in args.parts:
             report["e2e"] += e2e_rows(recipe, model_dir, engines, items, not args.skip_reference)
         if "agreement" in args.parts:
-            report["agreement"] += agreement(model_dir, engines)
+            report["agreement"] += agreement(model_dir, engines, real_wavs())
         with open(os.path.join(args.out, "gpu_engines.json"), "w") as f:
             json.dump(report, f, indent=1)
     print_tables(report)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
+import os
 import warnings
 from dataclasses import dataclass, field
 
@@ -14,6 +15,7 @@ from runtime.native import NativeBuildError
 from runtime.native import load as load_native
 
 NEG_INF = -float("inf")
+THREADS = len(os.sched_getaffinity(0))  # utterances searched at once by the native search (it releases the GIL)
 
 
 @dataclass
@@ -99,12 +101,13 @@ def ctc_prefix_beam_search(log_probs: torch.Tensor, lengths: torch.Tensor, beam_
     scores = torch.zeros(batch, beam_size, dtype=torch.float64)
     count = torch.zeros(batch, dtype=torch.int64)
     top_logp, top_ids, lengths = top_logp.contiguous(), top_ids.contiguous(), lengths.contiguous()
-    search(_ptr(top_logp), _ptr(top_ids), _ptr(lengths), batch, frames, k, beam_size, blank, _ptr(tokens),
+    search(_ptr(top_logp), _ptr(top_ids), _ptr(lengths), batch, frames, k, beam_size, blank, THREADS, _ptr(tokens),
            _ptr(token_lengths), _ptr(scores), _ptr(count))
+    tokens, token_lengths, scores, count = tokens.numpy(), token_lengths.tolist(), scores.tolist(), count.tolist()
     results = []
     for b in range(batch):
-        nbest = [tokens[b, r, :token_lengths[b, r]].tolist() for r in range(int(count[b]))]
-        nbest_scores = scores[b, :int(count[b])].tolist()
+        nbest = [tokens[b, r, :token_lengths[b][r]].tolist() for r in range(count[b])]
+        nbest_scores = scores[b][:count[b]]
         results.append(DecodeResult(nbest[0], nbest_scores[0], nbest, nbest_scores))
     return results
 
@@ -116,7 +119,7 @@ def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
 @functools.lru_cache(maxsize=1)
 def _native_search():
     fn = load_native("prefix_beam_search").ctc_prefix_beam_search
-    fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 5 + [ctypes.c_void_p] * 4
+    fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 6 + [ctypes.c_void_p] * 4
     fn.restype = None
     return fn
 

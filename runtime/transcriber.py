@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +22,7 @@ from runtime.frontend import fbank_batch, num_frames
 from runtime.search import DecodeResult, ctc_greedy_search, ctc_prefix_beam_search
 from runtime.session import EngineDir, ProfileError
 
+READ_THREADS = min(16, len(os.sched_getaffinity(0)))
 MODES = ("ctc_greedy_search", "ctc_prefix_beam_search", "attention", "attention_rescoring")
 
 
@@ -102,8 +104,20 @@ class Transcriber:
         if frames > self.encoding.frames.max:
             raise AudioError(f"{path}: {seconds:.1f} s is longer than the engines were built for "
                              f"({self.encoding.frames.max} frames); rebuild with a larger --max_seconds")
-        self.audio_seconds += seconds
         return samples
+
+    def read(self, items: Iterable[tuple[str, str]]) -> Iterator[tuple[str, np.ndarray | AudioError]]:
+        """(key, samples or the error) per file, in order; files are read by a pool of threads (decoding
+        releases the GIL), so reading many small files is not one core's sequential work."""
+        with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+            for key, future in [(key, pool.submit(self.audio, path)) for key, path in items]:
+                try:
+                    samples = future.result()
+                except AudioError as e:
+                    yield key, e
+                    continue
+                self.audio_seconds += len(samples) / self.engine.model.sample_rate
+                yield key, samples
 
     def features(self, waves: list[np.ndarray]) -> list[torch.Tensor]:
         """Fbank of a batch at once, on the engines' device."""
@@ -114,11 +128,11 @@ class Transcriber:
     def transcribe(self, items: Iterable[tuple[str, str]], options: DecodingOptions) -> Iterator[Result | Failure]:
         self.check(options)
         ready = []
-        for key, path in items:
-            try:
-                ready.append((key, self.audio(path)))
-            except AudioError as e:
-                yield Failure(key, str(e))
+        for key, samples in self.read(items):
+            if isinstance(samples, AudioError):
+                yield Failure(key, str(samples))
+            else:
+                ready.append((key, samples))
         ready.sort(key=lambda kv: -len(kv[1]))  # length-sorted batches waste little padding
         batch_size = max(1, min(options.batch_size, self.encoding.max_batch_size))
         for start in range(0, len(ready), batch_size):

@@ -38,7 +38,7 @@ def load(name: str) -> ctypes.CDLL:
         if compiler is None:
             raise NativeBuildError("no C++ compiler found (install g++ or set CXX)")
         tmp = f"{library}.{os.getpid()}.tmp"
-        result = subprocess.run([compiler, "-O3", "-std=c++17", "-shared", "-fPIC", source, "-o", tmp],
+        result = subprocess.run([compiler, "-O3", "-std=c++17", "-pthread", "-shared", "-fPIC", source, "-o", tmp],
                                 capture_output=True, text=True)
         if result.returncode != 0:
             raise NativeBuildError(f"compiling {source} failed:\n{result.stderr}")

@@ -1,11 +1,12 @@
 // CTC prefix beam search with WeNet's semantics, for a batch, in the same double arithmetic as the Python version
 // (runtime/search.py::prefix_beam_search): log_add via libm exp/log, candidates in top-k order, prefixes in beam
-// order, a stable sort by total score with first-insertion order breaking ties.
+// order, a stable sort by total score with first-insertion order breaking ties. Utterances are independent, so
+// they are spread over threads.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <unordered_map>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -13,23 +14,31 @@ namespace {
 const double kNegInf = -std::numeric_limits<double>::infinity();
 
 double LogAdd(double a, double b) {
-  if (a == kNegInf && b == kNegInf) return kNegInf;
+  // With one side -inf the formula gives the other side exactly (exp(0) = 1, exp(-inf) = 0, log(1) = 0).
+  if (b == kNegInf) return a;
+  if (a == kNegInf) return b;
   const double m = std::max(a, b);
   return m + std::log(std::exp(a - m) + std::exp(b - m));
 }
 
-// Prefixes are nodes of a trie, so that extending one and looking it up cost O(1), not O(length).
+// Prefixes are nodes of a trie, so that extending one and looking it up cost O(1), not O(length); node ids are
+// dense, so per-frame lookups index an array instead of hashing. Children are found in an open-addressing table.
 class Trie {
  public:
-  Trie() : parent_{-1}, label_{-1} {}
+  Trie() : parent_{-1}, label_{-1}, keys_(1024, kEmpty), values_(1024) {}
   int32_t Child(int32_t node, int32_t label) {
     const uint64_t key = (static_cast<uint64_t>(node) << 32) | static_cast<uint32_t>(label);
-    auto it = children_.find(key);
-    if (it != children_.end()) return it->second;
+    size_t mask = keys_.size() - 1;
+    size_t i = Hash(key) & mask;
+    for (; keys_[i] != kEmpty; i = (i + 1) & mask) {
+      if (keys_[i] == key) return values_[i];
+    }
     const int32_t child = static_cast<int32_t>(parent_.size());
     parent_.push_back(node);
     label_.push_back(label);
-    children_.emplace(key, child);
+    keys_[i] = key;
+    values_[i] = child;
+    if (2 * parent_.size() > keys_.size()) Grow();
     return child;
   }
   int32_t Last(int32_t node) const { return label_[node]; }
@@ -41,35 +50,101 @@ class Trie {
   }
 
  private:
+  static constexpr uint64_t kEmpty = ~0ull;
+  static size_t Hash(uint64_t key) { return static_cast<size_t>((key * 0x9E3779B97F4A7C15ull) >> 20); }
+  void Grow() {
+    std::vector<uint64_t> keys(2 * keys_.size(), kEmpty);
+    std::vector<int32_t> values(keys.size());
+    const size_t mask = keys.size() - 1;
+    for (size_t j = 0; j < keys_.size(); ++j) {
+      if (keys_[j] == kEmpty) continue;
+      size_t i = Hash(keys_[j]) & mask;
+      while (keys[i] != kEmpty) i = (i + 1) & mask;
+      keys[i] = keys_[j];
+      values[i] = values_[j];
+    }
+    keys_.swap(keys);
+    values_.swap(values);
+  }
   std::vector<int32_t> parent_, label_;
-  std::unordered_map<uint64_t, int32_t> children_;
+  std::vector<uint64_t> keys_;
+  std::vector<int32_t> values_;
 };
 
 struct Prefix {
   int32_t node;  // in the trie; 0 is the empty prefix
   double s;      // log-score of paths ending in blank
   double ns;     // log-score of paths ending in the last label
+  double total;  // LogAdd(s, ns), once the frame is complete
 };
 
+// The prefixes of the next frame, in first-insertion order; `slot` maps a trie node to its entry (or -1).
 class NextBeam {
  public:
-  explicit NextBeam(size_t n) {
-    entries_.reserve(n);
-    index_.reserve(n);
-  }
   Prefix& Get(int32_t node) {
-    auto it = index_.find(node);
-    if (it != index_.end()) return entries_[it->second];
-    index_.emplace(node, entries_.size());
-    entries_.push_back({node, kNegInf, kNegInf});
-    return entries_.back();
+    if (static_cast<size_t>(node) >= slot_.size()) slot_.resize(2 * node + 64, -1);
+    int32_t& slot = slot_[node];
+    if (slot < 0) {
+      slot = static_cast<int32_t>(entries_.size());
+      entries_.push_back({node, kNegInf, kNegInf, 0.0});
+    }
+    return entries_[slot];
   }
-  std::vector<Prefix>& entries() { return entries_; }
+  // Ranks by total score (stable) and keeps the best `beam`; the slots are reset for the next frame.
+  void Prune(int64_t beam, std::vector<Prefix>* out) {
+    for (Prefix& p : entries_) {
+      p.total = LogAdd(p.s, p.ns);
+      slot_[p.node] = -1;
+    }
+    std::stable_sort(entries_.begin(), entries_.end(), [](const Prefix& x, const Prefix& y) {
+      return x.total > y.total;
+    });
+    if (static_cast<int64_t>(entries_.size()) > beam) entries_.resize(beam);
+    out->swap(entries_);
+    entries_.clear();
+  }
 
  private:
   std::vector<Prefix> entries_;
-  std::unordered_map<int32_t, size_t> index_;
+  std::vector<int32_t> slot_;
 };
+
+void Search(const float* top_logp, const int64_t* top_ids, int64_t length, int64_t k, int64_t beam, int64_t blank,
+            int32_t* out_tokens, int64_t frames, int64_t* out_lengths, double* out_scores, int64_t* out_count) {
+  Trie trie;
+  NextBeam next;
+  std::vector<Prefix> current = {{0, 0.0, kNegInf, 0.0}};
+  for (int64_t t = 0; t < length; ++t) {
+    for (int64_t j = 0; j < k; ++j) {
+      const int32_t label = static_cast<int32_t>(top_ids[t * k + j]);
+      const double p = static_cast<double>(top_logp[t * k + j]);
+      for (const Prefix& prefix : current) {
+        if (label == blank) {
+          Prefix& same = next.Get(prefix.node);
+          same.s = LogAdd(same.s, prefix.total + p);
+        } else if (prefix.node != 0 && trie.Last(prefix.node) == label) {
+          Prefix& same = next.Get(prefix.node);
+          same.ns = LogAdd(same.ns, prefix.ns + p);
+          const int32_t child = trie.Child(prefix.node, label);
+          Prefix& extended = next.Get(child);
+          extended.ns = LogAdd(extended.ns, prefix.s + p);
+        } else {
+          const int32_t child = trie.Child(prefix.node, label);
+          Prefix& extended = next.Get(child);
+          extended.ns = LogAdd(extended.ns, prefix.total + p);
+        }
+      }
+    }
+    next.Prune(beam, &current);
+  }
+  *out_count = static_cast<int64_t>(current.size());
+  for (size_t r = 0; r < current.size(); ++r) {
+    const std::vector<int32_t> labels = trie.Labels(current[r].node);
+    std::copy(labels.begin(), labels.end(), out_tokens + r * frames);
+    out_lengths[r] = static_cast<int64_t>(labels.size());
+    out_scores[r] = current[r].total;
+  }
+}
 
 }  // namespace
 
@@ -77,49 +152,21 @@ extern "C" {
 
 // top_logp, top_ids: (batch, frames, k) row-major; lengths: (batch,). Outputs per utterance and rank r < beam:
 // out_tokens (batch, beam, frames), out_lengths (batch, beam), out_scores (batch, beam); out_count (batch,).
+// `threads` > 1 searches that many utterances at once.
 void ctc_prefix_beam_search(const float* top_logp, const int64_t* top_ids, const int64_t* lengths, int64_t batch,
-                            int64_t frames, int64_t k, int64_t beam, int64_t blank, int32_t* out_tokens,
-                            int64_t* out_lengths, double* out_scores, int64_t* out_count) {
-  for (int64_t b = 0; b < batch; ++b) {
-    Trie trie;
-    std::vector<Prefix> current = {{0, 0.0, kNegInf}};
-    for (int64_t t = 0; t < lengths[b]; ++t) {
-      NextBeam next(2 * k * current.size());
-      const int64_t base = (b * frames + t) * k;
-      for (int64_t j = 0; j < k; ++j) {
-        const int32_t label = static_cast<int32_t>(top_ids[base + j]);
-        const double p = static_cast<double>(top_logp[base + j]);
-        for (const Prefix& prefix : current) {
-          const double total = LogAdd(prefix.s, prefix.ns);
-          if (label == blank) {
-            Prefix& same = next.Get(prefix.node);
-            same.s = LogAdd(same.s, total + p);
-          } else if (prefix.node != 0 && trie.Last(prefix.node) == label) {
-            Prefix& same = next.Get(prefix.node);
-            same.ns = LogAdd(same.ns, prefix.ns + p);
-            Prefix& extended = next.Get(trie.Child(prefix.node, label));
-            extended.ns = LogAdd(extended.ns, prefix.s + p);
-          } else {
-            Prefix& extended = next.Get(trie.Child(prefix.node, label));
-            extended.ns = LogAdd(extended.ns, total + p);
-          }
-        }
-      }
-      std::vector<Prefix>& entries = next.entries();
-      std::stable_sort(entries.begin(), entries.end(), [](const Prefix& x, const Prefix& y) {
-        return LogAdd(x.s, x.ns) > LogAdd(y.s, y.ns);
-      });
-      if (static_cast<int64_t>(entries.size()) > beam) entries.resize(beam);
-      current = std::move(entries);
+                            int64_t frames, int64_t k, int64_t beam, int64_t blank, int64_t threads,
+                            int32_t* out_tokens, int64_t* out_lengths, double* out_scores, int64_t* out_count) {
+  auto work = [&](int64_t first) {
+    for (int64_t b = first; b < batch; b += threads) {
+      Search(top_logp + b * frames * k, top_ids + b * frames * k, lengths[b], k, beam, blank,
+             out_tokens + b * beam * frames, frames, out_lengths + b * beam, out_scores + b * beam, out_count + b);
     }
-    out_count[b] = static_cast<int64_t>(current.size());
-    for (size_t r = 0; r < current.size(); ++r) {
-      const std::vector<int32_t> labels = trie.Labels(current[r].node);
-      std::copy(labels.begin(), labels.end(), out_tokens + (b * beam + r) * frames);
-      out_lengths[b * beam + r] = static_cast<int64_t>(labels.size());
-      out_scores[b * beam + r] = LogAdd(current[r].s, current[r].ns);
-    }
-  }
+  };
+  threads = std::max<int64_t>(1, std::min(threads, batch));
+  std::vector<std::thread> pool;
+  for (int64_t i = 1; i < threads; ++i) pool.emplace_back(work, i);
+  work(0);
+  for (std::thread& th : pool) th.join();
 }
 
 }  // extern "C"
