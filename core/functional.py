@@ -152,9 +152,12 @@ def where(cond: Tensor, a: Operand, b: Operand) -> Tensor:
     return _one("where", [_to_rank(cond, rank), _to_rank(a, rank), _to_rank(b, rank)])
 
 
-def matmul(a: Tensor, b: Tensor, transpose_b: bool = False) -> Tensor:
+def matmul(a: Tensor, b: Tensor, transpose_b: bool = False, out_dtype: DataType | None = None) -> Tensor:
+    """``out_dtype`` float32 with half inputs: accumulated and returned in fp32."""
     a, b = _align(a, b)
-    return _one("matmul", [a, b], transpose_b=transpose_b)
+    if out_dtype is None or out_dtype == a.dtype:
+        return _one("matmul", [a, b], transpose_b=transpose_b)
+    return _one("matmul", [a, b], transpose_b=transpose_b, out_dtype=out_dtype.value)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None = None, *, scale: float,

@@ -216,29 +216,41 @@ class Where:
 
 @register
 class MatMul:
+    """``a @ b`` (either transposed); ``out_dtype`` float32 with half inputs: products accumulated and
+    returned in fp32, never rounded to the inputs' dtype."""
+
     name = "matmul"
 
     @staticmethod
-    def infer(a, b, *, transpose_a: bool = False, transpose_b: bool = False) -> list[Spec]:
+    def infer(a, b, *, transpose_a: bool = False, transpose_b: bool = False, out_dtype: str | None = None) -> list[Spec]:
         dtype = _same_dtype("matmul", a, b)
         _require(dtype.is_float, "matmul needs float inputs")
+        _require(out_dtype in (None, dtype.value, "float32"), f"matmul: out_dtype {out_dtype} from {dtype.value} inputs")
         _require(a.ndim == b.ndim and a.ndim >= 2, f"matmul: equal ranks >= 2 needed, got {a.shape} and {b.shape}")
         m, ka = (a.shape[-1], a.shape[-2]) if transpose_a else (a.shape[-2], a.shape[-1])
         kb, n = (b.shape[-1], b.shape[-2]) if transpose_b else (b.shape[-2], b.shape[-1])
         _require(ka == kb or -1 in (ka, kb), f"matmul: inner dims {ka} and {kb} differ")
         batch = broadcast_shape("matmul", a.shape[:-2], b.shape[:-2])
-        return [(dtype, (*batch, m, n))]
+        return [(DataType(out_dtype) if out_dtype else dtype, (*batch, m, n))]
 
     @staticmethod
-    def torch(a, b, *, transpose_a: bool = False, transpose_b: bool = False):
+    def torch(a, b, *, transpose_a: bool = False, transpose_b: bool = False, out_dtype: str | None = None):
         if transpose_a:
             a = a.transpose(-1, -2)
         if transpose_b:
             b = b.transpose(-1, -2)
-        return torch.matmul(a, b)
+        out = getattr(torch, out_dtype) if out_dtype else a.dtype
+        if out == a.dtype:
+            return torch.matmul(a, b)
+        if a.is_cuda and all(s == 1 for s in b.shape[:-2]):  # one cuBLAS GEMM with fp32 output
+            flat = torch.ops.aten.mm.dtype(a.reshape(-1, a.shape[-1]), b.reshape(b.shape[-2:]), out)
+            return flat.view(*a.shape[:-1], b.shape[-1])
+        return torch.matmul(a.to(out), b.to(out))  # half products are exact in fp32: the same arithmetic
 
     @staticmethod
-    def tensorrt(ctx, a, b, *, transpose_a: bool = False, transpose_b: bool = False):
+    def tensorrt(ctx, a, b, *, transpose_a: bool = False, transpose_b: bool = False, out_dtype: str | None = None):
+        if out_dtype and DataType(out_dtype) != ctx.spec(0)[0]:  # strongly typed: the GEMM runs in out_dtype
+            a, b = (ctx.output(ctx.network.add_cast(t, ctx.dtype(DataType(out_dtype)))) for t in (a, b))
         ops = ctx.trt.MatrixOperation
         return ctx.output(ctx.network.add_matrix_multiply(a, ops.TRANSPOSE if transpose_a else ops.NONE,
                                                           b, ops.TRANSPOSE if transpose_b else ops.NONE))
@@ -355,7 +367,12 @@ class Convolution:
             for pre, post in zip(reversed(pre_padding), reversed(post_padding)):
                 pads += [pre, post]
             x = torch.nn.functional.pad(x, pads)
-        conv = torch.nn.functional.conv1d if len(stride) == 1 else torch.nn.functional.conv2d
+        if len(stride) == 1:
+            conv = torch.nn.functional.conv1d
+        else:  # channels-last: the layout cuDNN's and Inductor's fast 2-d convolutions use, with no transposes
+            conv = torch.nn.functional.conv2d
+            x = x.contiguous(memory_format=torch.channels_last)
+            weight = weight.contiguous(memory_format=torch.channels_last)
         return conv(x, weight, bias[0] if bias else None, stride, pre_padding if symmetric else 0, dilation, groups)
 
     @staticmethod

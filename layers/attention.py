@@ -66,7 +66,8 @@ class MultiHeadedCrossAttention(MultiHeadedAttention):
 
 
 class RelPositionMultiHeadedAttention(MultiHeadedAttention):
-    """WeNet's relative-position attention: ((q+u)·kᵀ + (q+v)·(W_pos pe)ᵀ) / sqrt(d_k), no rel_shift."""
+    """WeNet's relative-position attention: ((q+u)·kᵀ + (q+v)·(W_pos pe)ᵀ) / sqrt(d_k), no rel_shift.
+    ``pos_emb`` is the whole position table (1, max_len, D); key j uses its row j."""
 
     def __init__(self, n_head: int, n_feat: int, dtype: DataType):
         super().__init__(n_head, n_feat, dtype)
@@ -76,7 +77,8 @@ class RelPositionMultiHeadedAttention(MultiHeadedAttention):
 
     def forward(self, x: Tensor, key_lengths: Tensor, pos_emb: Tensor) -> Tensor:
         q, k, v = self.qkv(x)
-        p = self.heads(self.linear_pos(pos_emb))  # (1, H, T, d_k), broadcast over B
+        # the table's projection is a build-time constant; its first T rows are the keys' (1, H, T, d_k)
+        p = self.heads(F.slice(self.linear_pos(pos_emb), 1, 0, F.shape(x, 1)))
         out = F.attention(q, k, v, key_lengths, scale=1 / math.sqrt(self.d_k), pos=p,
                           pos_bias_u=self.pos_bias_u.value, pos_bias_v=self.pos_bias_v.value)
         return self.linear_out(self.merge_heads(out, x))

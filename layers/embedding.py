@@ -33,8 +33,10 @@ def sinusoid_table(max_len: int, dim: int) -> torch.Tensor:
 class PositionalEncoding(Module):
     """WeNet's absolute encoding: ``x * sqrt(d) + pe[offset : offset + T]`` (decoder input).
 
-    With ``add=False`` it is RelPositionalEncoding: x is only scaled and the table slice is
-    returned as the position embedding of the keys (WeNet has no rel_shift).
+    With ``add=False`` it is RelPositionalEncoding: x is only scaled and the whole table (1, max_len,
+    dim) is returned as the keys' position embedding (WeNet has no rel_shift, so key j has row j):
+    each attention layer projects the table, a constant folded at build time, and takes its first
+    T rows, instead of projecting T rows in every call.
     """
 
     def __init__(self, dim: int, max_len: int, add: bool = True, dtype: DataType = DataType.float32):
@@ -57,6 +59,8 @@ class PositionalEncoding(Module):
         return F.unsqueeze(F.slice(self.table(), 0, offset, length), 0)
 
     def forward(self, x: Tensor, offset: int | Tensor = 0) -> tuple[Tensor, Tensor]:
-        pos = self.positions(offset, F.shape(x, 1))
         x = x * math.sqrt(self.dim)
-        return (x + pos if self.add else x), pos
+        if not self.add:
+            return x, F.unsqueeze(self.table(), 0)
+        pos = self.positions(offset, F.shape(x, 1))
+        return x + pos, pos

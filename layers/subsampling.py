@@ -58,12 +58,18 @@ class Conv2dSubsampling(Module):
         return self.out[0] if "out" in self._modules else self.linear
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x (B, T, idim), lengths (B,) int32 -> x (B, T', D), lengths (B,), pos_emb (1, T', D)."""
+        """x (B, T, idim), lengths (B,) int32 -> x (B, T', D), lengths (B,), pos_emb (see PositionalEncoding)."""
         x = F.unsqueeze(x, 1)
         for conv in self.conv:
             x = F.relu(conv(x))
-        x = x.transpose(1, 2)  # (B, T', C, F'): channel-major flatten, as WeNet
-        x = self.output_linear(F.view(x, [F.shape(x, 0), F.shape(x, 1), self.flat_dim]))
+        # WeNet flattens (B, T', C, F') channel-major; flattening (B, T', F', C) instead reads a channels-last
+        # conv output in place, and the Linear's weight columns are permuted to match (a constant: folded).
+        channels, freq = x.shape[1], x.shape[3]
+        x = F.view(F.permute(x, [0, 2, 3, 1]), [F.shape(x, 0), F.shape(x, 2), self.flat_dim])
+        linear = self.output_linear
+        weight = F.view(F.permute(F.view(linear.weight.value, [linear.out_features, channels, freq]), [0, 2, 1]),
+                        [linear.out_features, self.flat_dim])
+        x = F.matmul(x, weight, transpose_b=True) + linear.bias.value
         x, pos_emb = self.pos_enc(x)
         for kernel, stride in self.layers:
             lengths = (lengths - kernel) // stride + 1

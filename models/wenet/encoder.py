@@ -32,6 +32,7 @@ class GlobalCMVN(Module):
 class ConformerEncoderLayer(Module):
     def __init__(self, config: EncoderConfig, dtype: DataType):
         super().__init__()
+        self.dtype = dtype
         d, eps = config.output_size, config.norm_eps
         activation = ACTIVATIONS[config.activation_type]
         attention = RelPositionMultiHeadedAttention if config.selfattention_layer_type == "rel_selfattn" \
@@ -53,15 +54,19 @@ class ConformerEncoderLayer(Module):
         self.ff_scale = 0.5 if config.macaron_style else 1.0
 
     def forward(self, x: Tensor, lengths: Tensor, pos_emb: Tensor, valid: Tensor) -> Tensor:
+        """x: the residual stream (B, T', D) in fp32. Each sublayer runs in the layer's dtype and its output
+        is added in fp32, so a half-precision build rounds each sublayer's output once instead of
+        rounding the running sum at every add (closer to the fp32 reference)."""
+        h, f32 = self.dtype, DataType.float32
         if self.feed_forward_macaron is not None:
-            x = x + self.ff_scale * self.feed_forward_macaron(self.norm_ff_macaron(x))
+            x = x + self.ff_scale * F.cast(self.feed_forward_macaron(self.norm_ff_macaron(x, h)), f32)
         if isinstance(self.self_attn, RelPositionMultiHeadedAttention):
-            x = x + self.self_attn(self.norm_mha(x), lengths, pos_emb)
+            x = x + F.cast(self.self_attn(self.norm_mha(x, h), lengths, pos_emb), f32)
         else:
-            x = x + self.self_attn(self.norm_mha(x), lengths)[0]
+            x = x + F.cast(self.self_attn(self.norm_mha(x, h), lengths)[0], f32)
         if self.conv_module is not None:
-            x = x + self.conv_module(self.norm_conv(x), valid)
-        x = x + self.ff_scale * self.feed_forward(self.norm_ff(x))
+            x = x + F.cast(self.conv_module(self.norm_conv(x, h), valid), f32)
+        x = x + self.ff_scale * F.cast(self.feed_forward(self.norm_ff(x, h)), f32)
         return self.norm_final(x) if self.conv_module is not None else x
 
 
@@ -82,8 +87,9 @@ class ConformerEncoder(Module):
         x = F.cast(self.global_cmvn(speech), self.dtype)
         x, lengths, pos_emb = self.embed(x, lengths)
         valid = F.make_valid_mask(lengths, F.shape(x, 1))  # (B, T')
+        x = F.cast(x, DataType.float32)  # the residual stream
         for layer in self.encoders:
             x = layer(x, lengths, pos_emb, valid)
         if self.after_norm is not None:
-            x = self.after_norm(x)
-        return x, lengths
+            return self.after_norm(x, self.dtype), lengths
+        return F.cast(x, self.dtype), lengths
