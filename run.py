@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="on CUDA the compiled engines run where the build made them")
     p.add_argument("--results_jsonl", help="one JSON object per utterance and mode")
-    p.add_argument("--verbose", action="store_true", help="timings: start-up, first result, total")
+    p.add_argument("--verbose", action="store_true",
+                   help="timings: start-up, first result, total, and per pipeline stage (each stage waits for the GPU)")
     args = p.parse_args(argv)
 
     try:
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         transcriber = Transcriber(args.engine_dir, args.device)
         options = DecodingOptions(args.modes, args.beam_size, args.ctc_weight, args.reverse_weight, args.batch_size)
         transcriber.check(options)
+        transcriber.times.enabled = args.verbose
     except (OSError, ValueError) as e:
         print(f"run.py: error: {e}", file=sys.stderr)
         return 2
@@ -98,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.verbose:
         first = f"{first_result_after:.2f} s" if first_result_after is not None else "none"
         print(f"since process start: engines ready {ready_after:.2f} s, first result {first}", file=sys.stderr)
+        print("seconds per stage: " + ", ".join(f"{k} {v:.3f}" for k, v in transcriber.times.seconds.items()),
+              file=sys.stderr)
     return 1 if failures else 0
 
 

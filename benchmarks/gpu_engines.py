@@ -251,6 +251,9 @@ def e2e_rows(recipe: str, model_dir: str, engines: dict[str, str], items: list[t
         wall = time.perf_counter() - start
         rows.append({"recipe": recipe, "system": name, "utterances": len(results), "audio_s": tr.audio_seconds,
                      "wall_s": wall, "x_real_time": tr.audio_seconds / wall})
+        tr.times.enabled = True  # a third pass, each stage waited for: where the time goes
+        list(tr.transcribe(items, options))
+        rows[-1]["stage_s"] = {k: round(v, 4) for k, v in tr.times.seconds.items()}
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -350,6 +353,8 @@ def print_tables(report: dict) -> None:
     for r in report["e2e"]:
         print(f"e2e {r['recipe']:9s} {r['system']:24s} {r['utterances']} utt {r['audio_s']:.0f} s audio "
               f"in {r['wall_s']:.2f} s: {r['x_real_time']:.0f}x real time")
+        if "stage_s" in r:
+            print("    per stage (synchronized pass), s: " + ", ".join(f"{k} {v:.3f}" for k, v in r["stage_s"].items()))
     for r in report["agreement"]:
         print(f"agreement {r['system']:14s} {r['mode']:20s} {r['identical_clear']}/{r['clear_margin']} clear-margin "
               f"utterances identical ({r['identical_all']}/{r['utterances']} of all)")

@@ -36,6 +36,35 @@ def fused_linear(x: Tensor, linears: Sequence[Linear]) -> list[Tensor]:
     return outputs
 
 
+def fp32_accurate_linear(x: Tensor, linear: Linear, dtype: DataType) -> Tensor:
+    """``linear(x)`` for an fp32 ``linear``, fp32-accurate, on ``dtype`` (half) tensor cores; fp32 out.
+
+    Each fp32 operand v is split into hi = half(v) and lo = half(v - hi); x·Wᵀ ≈ x_hi·W_hiᵀ + x_lo·W_hiᵀ +
+    x_hi·W_loᵀ runs as one half GEMM over the parts concatenated along K that accumulates and returns fp32
+    (relative error near 2^-22 where a half GEMM has 2^-11; with a half x, x_lo is zero and dropped). The
+    weight parts are constants, folded at build time, their rows padded to a multiple of 64 so that an
+    odd vocabulary still gets an aligned GEMM."""
+    if dtype == DataType.float32:
+        return linear(F.cast(x, DataType.float32))
+    f32 = DataType.float32
+    weight = linear.weight.value
+    rows = -linear.out_features % 64
+    if rows:
+        weight = F.pad(weight, 0, 0, rows)
+    w_hi = F.cast(weight, dtype)
+    w_lo = F.cast(weight - F.cast(w_hi, f32), dtype)
+    if x.dtype == f32:
+        x_hi = F.cast(x, dtype)
+        x_lo = F.cast(x - F.cast(x_hi, f32), dtype)
+        parts, weights = [x_hi, x_lo, x_hi], [w_hi, w_hi, w_lo]
+    else:
+        parts, weights = [F.cast(x, dtype)] * 2, [w_hi, w_lo]
+    y = F.matmul(F.concat(parts, -1), F.concat(weights, 1), transpose_b=True, out_dtype=f32)
+    if rows:
+        y = F.slice(y, x.ndim - 1, 0, linear.out_features)
+    return y + linear.bias.value if linear.bias is not None else y
+
+
 class WeightOnlyInt8Linear(Module):
     """Linear with int8 weights and a per-output-channel scale: int8 constant -> dequantize -> matmul,
     the plugin-free path TensorRT fuses into a weight-only GEMM. Activations stay in ``dtype``."""

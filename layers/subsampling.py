@@ -59,13 +59,14 @@ class Conv2dSubsampling(Module):
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x (B, T, idim), lengths (B,) int32 -> x (B, T', D), lengths (B,), pos_emb (see PositionalEncoding)."""
-        x = F.unsqueeze(x, 1)
-        for conv in self.conv:
-            x = F.relu(conv(x))
-        # WeNet flattens (B, T', C, F') channel-major; flattening (B, T', F', C) instead reads a channels-last
-        # conv output in place, and the Linear's weight columns are permuted to match (a constant: folded).
-        channels, freq = x.shape[1], x.shape[3]
-        x = F.view(F.permute(x, [0, 2, 3, 1]), [F.shape(x, 0), F.shape(x, 2), self.flat_dim])
+        first, *rest = self.conv
+        x = F.relu(first.forward_single_channel(x))  # (B, T', F', C): channels last
+        for conv in rest:  # convolutions see (B, C, T', F') views of channels-last data
+            x = F.permute(F.relu(conv(F.permute(x, [0, 3, 1, 2]))), [0, 2, 3, 1])
+        # WeNet flattens (B, T', C, F') channel-major; flattening (B, T', F', C) instead reads the channels-last
+        # data in place, and the Linear's weight columns are permuted to match (a constant: folded).
+        freq, channels = x.shape[2], x.shape[3]
+        x = F.view(x, [F.shape(x, 0), F.shape(x, 1), self.flat_dim])
         linear = self.output_linear
         weight = F.view(F.permute(F.view(linear.weight.value, [linear.out_features, channels, freq]), [0, 2, 1]),
                         [linear.out_features, self.flat_dim])

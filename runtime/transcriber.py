@@ -7,8 +7,10 @@ profiles) yields a ``Failure`` naming it; the rest of the run goes on.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -79,12 +81,34 @@ def read_wav_scp(path: str) -> list[tuple[str, str]]:
     return items
 
 
+class StageTimes:
+    """Wall seconds per pipeline stage. Off by default: timing a stage on a GPU means waiting for it at
+    its end (a synchronization the pipeline otherwise avoids), so it is for profiling runs only."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.enabled = False
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        if not self.enabled:
+            yield
+            return
+        start = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
 class Transcriber:
     def __init__(self, engine_dir: str, device: str = "cpu", compiled: bool | None = None):
         self.engine = EngineDir(engine_dir, device, compiled)
         self.encoding = WeNetEncoding(self.engine)
         self.decoding = WeNetDecoding(self.engine)
         self.audio_seconds = 0.0  # of the files featurized so far
+        self.times = StageTimes(self.engine.device)
 
     def check(self, options: DecodingOptions) -> None:
         """Options the built engines cannot serve fail here, before any audio is read."""
@@ -127,19 +151,21 @@ class Transcriber:
 
     def transcribe(self, items: Iterable[tuple[str, str]], options: DecodingOptions) -> Iterator[Result | Failure]:
         self.check(options)
-        ready = []
-        for key, samples in self.read(items):
-            if isinstance(samples, AudioError):
-                yield Failure(key, str(samples))
-            else:
-                ready.append((key, samples))
+        ready, failed = [], []
+        with self.times.stage("read audio"):
+            for key, samples in self.read(items):
+                (failed if isinstance(samples, AudioError) else ready).append((key, samples))
+        for key, error in failed:
+            yield Failure(key, str(error))
         ready.sort(key=lambda kv: -len(kv[1]))  # length-sorted batches waste little padding
         batch_size = max(1, min(options.batch_size, self.encoding.max_batch_size))
         for start in range(0, len(ready), batch_size):
             batch = ready[start:start + batch_size]
             keys = [k for k, _ in batch]
             try:
-                decoded = self.decode(self.features([w for _, w in batch]), options)
+                with self.times.stage("fbank"):
+                    feats = self.features([w for _, w in batch])
+                decoded = self.decode(feats, options)
             except (ProfileError, RuntimeError) as e:  # one bad batch must not end the run
                 for key in keys:
                     yield Failure(key, f"decoding failed: {e}")
@@ -152,20 +178,27 @@ class Transcriber:
         model = self.engine.model
         ctc_weight = model.ctc_weight if options.ctc_weight is None else options.ctc_weight
         reverse_weight = model.reverse_weight if options.reverse_weight is None else options.reverse_weight
-        enc = self.encoding.encode(feats)
+        stage = self.times.stage
+        with stage("encoder+ctc"):
+            enc = self.encoding.encode(feats)
         log_probs, lens = enc.ctc_log_probs, enc.encoder_lens.cpu()  # searches move only what they need
         out: dict[str, list[DecodeResult]] = {}
         for mode in options.modes:
             if mode == "ctc_greedy_search":
-                out[mode] = ctc_greedy_search(log_probs, lens, model.blank_id)
+                with stage("ctc greedy search"):
+                    out[mode] = ctc_greedy_search(log_probs, lens, model.blank_id)
         if "ctc_prefix_beam_search" in options.modes or "attention_rescoring" in options.modes:
-            prefix = ctc_prefix_beam_search(log_probs, lens, options.beam_size, model.blank_id)
+            with stage("ctc prefix beam search"):
+                prefix = ctc_prefix_beam_search(log_probs, lens, options.beam_size, model.blank_id)
             if "ctc_prefix_beam_search" in options.modes:
                 out["ctc_prefix_beam_search"] = prefix
         if "attention" in options.modes or "attention_rescoring" in options.modes:
-            kv = self.decoding.cross_kv(enc)
+            with stage("cross k/v"):
+                kv = self.decoding.cross_kv(enc)
             if "attention_rescoring" in options.modes:
-                out["attention_rescoring"] = self.decoding.rescore(prefix, enc, kv, ctc_weight, reverse_weight)
+                with stage("rescoring"):
+                    out["attention_rescoring"] = self.decoding.rescore(prefix, enc, kv, ctc_weight, reverse_weight)
             if "attention" in options.modes:
-                out["attention"] = self.decoding.attention_beam_search(enc, kv, options.beam_size)
+                with stage("attention beam search"):
+                    out["attention"] = self.decoding.attention_beam_search(enc, kv, options.beam_size)
         return {mode: out[mode] for mode in options.modes}

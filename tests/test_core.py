@@ -178,3 +178,32 @@ def test_int8_quantization_ops_and_weight_only_linear():
     assert out["q"].dtype == torch.int8
     assert out["q"].tolist() == torch.clamp(torch.round(x / 0.05), -128, 127).to(torch.int8).tolist()
     torch.testing.assert_close(out["qdq"], out["q"].float() * 0.05)
+
+
+def test_fp32_accurate_linear_on_half_inputs():
+    """Split-precision half GEMM with fp32 output: fp32 accuracy where a plain fp16 linear is off by ~1e-3."""
+    from layers.linear import Linear, fp32_accurate_linear
+
+    torch.manual_seed(0)
+    layer = Linear(64, 37, dtype=DataType.float32)  # 37 rows: padded to 64 inside, sliced back
+    layer.assign_names("proj")
+    weight, bias = torch.randn(37, 64) * 0.3, torch.randn(37)
+    layer.weight.set_value(weight)
+    layer.bias.set_value(bias)
+    net = Network("split")
+    with net_guard(net):
+        x32 = net.add_input("x32", DataType.float32, [B, T, 64])
+        x16 = net.add_input("x16", DataType.float16, [B, T, 64])
+        net.mark_output(fp32_accurate_linear(x32, layer, DataType.float16), "from_fp32")
+        net.mark_output(fp32_accurate_linear(x16, layer, DataType.float16), "from_fp16")
+        net.mark_output(F.cast(F.matmul(x16, F.cast(layer.weight.value, DataType.float16), transpose_b=True),
+                               DataType.float32), "plain_fp16")
+    x = torch.randn(3, 9, 64) * 4
+    out = run(net, x32=x, x16=x.half())
+    exact = x.double() @ weight.double().T + bias.double()
+    exact16 = x.half().double() @ weight.double().T + bias.double()
+    assert out["from_fp32"].dtype == out["from_fp16"].dtype == torch.float32
+    assert out["from_fp32"].shape == (3, 9, 37)
+    assert (out["from_fp32"].double() - exact).abs().max() < 2e-4
+    assert (out["from_fp16"].double() - exact16).abs().max() < 2e-4
+    assert (out["plain_fp16"].double() - (exact16 - bias.double())).abs().max() > 5e-3  # what the split avoids

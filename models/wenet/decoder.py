@@ -9,7 +9,7 @@ from core.tensor import Tensor
 from layers.attention import MultiHeadedAttention, MultiHeadedCrossAttention
 from layers.embedding import Embedding, PositionalEncoding
 from layers.feed_forward import PositionwiseFeedForward
-from layers.linear import Linear, fused_linear
+from layers.linear import Linear, fp32_accurate_linear, fused_linear
 from layers.normalization import LayerNorm
 from models.wenet.config import DecoderConfig
 
@@ -46,10 +46,10 @@ class TransformerDecoder(Module):
         self.embed = ModuleList([Embedding(vocab_size, d, dtype), PositionalEncoding(d, max_len, dtype=dtype)])
         self.decoders = ModuleList([DecoderLayer(d, config, dtype) for _ in range(num_blocks)])
         self.after_norm = LayerNorm(d, config.norm_eps)
-        self.output_layer = Linear(d, vocab_size, dtype=DataType.float32)  # fp32 logits, as CTC's
+        self.output_layer = Linear(d, vocab_size, dtype=DataType.float32)  # fp32-accurate logits, as CTC's
 
     def logits(self, x: Tensor) -> Tensor:
-        return self.output_layer(self.after_norm(F.cast(x, DataType.float32)))
+        return fp32_accurate_linear(self.after_norm(F.cast(x, DataType.float32)), self.output_layer, x.dtype)
 
     def memory_kv(self, memory: Tensor) -> list[KV]:
         """Per layer, the cross-attention K/V of the encoder output (B, H, T, d_k): one GEMM for all layers."""

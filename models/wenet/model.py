@@ -6,7 +6,7 @@ from core import functional as F
 from core.dtype import DataType
 from core.module import Module
 from core.tensor import Tensor
-from layers.linear import Linear
+from layers.linear import Linear, fp32_accurate_linear
 from layers.subsampling import subsampled_length
 from models.wenet.config import ModelConfig
 from models.wenet.decoder import BiTransformerDecoder, TransformerDecoder
@@ -14,12 +14,8 @@ from models.wenet.encoder import ConformerEncoder
 
 
 class CTC(Module):
-    """The projection to the vocabulary is fp32-accurate whatever the model's dtype: fp16 would round a
-    logit near 16 to 1/64, enough to swap near-tied tokens against an fp32 reference.
-
-    With a half-precision ``x`` the fp32 weight is split into W_hi = half(W) and W_lo = half(W - W_hi)
-    (constants, folded at build time) and [x, x] @ [W_hi, W_lo]ᵀ runs as one half GEMM that accumulates
-    and returns fp32: W to about 2^-22, at tensor-core speed instead of an fp32 GEMM's."""
+    """The projection to the vocabulary is fp32-accurate whatever the model's dtype (``fp32_accurate_linear``):
+    fp16 would round a logit near 16 to 1/64, enough to swap near-tied tokens against an fp32 reference."""
 
     def __init__(self, vocab_size: int, d: int):
         super().__init__()
@@ -27,14 +23,7 @@ class CTC(Module):
 
     def log_softmax(self, x: Tensor) -> Tensor:
         """fp32 log-probs (B, T, V)."""
-        if x.dtype == DataType.float32:
-            return F.log_softmax(self.ctc_lo(x), -1)
-        weight = self.ctc_lo.weight.value
-        w_hi = F.cast(weight, x.dtype)
-        w_lo = F.cast(weight - F.cast(w_hi, DataType.float32), x.dtype)
-        logits = F.matmul(F.concat([x, x], -1), F.concat([w_hi, w_lo], 1), transpose_b=True,
-                          out_dtype=DataType.float32)
-        return F.log_softmax(logits + self.ctc_lo.bias.value, -1)
+        return F.log_softmax(fp32_accurate_linear(x, self.ctc_lo, x.dtype), -1)
 
 
 class WeNetModel(Module):
