@@ -6,6 +6,8 @@ of its hypotheses; all hypotheses of all utterances of a batch are rescored in o
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 
@@ -48,7 +50,8 @@ class WeNetDecoding:
         hyps = np.full((batch * n, max_len), eos, dtype=np.int32)
         r_hyps = hyps.copy()
         hyps[:, 0] = r_hyps[:, 0] = sos  # padding hypotheses are empty: [sos, eos]
-        tokens = np.fromiter((t for p in prefix for h in p.nbest for t in h), dtype=np.int32, count=int(hyp_lens.sum()))
+        tokens = np.fromiter(itertools.chain.from_iterable(h for p in prefix for h in p.nbest), dtype=np.int32,
+                             count=int(hyp_lens.sum()))
         rows = np.repeat(flat_slot, hyp_lens)
         step = np.arange(len(tokens)) - np.repeat(np.cumsum(hyp_lens) - hyp_lens, hyp_lens)  # position within its hyp
         hyps[rows, 1 + step] = tokens

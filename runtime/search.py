@@ -5,17 +5,16 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
-import os
 import warnings
 from dataclasses import dataclass, field
 
 import torch
 
-from runtime.native import NativeBuildError
+from runtime.native import NativeBuildError, usable_cpus
 from runtime.native import load as load_native
 
 NEG_INF = -float("inf")
-THREADS = len(os.sched_getaffinity(0))  # utterances searched at once by the native search (it releases the GIL)
+THREADS = usable_cpus()  # utterances searched at once by the native search (it releases the GIL)
 
 
 @dataclass

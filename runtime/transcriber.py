@@ -21,10 +21,11 @@ from runtime.audio import AudioError, load_audio
 from runtime.decoding import WeNetDecoding
 from runtime.encoding import WeNetEncoding
 from runtime.frontend import fbank_batch, num_frames
+from runtime.native import usable_cpus
 from runtime.search import DecodeResult, ctc_greedy_search, ctc_prefix_beam_search
 from runtime.session import EngineDir, ProfileError
 
-READ_THREADS = min(16, len(os.sched_getaffinity(0)))
+READ_THREADS = min(16, usable_cpus())
 MODES = ("ctc_greedy_search", "ctc_prefix_beam_search", "attention", "attention_rescoring")
 
 

@@ -16,6 +16,20 @@ import subprocess
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def usable_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (containers often see
+    every host core in the mask but may only use a quota of them; threads beyond it are throttled)."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as f:
+            quota, period = f.read().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
 class NativeBuildError(RuntimeError):
     """A native piece could not be built here (no compiler, a compile error, no writable folder)."""
 
