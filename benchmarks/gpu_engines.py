@@ -1,6 +1,7 @@
 """Speed of the compiled GPU engines against WeNet's PyTorch model (``reference.py``), one process.
 
-    python benchmarks/gpu_engines.py [--recipes conformer u2pp] [--utterances 1000] [--out DIR]
+    python benchmarks/gpu_engines.py [--recipes conformer u2pp] [--parts kernels e2e agreement] [--utterances 1000]
+        [--dtypes float16 bfloat16] [--skip_reference] [--out DIR]
 
 For each AISHELL-1 recipe at real size (random weights), on one CUDA GPU:
 - encoder+CTC time for batch 1, 16, 64 at 5, 10, 20 s of audio, and rescoring time (10 hypotheses
@@ -313,6 +314,8 @@ def main() -> None:
     p.add_argument("--parts", nargs="+", default=["kernels", "e2e", "agreement"])
     p.add_argument("--skip_reference", action="store_true",
                    help="end to end: only our engines (the reference's rows take most of the time)")
+    p.add_argument("--dtypes", nargs="+", default=["float16", "bfloat16"], choices=["float16", "bfloat16"],
+                   help="our engines' builds")
     p.add_argument("--out", default=".")
     args = p.parse_args()
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
@@ -324,6 +327,8 @@ def main() -> None:
         model_dir = make_random_model(recipe, os.path.join(root, recipe))
         engines = {}
         for dtype, short in (("float16", "fp16"), ("bfloat16", "bf16")):
+            if dtype not in args.dtypes:
+                continue
             path = os.path.join(root, f"{recipe}_{short}")
             start = time.perf_counter()
             config = build_engines(model_dir, path, dtype, Profiles(max_batch_size=64, opt_batch_size=16,

@@ -17,8 +17,8 @@ double LogAdd(double a, double b) {
   // With one side -inf the formula gives the other side exactly (exp(0) = 1, exp(-inf) = 0, log(1) = 0).
   if (b == kNegInf) return a;
   if (a == kNegInf) return b;
-  const double m = std::max(a, b);
-  return m + std::log(std::exp(a - m) + std::exp(b - m));
+  // exp(max - max) is exactly 1, so one exp is enough for the same bits
+  return a >= b ? a + std::log(1.0 + std::exp(b - a)) : b + std::log(std::exp(a - b) + 1.0);
 }
 
 // Prefixes are nodes of a trie, so that extending one and looking it up cost O(1), not O(length); node ids are
@@ -76,6 +76,7 @@ struct Prefix {
   double s;      // log-score of paths ending in blank
   double ns;     // log-score of paths ending in the last label
   double total;  // LogAdd(s, ns), once the frame is complete
+  int32_t order;  // first-insertion rank within the frame
 };
 
 // The prefixes of the next frame, in first-insertion order; `slot` maps a trie node to its entry (or -1).
@@ -86,7 +87,7 @@ class NextBeam {
     int32_t& slot = slot_[node];
     if (slot < 0) {
       slot = static_cast<int32_t>(entries_.size());
-      entries_.push_back({node, kNegInf, kNegInf, 0.0});
+      entries_.push_back({node, kNegInf, kNegInf, 0.0, 0});
     }
     return entries_[slot];
   }
@@ -94,14 +95,17 @@ class NextBeam {
   void Prune(int64_t beam, std::vector<Prefix>* out) {
     for (Prefix& p : entries_) {
       p.total = LogAdd(p.s, p.ns);
+      p.order = slot_[p.node];
       slot_[p.node] = -1;
     }
-    std::stable_sort(entries_.begin(), entries_.end(), [](const Prefix& x, const Prefix& y) {
-      return x.total > y.total;
-    });
-    if (static_cast<int64_t>(entries_.size()) > beam) entries_.resize(beam);
-    out->swap(entries_);
-    entries_.clear();
+    // the best `beam` in a stable sort's order: by total, then by first insertion
+    const auto better = [](const Prefix& x, const Prefix& y) {
+      return x.total > y.total || (x.total == y.total && x.order < y.order);
+    };
+    const size_t keep = std::min(entries_.size(), static_cast<size_t>(beam));
+    std::partial_sort(entries_.begin(), entries_.begin() + keep, entries_.end(), better);
+    out->assign(entries_.begin(), entries_.begin() + keep);
+    entries_.clear();  // keeps its capacity for the next frame
   }
 
  private:
@@ -113,7 +117,7 @@ void Search(const float* top_logp, const int64_t* top_ids, int64_t length, int64
             int32_t* out_tokens, int64_t frames, int64_t* out_lengths, double* out_scores, int64_t* out_count) {
   Trie trie;
   NextBeam next;
-  std::vector<Prefix> current = {{0, 0.0, kNegInf, 0.0}};
+  std::vector<Prefix> current = {{0, 0.0, kNegInf, 0.0, 0}};
   for (int64_t t = 0; t < length; ++t) {
     for (int64_t j = 0; j < k; ++j) {
       const int32_t label = static_cast<int32_t>(top_ids[t * k + j]);
