@@ -94,7 +94,7 @@ def measure_engine(engine_dir: str, device: str, feats: list[torch.Tensor], ref_
                for key, m in (("agree_greedy", modes[0]), ("agree_rescoring", modes[1]))},
             "enc_b1_10s_ms": cuda_time(lambda: session.run(batch1)),
             "enc_b16_10s_ms": cuda_time(lambda: session.run(batch16)),
-            "rescore_b1_10x20_ms": cuda_time(lambda: tr.decoding.rescore(prefix, enc1, kv, 0.5, reverse_weight))}
+            "rescore_b1_10x20_ms": cuda_time(lambda: tr.decoding.rescore(prefix, enc1.encoder_lens, kv, 0.5, reverse_weight))}
 
 
 def measure_recipe(recipe: str, root: str, feats: list[torch.Tensor], device: str) -> list[dict]:

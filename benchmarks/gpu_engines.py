@@ -100,7 +100,7 @@ def reference_rescoring_inputs(ref: ReferenceModel, prefix: list[DecodeResult], 
 
 def rescore(tr: Transcriber, prefix: list[DecodeResult], enc) -> list[DecodeResult]:
     """Our rescoring of a batch: cross-attention K/V, then all hypotheses in one decoder call."""
-    return tr.decoding.rescore(prefix, enc, tr.decoding.cross_kv(enc), 0.5, 0.3)
+    return tr.decoding.rescore(prefix, enc.encoder_lens, tr.decoding.cross_kv(enc), 0.5, 0.3)
 
 
 def reference_rescore(ref: ReferenceModel, mem, mask, ys_in, r_ys_in, lens):

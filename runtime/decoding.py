@@ -35,7 +35,7 @@ class WeNetDecoding:
             raise ValueError(f"beam size {beam_size} is outside the built engines' [1, {self.beam_limit}]; "
                              "rebuild with a larger --beam_size")
 
-    def rescore(self, prefix: list[DecodeResult], enc: EncoderOutput, kv: dict[str, torch.Tensor],
+    def rescore(self, prefix: list[DecodeResult], encoder_lens: torch.Tensor, kv: dict[str, torch.Tensor],
                 ctc_weight: float, reverse_weight: float) -> list[DecodeResult]:
         """WeNet's attention_rescoring: best of each utterance's CTC n-best under
         (1 - rw) * left + rw * right + ctc_weight * ctc (scores include the final eos)."""
@@ -67,7 +67,7 @@ class WeNetDecoding:
         real = torch.from_numpy(real).view(batch, n)
         device = self.engine.device
         inputs = {"hyps_pad_sos_eos": hyps, "hyps_lens_sos": lens, "ctc_scores": ctc,
-                  "ctc_weight": torch.tensor([ctc_weight]), "encoder_out_lens": enc.encoder_lens}
+                  "ctc_weight": torch.tensor([ctc_weight]), "encoder_out_lens": encoder_lens}
         if self.bidirectional:
             inputs.update({"r_hyps_pad_sos_eos": r_hyps, "reverse_weight": torch.tensor([reverse_weight])})
         inputs = {k: v.to(device) for k, v in inputs.items()}

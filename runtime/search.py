@@ -86,7 +86,18 @@ def ctc_prefix_beam_search(log_probs: torch.Tensor, lengths: torch.Tensor, beam_
                            blank: int = 0) -> list[DecodeResult]:
     """The batch through the native search (same arithmetic and tie order as ``prefix_beam_search``),
     or through ``prefix_beam_search`` where no C++ compiler is available."""
-    top_logp, top_ids = (t.cpu() for t in log_probs.float().topk(beam_size, dim=-1))  # on the device, all frames
+    return prefix_search_on_host(*frame_candidates(log_probs, beam_size), lengths, beam_size, blank)
+
+
+def frame_candidates(log_probs: torch.Tensor, beam_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each frame's top ``beam_size`` (log-probs, labels), on the host: all the prefix search reads. The
+    top-k runs where the log-probs are, so only (B, T, beam) values move."""
+    return tuple(t.cpu() for t in log_probs.float().topk(beam_size, dim=-1))
+
+
+def prefix_search_on_host(top_logp: torch.Tensor, top_ids: torch.Tensor, lengths: torch.Tensor, beam_size: int,
+                          blank: int = 0) -> list[DecodeResult]:
+    """``ctc_prefix_beam_search`` from ``frame_candidates``: host work only (the native search releases the GIL)."""
     lengths = lengths.cpu().long()
     try:
         search = _native_search()

@@ -118,6 +118,11 @@ class EngineDir:
         self.compiled = self.compiled and "compiled" in self.config["builder"]
 
     @property
+    def reuses_outputs(self) -> bool:
+        """Whether sessions return buffers that their next call overwrites (compiled engines' CUDA graphs)."""
+        return self.compiled and self.device.type == "cuda"
+
+    @property
     def dtype(self) -> torch.dtype:
         return getattr(torch, self.config["builder"]["dtype"])
 

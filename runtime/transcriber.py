@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from runtime.decoding import WeNetDecoding
 from runtime.encoding import WeNetEncoding
 from runtime.frontend import fbank_batch, num_frames
 from runtime.native import usable_cpus
-from runtime.search import DecodeResult, ctc_greedy_search, ctc_prefix_beam_search
+from runtime.search import DecodeResult, ctc_greedy_search, frame_candidates, prefix_search_on_host
 from runtime.session import EngineDir, ProfileError
 
 READ_THREADS = min(16, usable_cpus())
@@ -40,6 +41,16 @@ class Result:
         r = self.result
         return {"key": self.key, "mode": self.mode, "text": self.text, "tokens": r.tokens, "score": r.score,
                 "nbest": r.nbest, "nbest_scores": r.nbest_scores}
+
+
+class Encoded(NamedTuple):
+    """A batch after its device work (``Transcriber.encode``): what the prefix search and rescoring need."""
+
+    lens: torch.Tensor  # encoder lengths, host
+    device_lens: torch.Tensor  # the same on the engines' device
+    candidates: tuple[torch.Tensor, torch.Tensor] | None  # frame_candidates, host
+    kv: dict[str, torch.Tensor] | None  # cross-attention K/V
+    results: dict[str, list[DecodeResult]]  # modes decoded on the device already
 
 
 @dataclass
@@ -160,46 +171,93 @@ class Transcriber:
             yield Failure(key, str(error))
         ready.sort(key=lambda kv: -len(kv[1]))  # length-sorted batches waste little padding
         batch_size = max(1, min(options.batch_size, self.encoding.max_batch_size))
-        for start in range(0, len(ready), batch_size):
-            batch = ready[start:start + batch_size]
-            keys = [k for k, _ in batch]
-            try:
-                with self.times.stage("fbank"):
-                    feats = self.features([w for _, w in batch])
-                decoded = self.decode(feats, options)
-            except (ProfileError, RuntimeError) as e:  # one bad batch must not end the run
-                for key in keys:
-                    yield Failure(key, f"decoding failed: {e}")
-                continue
-            for mode, results in decoded.items():
-                for key, result in zip(keys, results):
-                    yield Result(key, mode, tokens_to_text(result.tokens, self.engine.vocab), result)
+        batches = [ready[start:start + batch_size] for start in range(0, len(ready), batch_size)]
+        # Batches overlap: a worker thread runs batch i's prefix search (host work; the native search releases the
+        # GIL) while this thread, the only one that touches the device, runs batch i+1's fbank and encoder and
+        # then batch i's rescoring. Timed stages do not overlap.
+        with ThreadPoolExecutor(max_workers=1) as worker:
+            pending = None
+            for batch in batches:
+                keys = [k for k, _ in batch]
+                try:
+                    with self.times.stage("fbank"):
+                        feats = self.features([w for _, w in batch])
+                    encoded = self.encode(feats, options)
+                except (ProfileError, RuntimeError) as e:  # one bad batch must not end the run
+                    yield from (Failure(key, f"decoding failed: {e}") for key in keys)
+                    continue
+                search = worker.submit(self.prefix_search, encoded, options)
+                if self.times.enabled:
+                    wait([search])
+                if pending is not None:
+                    yield from self._finish(*pending, options)
+                pending = keys, encoded, search
+            if pending is not None:
+                yield from self._finish(*pending, options)
+
+    def _finish(self, keys: list[str], encoded: Encoded, search: Future, options: DecodingOptions) -> Iterator[Result | Failure]:
+        try:
+            decoded = self.rescore(encoded, search.result(), options)
+        except (ProfileError, RuntimeError) as e:
+            yield from (Failure(key, f"decoding failed: {e}") for key in keys)
+            return
+        for mode, results in decoded.items():
+            for key, result in zip(keys, results):
+                yield Result(key, mode, tokens_to_text(result.tokens, self.engine.vocab), result)
 
     def decode(self, feats: list[torch.Tensor], options: DecodingOptions) -> dict[str, list[DecodeResult]]:
-        model = self.engine.model
-        ctc_weight = model.ctc_weight if options.ctc_weight is None else options.ctc_weight
-        reverse_weight = model.reverse_weight if options.reverse_weight is None else options.reverse_weight
-        stage = self.times.stage
+        """Every mode of ``options`` for a batch of fbank features, in order: ``encode`` (device),
+        ``prefix_search`` (host), ``rescore`` (device)."""
+        encoded = self.encode(feats, options)
+        return self.rescore(encoded, self.prefix_search(encoded, options), options)
+
+    def encode(self, feats: list[torch.Tensor], options: DecodingOptions) -> Encoded:
+        """A batch's device work up to the prefix search: encoder, greedy search, the prefix search's frame
+        candidates, cross-attention K/V, attention beam search. What outlives the next batch is owned: a
+        compiled engine's outputs are CUDA-graph buffers that its next call overwrites."""
+        model, stage = self.engine.model, self.times.stage
+        modes = options.modes
         with stage("encoder+ctc"):
             enc = self.encoding.encode(feats)
-        log_probs, lens = enc.ctc_log_probs, enc.encoder_lens.cpu()  # searches move only what they need
+        lens = enc.encoder_lens.cpu()
         out: dict[str, list[DecodeResult]] = {}
-        for mode in options.modes:
-            if mode == "ctc_greedy_search":
-                with stage("ctc greedy search"):
-                    out[mode] = ctc_greedy_search(log_probs, lens, model.blank_id)
-        if "ctc_prefix_beam_search" in options.modes or "attention_rescoring" in options.modes:
+        if "ctc_greedy_search" in modes:
+            with stage("ctc greedy search"):
+                out["ctc_greedy_search"] = ctc_greedy_search(enc.ctc_log_probs, lens, model.blank_id)
+        candidates = None
+        if "ctc_prefix_beam_search" in modes or "attention_rescoring" in modes:
             with stage("ctc prefix beam search"):
-                prefix = ctc_prefix_beam_search(log_probs, lens, options.beam_size, model.blank_id)
-            if "ctc_prefix_beam_search" in options.modes:
-                out["ctc_prefix_beam_search"] = prefix
-        if "attention" in options.modes or "attention_rescoring" in options.modes:
+                candidates = frame_candidates(enc.ctc_log_probs, options.beam_size)
+        kv, device_lens = None, enc.encoder_lens
+        if "attention" in modes or "attention_rescoring" in modes:
             with stage("cross k/v"):
                 kv = self.decoding.cross_kv(enc)
-            if "attention_rescoring" in options.modes:
-                with stage("rescoring"):
-                    out["attention_rescoring"] = self.decoding.rescore(prefix, enc, kv, ctc_weight, reverse_weight)
-            if "attention" in options.modes:
+            if "attention" in modes:
                 with stage("attention beam search"):
                     out["attention"] = self.decoding.attention_beam_search(enc, kv, options.beam_size)
+            if "attention_rescoring" in modes and self.engine.reuses_outputs:
+                kv, device_lens = {name: value.clone() for name, value in kv.items()}, device_lens.clone()
+        return Encoded(lens, device_lens, candidates, kv, out)
+
+    def prefix_search(self, encoded: Encoded, options: DecodingOptions) -> list[DecodeResult] | None:
+        """The CTC prefix beam search of an encoded batch, on the host (None where no mode needs it)."""
+        if encoded.candidates is None:
+            return None
+        with self.times.stage("ctc prefix beam search"):
+            return prefix_search_on_host(*encoded.candidates, encoded.lens, options.beam_size,
+                                         self.engine.model.blank_id)
+
+    def rescore(self, encoded: Encoded, prefix: list[DecodeResult] | None,
+                options: DecodingOptions) -> dict[str, list[DecodeResult]]:
+        """Attention rescoring of the prefix search's n-best; every mode's results, in the order of ``options``."""
+        model = self.engine.model
+        out = dict(encoded.results)
+        if "ctc_prefix_beam_search" in options.modes:
+            out["ctc_prefix_beam_search"] = prefix
+        if "attention_rescoring" in options.modes:
+            ctc_weight = model.ctc_weight if options.ctc_weight is None else options.ctc_weight
+            reverse_weight = model.reverse_weight if options.reverse_weight is None else options.reverse_weight
+            with self.times.stage("rescoring"):
+                out["attention_rescoring"] = self.decoding.rescore(prefix, encoded.device_lens, encoded.kv,
+                                                                   ctc_weight, reverse_weight)
         return {mode: out[mode] for mode in options.modes}

@@ -90,3 +90,24 @@ def test_missing_engine_and_model_files_are_clear_errors(tmp_path, random_models
     os.remove(model_dir / "train.yaml")
     assert build.main(["--model_dir", str(model_dir), "--output_dir", str(tmp_path / "e")]) == 1
     assert "train.yaml: not found" in capsys.readouterr().err
+
+
+def test_overlapped_batches_decode_as_one_batch(random_models):
+    """transcribe() overlaps batch i's host search with batch i+1's device work: the results must be those of
+    one sequential batch, in every mode, also when stages are timed (no overlap)."""
+    from runtime.transcriber import DecodingOptions, Transcriber
+
+    tr = Transcriber(random_models["u2pp"][1], "cpu")
+    items = [(f"{i}_{os.path.basename(w)}", w) for i in range(2) for w in WAVS]
+    modes = ["ctc_greedy_search", "ctc_prefix_beam_search", "attention", "attention_rescoring"]
+
+    def run_all(batch_size: int) -> dict:
+        out = tr.transcribe(items, DecodingOptions(modes, 4, batch_size=batch_size))
+        return {(r.key, r.mode): (r.result.tokens, r.result.nbest) for r in out}
+
+    one_batch = run_all(len(items))
+    assert len(one_batch) == len(items) * len(modes)
+    assert run_all(2) == one_batch
+    tr.times.enabled = True
+    assert run_all(3) == one_batch
+    assert {"encoder+ctc", "ctc prefix beam search", "rescoring", "attention beam search"} <= set(tr.times.seconds)
