@@ -19,10 +19,9 @@ import time
 from dataclasses import dataclass, field
 
 import jiwer
-import soundfile
 import torch
 
-from runtime.audio import AudioError, load_audio
+from runtime.audio import AudioError, duration, load_audio
 from runtime.frontend import fbank
 from runtime.transcriber import MODES, DecodingOptions, Failure, Transcriber, read_wav_scp, tokens_to_text
 
@@ -132,10 +131,10 @@ def score(run: SystemRun, mode: str, items, reference: SystemRun | None) -> tupl
 
 
 def _duration(path: str) -> float:
-    """Seconds of audio from the file's header, without decoding it (0 for an unreadable file)."""
+    """Seconds of audio from the file's header (0 for an unreadable file)."""
     try:
-        return soundfile.info(path).duration
-    except (RuntimeError, OSError, soundfile.LibsndfileError):
+        return duration(path)
+    except AudioError:
         return 0.0
 
 

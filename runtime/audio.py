@@ -14,6 +14,14 @@ class AudioError(ValueError):
     """An audio file that cannot be transcribed; the message names the file and the problem."""
 
 
+def duration(path: str) -> float:
+    """Seconds of audio from the file's header, without decoding it."""
+    try:
+        return soundfile.info(path).duration
+    except (soundfile.LibsndfileError, OSError, RuntimeError, TypeError) as e:
+        raise AudioError(f"{path}: cannot read audio ({e})") from e
+
+
 def load_audio(path: str, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Mono float32 samples on the int16 scale (what Kaldi fbank expects), at ``sample_rate``."""
     try:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from layers.subsampling import subsampled_length
-from runtime.audio import AudioError, load_audio
+from runtime.audio import AudioError, duration, load_audio
 from runtime.decoding import WeNetDecoding
 from runtime.encoding import WeNetEncoding
 from runtime.frontend import fbank_batch, num_frames
@@ -142,19 +142,6 @@ class Transcriber:
                              f"({self.encoding.frames.max} frames); rebuild with a larger --max_seconds")
         return samples
 
-    def read(self, items: Iterable[tuple[str, str]]) -> Iterator[tuple[str, np.ndarray | AudioError]]:
-        """(key, samples or the error) per file, in order; files are read by a pool of threads (decoding
-        releases the GIL), so reading many small files is not one core's sequential work."""
-        with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
-            for key, future in [(key, pool.submit(self.audio, path)) for key, path in items]:
-                try:
-                    samples = future.result()
-                except AudioError as e:
-                    yield key, e
-                    continue
-                self.audio_seconds += len(samples) / self.engine.model.sample_rate
-                yield key, samples
-
     def features(self, waves: list[np.ndarray]) -> list[torch.Tensor]:
         """Fbank of a batch at once, on the engines' device."""
         model = self.engine.model
@@ -163,21 +150,42 @@ class Transcriber:
 
     def transcribe(self, items: Iterable[tuple[str, str]], options: DecodingOptions) -> Iterator[Result | Failure]:
         self.check(options)
-        ready, failed = [], []
-        with self.times.stage("read audio"):
-            for key, samples in self.read(items):
-                (failed if isinstance(samples, AudioError) else ready).append((key, samples))
-        for key, error in failed:
-            yield Failure(key, str(error))
-        ready.sort(key=lambda kv: -len(kv[1]))  # length-sorted batches waste little padding
-        batch_size = max(1, min(options.batch_size, self.encoding.max_batch_size))
-        batches = [ready[start:start + batch_size] for start in range(0, len(ready), batch_size)]
+        items = list(items)
+        with ThreadPoolExecutor(max_workers=READ_THREADS) as readers:
+            # Batches are made from the files' header durations, longest first (little padding), and the files
+            # are read by a thread pool in that order while earlier batches decode.
+            durations = [readers.submit(duration, path) for _, path in items]
+            ordered = []
+            for (key, path), seconds in zip(items, durations):
+                try:
+                    ordered.append((-seconds.result(), len(ordered), key, path))
+                except AudioError as e:
+                    yield Failure(key, str(e))
+            ordered.sort()
+            reads = [(key, readers.submit(self.audio, path)) for _, _, key, path in ordered]
+            batch_size = max(1, min(options.batch_size, self.encoding.max_batch_size))
+            yield from self._decode_batches([reads[s:s + batch_size] for s in range(0, len(reads), batch_size)],
+                                            options)
+
+    def _decode_batches(self, batches: list[list[tuple[str, Future]]],
+                        options: DecodingOptions) -> Iterator[Result | Failure]:
         # Batches overlap: a worker thread runs batch i's prefix search (host work; the native search releases the
         # GIL) while this thread, the only one that touches the device, runs batch i+1's fbank and encoder and
         # then batch i's rescoring. Timed stages do not overlap.
         with ThreadPoolExecutor(max_workers=1) as worker:
             pending = None
-            for batch in batches:
+            for reads in batches:
+                batch, failed = [], []
+                with self.times.stage("read audio"):  # waiting for the readers
+                    for key, read in reads:
+                        try:
+                            batch.append((key, read.result()))
+                        except AudioError as e:
+                            failed.append(Failure(key, str(e)))
+                yield from failed
+                if not batch:
+                    continue
+                self.audio_seconds += sum(len(w) for _, w in batch) / self.engine.model.sample_rate
                 keys = [k for k, _ in batch]
                 try:
                     with self.times.stage("fbank"):
