@@ -42,9 +42,8 @@ def fp32_accurate_linear(x: Tensor, linear: Linear, dtype: DataType) -> Tensor:
     Each fp32 operand v is split into hi = half(v) and lo = half(v - hi); x·Wᵀ ≈ x_hi·W_hiᵀ + x_lo·W_hiᵀ +
     x_hi·W_loᵀ runs as one half GEMM over the parts concatenated along K that accumulates and returns fp32
     (relative error near 2^-22 in fp16 where a plain fp16 GEMM has 2^-11, near 2^-16 in bf16; with a half x,
-    x_lo is zero and dropped). The
-    weight parts are constants, folded at build time, their rows padded to a multiple of 64 so that an
-    odd vocabulary still gets an aligned GEMM."""
+    x_lo is zero and dropped). The weight parts are constants, folded at build time, their rows padded to a
+    multiple of 64 so that an odd vocabulary still gets an aligned GEMM."""
     if dtype == DataType.float32:
         return linear(F.cast(x, DataType.float32))
     f32 = DataType.float32

@@ -47,7 +47,6 @@ class Encoded(NamedTuple):
     """A batch after its device work (``Transcriber.encode``): what the prefix search and rescoring need."""
 
     lens: torch.Tensor  # encoder lengths, host
-    device_lens: torch.Tensor  # the same on the engines' device
     candidates: tuple[torch.Tensor, torch.Tensor] | None  # frame_candidates, host
     kv: dict[str, torch.Tensor] | None  # cross-attention K/V
     results: dict[str, list[DecodeResult]]  # modes decoded on the device already
@@ -236,7 +235,7 @@ class Transcriber:
         if "ctc_prefix_beam_search" in modes or "attention_rescoring" in modes:
             with stage("ctc prefix beam search"):
                 candidates = frame_candidates(enc.ctc_log_probs, options.beam_size)
-        kv, device_lens = None, enc.encoder_lens
+        kv = None
         if "attention" in modes or "attention_rescoring" in modes:
             with stage("cross k/v"):
                 kv = self.decoding.cross_kv(enc)
@@ -244,8 +243,8 @@ class Transcriber:
                 with stage("attention beam search"):
                     out["attention"] = self.decoding.attention_beam_search(enc, kv, options.beam_size)
             if "attention_rescoring" in modes and self.engine.reuses_outputs:
-                kv, device_lens = {name: value.clone() for name, value in kv.items()}, device_lens.clone()
-        return Encoded(lens, device_lens, candidates, kv, out)
+                kv = {name: value.clone() for name, value in kv.items()}
+        return Encoded(lens, candidates, kv, out)
 
     def prefix_search(self, encoded: Encoded, options: DecodingOptions) -> list[DecodeResult] | None:
         """The CTC prefix beam search of an encoded batch, on the host (None where no mode needs it)."""
@@ -266,6 +265,6 @@ class Transcriber:
             ctc_weight = model.ctc_weight if options.ctc_weight is None else options.ctc_weight
             reverse_weight = model.reverse_weight if options.reverse_weight is None else options.reverse_weight
             with self.times.stage("rescoring"):
-                out["attention_rescoring"] = self.decoding.rescore(prefix, encoded.device_lens, encoded.kv,
+                out["attention_rescoring"] = self.decoding.rescore(prefix, encoded.lens, encoded.kv,
                                                                    ctc_weight, reverse_weight)
         return {mode: out[mode] for mode in options.modes}

@@ -23,11 +23,10 @@ def usable_cpus() -> int:
     try:
         with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as f:
             quota, period = f.read().split()
-        if quota != "max":
-            cpus = min(cpus, max(1, -(-int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass
-    return cpus
+        limit = cpus if quota == "max" else -(-int(quota) // int(period))
+    except (OSError, ValueError):  # no cgroup v2 quota to read: the mask is the limit
+        limit = cpus
+    return max(1, min(cpus, limit))
 
 
 class NativeBuildError(RuntimeError):
