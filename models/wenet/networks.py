@@ -92,7 +92,7 @@ def encoder_network(model: WeNetModel, profiles: Profiles) -> Network:
                                [batch, profiles.frames(model.config.encoder.input_layer), model.config.input_dim])
         lengths = net.add_input("speech_lengths", DataType.int32, [batch])
         encoder_out, encoder_lens = model.encoder(speech, lengths)
-        net.mark_output(encoder_out, "encoder_out")
+        net.mark_output(F.cast(encoder_out, model.dtype), "encoder_out")
         net.mark_output(encoder_lens, "encoder_out_lens")
         net.mark_output(model.ctc.log_softmax(encoder_out), "ctc_log_probs")
     return net
