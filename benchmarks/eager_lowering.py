@@ -29,7 +29,7 @@ from models.wenet.networks import Profiles  # noqa: E402
 from models.wenet.reference import ReferenceModel  # noqa: E402
 from runtime.audio import load_audio  # noqa: E402
 from runtime.frontend import fbank  # noqa: E402
-from runtime.search import DecodeResult  # noqa: E402
+from runtime.search import DecodeResult, NBest  # noqa: E402
 from runtime.transcriber import DecodingOptions, Transcriber  # noqa: E402
 from tools.make_random_model import SHARED, make_random_model  # noqa: E402
 from weights.files import read_model_dir  # noqa: E402
@@ -88,7 +88,7 @@ def measure_engine(engine_dir: str, device: str, feats: list[torch.Tensor], ref_
     enc1 = tr.encoding.encode([feats[0]])
     kv = tr.decoding.cross_kv(enc1)
     hyps = [list(range(3 + k, 23 + k)) for k in range(10)]
-    prefix = [DecodeResult(hyps[0], 0.0, hyps, [-float(k) for k in range(10)])]
+    prefix = NBest.from_results([DecodeResult(hyps[0], 0.0, hyps, [-float(k) for k in range(10)])])
     return {"encoder_max_abs_err_vs_ref_fp32": err, "utterances": len(feats),
             **{key: sum(out[m][i].tokens == ref_results[i][m][0].tokens for i in range(len(feats)))
                for key, m in (("agree_greedy", modes[0]), ("agree_rescoring", modes[1]))},

@@ -42,7 +42,7 @@ from models.wenet.networks import Profiles, seconds_to_frames  # noqa: E402
 from models.wenet.reference import ReferenceModel  # noqa: E402
 from runtime.audio import load_audio  # noqa: E402
 from runtime.frontend import fbank  # noqa: E402
-from runtime.search import DecodeResult, ctc_prefix_beam_search  # noqa: E402
+from runtime.search import DecodeResult, NBest, ctc_prefix_beam_search  # noqa: E402
 from runtime.transcriber import DecodingOptions, Transcriber  # noqa: E402
 from tools.make_random_model import SHARED, make_random_model  # noqa: E402
 from weights.files import read_model_dir  # noqa: E402
@@ -98,9 +98,9 @@ def reference_rescoring_inputs(ref: ReferenceModel, prefix: list[DecodeResult], 
     return mem, mask, ys_in, r_ys_in, lens
 
 
-def rescore(tr: Transcriber, prefix: list[DecodeResult], enc) -> list[DecodeResult]:
+def rescore(tr: Transcriber, nbest: NBest, enc) -> list[DecodeResult]:
     """Our rescoring of a batch: cross-attention K/V, then all hypotheses in one decoder call."""
-    return tr.decoding.rescore(prefix, enc.encoder_lens, tr.decoding.cross_kv(enc), 0.5, 0.3)
+    return tr.decoding.rescore(nbest, enc.encoder_lens, tr.decoding.cross_kv(enc), 0.5, 0.3)
 
 
 def reference_rescore(ref: ReferenceModel, mem, mask, ys_in, r_ys_in, lens):
@@ -161,7 +161,7 @@ def kernel_rows(recipe: str, model_dir: str, engines: dict[str, str], peaks: dic
                         inputs = {"speech": speech, "speech_lengths": lens}
                         enc_ms = cuda_time(session.run, inputs)
                         enc = tr.encoding.encode([speech[i].cpu() for i in range(batch)])
-                        resc_ms = cuda_time(rescore, tr, prefix, enc)
+                        resc_ms = cuda_time(rescore, tr, NBest.from_results(prefix), enc)
                 wb = weight_bytes[dtype_name]
                 enc_bytes = n_encoder * wb + speech.numel() * 4 + batch * t_out * (vocab * 4 + ckpt.config.d_model * wb)
                 resc_bytes = (n_params - n_encoder) * wb + batch * t_out * ckpt.config.d_model * wb

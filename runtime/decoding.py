@@ -6,13 +6,11 @@ of its hypotheses; all hypotheses of all utterances of a batch are rescored in o
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import torch
 
 from runtime.encoding import EncoderOutput
-from runtime.search import DecodeResult
+from runtime.search import DecodeResult, NBest, NBestResult
 from runtime.session import EngineDir
 
 
@@ -35,51 +33,41 @@ class WeNetDecoding:
             raise ValueError(f"beam size {beam_size} is outside the built engines' [1, {self.beam_limit}]; "
                              "rebuild with a larger --beam_size")
 
-    def rescore(self, prefix: list[DecodeResult], encoder_lens: torch.Tensor, kv: dict[str, torch.Tensor],
+    def rescore(self, nbest: NBest, encoder_lens: torch.Tensor, kv: dict[str, torch.Tensor],
                 ctc_weight: float, reverse_weight: float) -> list[DecodeResult]:
         """WeNet's attention_rescoring: best of each utterance's CTC n-best under
         (1 - rw) * left + rw * right + ctc_weight * ctc (scores include the final eos)."""
         sos, eos = self.model.sos, self.model.eos
-        batch, n = len(prefix), max(len(p.nbest) for p in prefix)
+        batch, n = len(nbest.count), int(nbest.count.max())
         self.check_beam(n)
-        # Built with whole-array numpy operations: a Python step per token would cost more than the decoder.
-        slots = [(b, i) for b, p in enumerate(prefix) for i in range(len(p.nbest))]
-        hyp_lens = np.array([len(h) for p in prefix for h in p.nbest], dtype=np.int64)
-        flat_slot = np.array([b * n + i for b, i in slots], dtype=np.int64)
-        max_len = int(hyp_lens.max(initial=0)) + 2
-        hyps = np.full((batch * n, max_len), eos, dtype=np.int32)
+        # Whole-array numpy operations on the search's arrays: a Python step per token would cost more than the
+        # decoder. Padding hypotheses (beyond an utterance's count) are empty: [sos, eos].
+        real = np.arange(n) < nbest.count[:, None]  # (B, n)
+        hyp_lens = np.where(real, nbest.lengths[:, :n], 0)
+        width = int(hyp_lens.max(initial=0))
+        tokens = nbest.tokens[:, :n, :width]
+        valid = np.arange(width) < hyp_lens[..., None]  # (B, n, width)
+        hyps = np.full((batch, n, width + 2), eos, dtype=np.int32)
+        hyps[..., 0] = sos
         r_hyps = hyps.copy()
-        hyps[:, 0] = r_hyps[:, 0] = sos  # padding hypotheses are empty: [sos, eos]
-        tokens = np.fromiter(itertools.chain.from_iterable(h for p in prefix for h in p.nbest), dtype=np.int32,
-                             count=int(hyp_lens.sum()))
-        rows = np.repeat(flat_slot, hyp_lens)
-        step = np.arange(len(tokens)) - np.repeat(np.cumsum(hyp_lens) - hyp_lens, hyp_lens)  # position within its hyp
-        hyps[rows, 1 + step] = tokens
-        r_hyps[rows, np.repeat(hyp_lens, hyp_lens) - step] = tokens
-        lens = np.ones(batch * n, dtype=np.int32)
-        lens[flat_slot] = hyp_lens + 1
-        ctc = np.zeros(batch * n, dtype=np.float32)
-        ctc[flat_slot] = [s for p in prefix for s in p.nbest_scores]
-        real = np.zeros(batch * n, dtype=bool)
-        real[flat_slot] = True
-        hyps, r_hyps = torch.from_numpy(hyps).view(batch, n, max_len), torch.from_numpy(r_hyps).view(batch, n, max_len)
-        lens, ctc = torch.from_numpy(lens).view(batch, n), torch.from_numpy(ctc).view(batch, n)
-        real = torch.from_numpy(real).view(batch, n)
+        b_i, h_i, t_i = np.nonzero(valid)
+        picked = tokens[b_i, h_i, t_i]
+        hyps[b_i, h_i, 1 + t_i] = picked
+        r_hyps[b_i, h_i, hyp_lens[b_i, h_i] - t_i] = picked
+        lens = torch.from_numpy((hyp_lens + 1).astype(np.int32))
+        ctc = torch.from_numpy(np.where(real, nbest.scores[:, :n], 0.0).astype(np.float32))
         device = self.engine.device
-        inputs = {"hyps_pad_sos_eos": hyps, "hyps_lens_sos": lens, "ctc_scores": ctc,
+        inputs = {"hyps_pad_sos_eos": torch.from_numpy(hyps), "hyps_lens_sos": lens, "ctc_scores": ctc,
                   "ctc_weight": torch.tensor([ctc_weight]), "encoder_out_lens": encoder_lens}
         if self.bidirectional:
-            inputs.update({"r_hyps_pad_sos_eos": r_hyps, "reverse_weight": torch.tensor([reverse_weight])})
+            inputs.update({"r_hyps_pad_sos_eos": torch.from_numpy(r_hyps), "reverse_weight": torch.tensor([reverse_weight])})
         inputs = {k: v.to(device) for k, v in inputs.items()}
         inputs.update({k: v for k, v in kv.items() if k in self.decoder.inputs})
-        scores = self.decoder.run(inputs)["scores"].float().cpu().masked_fill(~real, -float("inf"))
-        results = []
-        for b, p in enumerate(prefix):
-            order = scores[b].argsort(descending=True, stable=True)[:len(p.nbest)].tolist()
-            best = int(scores[b].argmax())  # first maximum, as WeNet's strict '>'
-            results.append(DecodeResult(p.nbest[best], float(scores[b, best]), [p.nbest[i] for i in order],
-                                        [float(scores[b, i]) for i in order]))
-        return results
+        scores = self.decoder.run(inputs)["scores"].float().cpu().masked_fill(~torch.from_numpy(real), -float("inf"))
+        # stable: among equal scores the earlier hypothesis first, so order[0] is WeNet's best (its strict '>')
+        order = scores.argsort(dim=1, descending=True, stable=True).tolist()
+        return [NBestResult(nbest, b, order[b][:count], scores[b, order[b][:count]].tolist())
+                for b, count in enumerate(nbest.count.tolist())]
 
     def attention_beam_search(self, enc: EncoderOutput, kv: dict[str, torch.Tensor],
                               beam_size: int) -> list[DecodeResult]:

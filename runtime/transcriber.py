@@ -23,7 +23,7 @@ from runtime.decoding import WeNetDecoding
 from runtime.encoding import WeNetEncoding
 from runtime.frontend import fbank_batch, num_frames
 from runtime.native import usable_cpus
-from runtime.search import DecodeResult, ctc_greedy_search, frame_candidates, prefix_search_on_host
+from runtime.search import DecodeResult, NBest, ctc_greedy_search, frame_candidates, prefix_search_on_host
 from runtime.session import EngineDir, ProfileError
 
 READ_THREADS = min(16, usable_cpus())
@@ -246,7 +246,7 @@ class Transcriber:
                 kv = {name: value.clone() for name, value in kv.items()}
         return Encoded(lens, candidates, kv, out)
 
-    def prefix_search(self, encoded: Encoded, options: DecodingOptions) -> list[DecodeResult] | None:
+    def prefix_search(self, encoded: Encoded, options: DecodingOptions) -> NBest | None:
         """The CTC prefix beam search of an encoded batch, on the host (None where no mode needs it)."""
         if encoded.candidates is None:
             return None
@@ -254,13 +254,13 @@ class Transcriber:
             return prefix_search_on_host(*encoded.candidates, encoded.lens, options.beam_size,
                                          self.engine.model.blank_id)
 
-    def rescore(self, encoded: Encoded, prefix: list[DecodeResult] | None,
+    def rescore(self, encoded: Encoded, prefix: NBest | None,
                 options: DecodingOptions) -> dict[str, list[DecodeResult]]:
         """Attention rescoring of the prefix search's n-best; every mode's results, in the order of ``options``."""
         model = self.engine.model
         out = dict(encoded.results)
         if "ctc_prefix_beam_search" in options.modes:
-            out["ctc_prefix_beam_search"] = prefix
+            out["ctc_prefix_beam_search"] = prefix.results()
         if "attention_rescoring" in options.modes:
             ctc_weight = model.ctc_weight if options.ctc_weight is None else options.ctc_weight
             reverse_weight = model.reverse_weight if options.reverse_weight is None else options.reverse_weight
