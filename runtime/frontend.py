@@ -51,32 +51,11 @@ def fbank(samples: np.ndarray | torch.Tensor, num_mel_bins: int = 80, frame_leng
     return fbank_batch([samples], num_mel_bins, frame_length_ms, frame_shift_ms, sample_rate)[0]
 
 
-class PinnedStaging:
-    """A page-locked host buffer that carries each batch's waves to the GPU in one asynchronous copy, kept from
-    batch to batch (allocating page-locked memory costs milliseconds a call); a fill waits for the last copy out."""
-
-    def __init__(self):
-        self.buffer: torch.Tensor | None = None
-        self.copied: torch.cuda.Event | None = None
-
-    def to_device(self, waves: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-        total = sum(w.numel() for w in waves)
-        if self.copied is not None:
-            self.copied.synchronize()
-        if self.buffer is None or self.buffer.numel() < total:
-            self.buffer = torch.empty(total, pin_memory=True)
-        staged = torch.cat(waves, out=self.buffer[:total])
-        flat = staged.to(device, non_blocking=True)
-        self.copied = torch.cuda.Event()
-        self.copied.record()
-        return flat
-
-
 def fbank_batch(waves: list[np.ndarray | torch.Tensor], num_mel_bins: int = 80, frame_length_ms: int = 25,
-                frame_shift_ms: int = 10, sample_rate: int = 16000, device: str | torch.device | None = None,
-                staging: PinnedStaging | None = None) -> list[torch.Tensor]:
+                frame_shift_ms: int = 10, sample_rate: int = 16000,
+                device: str | torch.device | None = None) -> list[torch.Tensor]:
     """Fbank of several utterances at once, on ``device`` (default: where the first wave is): the frames of all
-    utterances go through one FFT and one mel projection. Host waves bound for a GPU go through ``staging``."""
+    utterances go through one FFT and one mel projection."""
     length = int(sample_rate * frame_length_ms / 1000)
     shift = int(sample_rate * frame_shift_ms / 1000)
     waves = [torch.as_tensor(w, dtype=torch.float32) for w in waves]
@@ -84,10 +63,10 @@ def fbank_batch(waves: list[np.ndarray | torch.Tensor], num_mel_bins: int = 80, 
     counts = [num_frames(w.numel(), length, shift) for w in waves]
     if not any(counts):
         return [torch.zeros(0, num_mel_bins, device=device) for _ in waves]
-    if device.type == "cuda" and not waves[0].is_cuda:
-        flat = (staging or PinnedStaging()).to_device(waves, device)
-    else:
-        flat = torch.cat([w.to(device) for w in waves])
+    # All waves go to the device as one copy, from page-locked memory when they are on the host.
+    staged = torch.empty(sum(w.numel() for w in waves), device=waves[0].device,
+                         pin_memory=device.type == "cuda" and not waves[0].is_cuda)
+    flat = torch.cat([w.to(staged.device) for w in waves], out=staged).to(device, non_blocking=True)
     starts = [0, *itertools.accumulate(w.numel() for w in waves)]
     frames = torch.cat([flat.as_strided((n, length), (shift, 1), start) for start, n in zip(starts, counts) if n])
     frames = frames - frames.mean(dim=1, keepdim=True)

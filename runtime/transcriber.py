@@ -21,7 +21,7 @@ from layers.subsampling import subsampled_length
 from runtime.audio import AudioError, duration, load_audio
 from runtime.decoding import WeNetDecoding
 from runtime.encoding import WeNetEncoding
-from runtime.frontend import PinnedStaging, fbank_batch, num_frames
+from runtime.frontend import fbank_batch, num_frames
 from runtime.native import usable_cpus
 from runtime.search import DecodeResult, NBest, ctc_greedy_search, frame_candidates, prefix_search_on_host
 from runtime.session import EngineDir, ProfileError
@@ -120,7 +120,6 @@ class Transcriber:
         self.decoding = WeNetDecoding(self.engine)
         self.audio_seconds = 0.0  # of the files featurized so far
         self.times = StageTimes(self.engine.device)
-        self.staging = PinnedStaging()  # used by the one thread that touches the device
 
     def check(self, options: DecodingOptions) -> None:
         """Options the built engines cannot serve fail here, before any audio is read."""
@@ -146,7 +145,7 @@ class Transcriber:
         """Fbank of a batch at once, on the engines' device."""
         model = self.engine.model
         return fbank_batch(waves, model.num_mel_bins, model.frame_length, model.frame_shift, model.sample_rate,
-                           self.engine.device, self.staging)
+                           device=self.engine.device)
 
     def transcribe(self, items: Iterable[tuple[str, str]], options: DecodingOptions) -> Iterator[Result | Failure]:
         self.check(options)
