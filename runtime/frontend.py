@@ -7,7 +7,6 @@ power spectrum, 80 HTK mel bins from 20 Hz to Nyquist, log floored at FLT_EPSILO
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 
 import numpy as np
@@ -61,14 +60,10 @@ def fbank_batch(waves: list[np.ndarray | torch.Tensor], num_mel_bins: int = 80, 
     waves = [torch.as_tensor(w, dtype=torch.float32) for w in waves]
     device = torch.device(device) if device is not None else waves[0].device
     counts = [num_frames(w.numel(), length, shift) for w in waves]
-    if not any(counts):
+    framed = [w.to(device).as_strided((n, length), (shift, 1)) for w, n in zip(waves, counts) if n]
+    if not framed:
         return [torch.zeros(0, num_mel_bins, device=device) for _ in waves]
-    # All waves go to the device as one copy, from page-locked memory when they are on the host.
-    staged = torch.empty(sum(w.numel() for w in waves), device=waves[0].device,
-                         pin_memory=device.type == "cuda" and not waves[0].is_cuda)
-    flat = torch.cat([w.to(staged.device) for w in waves], out=staged).to(device, non_blocking=True)
-    starts = [0, *itertools.accumulate(w.numel() for w in waves)]
-    frames = torch.cat([flat.as_strided((n, length), (shift, 1), start) for start, n in zip(starts, counts) if n])
+    frames = torch.cat(framed)
     frames = frames - frames.mean(dim=1, keepdim=True)
     previous = torch.cat([frames[:, :1], frames[:, :-1]], dim=1)  # replicate-padded shift for x[0]
     frames = (frames - 0.97 * previous) * povey_window(length).to(device)
