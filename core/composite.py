@@ -1,6 +1,6 @@
 """Fused ops and their decompositions.
 
-A fused op (``attention``) is one node of a network. Its PyTorch lowering is a plugin: a Triton
+A fused op (``attention``, ``gemm``) is one node of a network. Its PyTorch lowering is a plugin: a Triton
 kernel registered as a torch custom op (``plugins/``). Its TensorRT lowering, and the plugin's
 path where no kernel runs (the CPU), use its decomposition: the same math in primitive ops of
 ``core.functional``, recorded into a small network on demand. The math is written once in our
@@ -50,16 +50,43 @@ def attention(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None = None
     return F.matmul(F.cast(attn, v.dtype), v)
 
 
-DECOMPOSITIONS: dict[str, Callable[..., Tensor]] = {"attention": attention}
+def gemm(x: Tensor, weight: Tensor, bias: Tensor | None = None, norm_weight: Tensor | None = None,
+         norm_bias: Tensor | None = None, residual: Tensor | None = None, *, activation: str = "none",
+         eps: float = 1e-5, residual_scale: float = 1.0) -> Tensor:
+    """``activation(h · weightᵀ + bias)`` accumulated in fp32, plus ``residual_scale`` times it added to ``residual``.
+
+    h = LayerNorm(x) in fp32 (``norm_weight``, ``norm_bias``, ``eps``) rounded to weight's dtype, or x itself (then
+    of weight's dtype). activation: "none", "swish", "relu", or "glu" (the first half of the columns times the
+    sigmoid of the second). Output: residual's dtype (the fp32 residual stream) with a residual, else weight's.
+    """
+    f32 = DataType.float32
+    h = F.cast(F.layer_norm(F.cast(x, f32), norm_weight, norm_bias, eps), weight.dtype) if norm_weight is not None \
+        else x
+    y = F.matmul(h, weight, transpose_b=True, out_dtype=f32)
+    if bias is not None:
+        y = y + F.cast(bias, f32)
+    if activation == "swish":
+        y = F.silu(y)
+    elif activation == "relu":
+        y = F.relu(y)
+    elif activation == "glu":
+        y = F.glu(y, -1)
+    if residual is None:
+        return F.cast(y, weight.dtype)
+    return residual + F.cast(y, residual.dtype) * residual_scale
 
 
-def _input_names(attrs: dict) -> list[str]:
+DECOMPOSITIONS: dict[str, Callable[..., Tensor]] = {"attention": attention, "gemm": gemm}
+
+
+def _input_names(op: str, attrs: dict) -> list[str]:
     """The decomposition's argument names that a node's inputs fill, in order (optional ones by flag)."""
-    names = ["q", "k", "v"]
-    if attrs.get("has_lengths"):
-        names.append("key_lengths")
-    if attrs.get("has_pos"):
-        names += ["pos", "pos_bias_u", "pos_bias_v"]
+    flags = {"attention": [("has_lengths", ["key_lengths"]), ("has_pos", ["pos", "pos_bias_u", "pos_bias_v"])],
+             "gemm": [("has_bias", ["bias"]), ("has_norm", ["norm_weight", "norm_bias"]), ("has_residual", ["residual"])]}
+    names = {"attention": ["q", "k", "v"], "gemm": ["x", "weight"]}[op]
+    for flag, extra in flags[op]:
+        if attrs.get(flag):
+            names = names + extra
     return names
 
 
@@ -70,7 +97,7 @@ def _decomposition(op: str, specs: tuple[tuple[DataType, tuple[int, ...]], ...],
     # Recorded outside any tracing mode (torch.export, Inductor): its constants must be real tensors.
     with _disable_current_modes(), net_guard(net):
         inputs = {}
-        for i, (name, (dtype, shape)) in enumerate(zip(_input_names(attrs), specs)):
+        for i, (name, (dtype, shape)) in enumerate(zip(_input_names(op, attrs), specs)):
             dims = [Dim(f"{name}.{axis}", 0, 0, 2**31 - 1) if d == -1 else d for axis, d in enumerate(shape)]
             inputs[name] = net.add_input(f"input{i}", dtype, dims)
         flags = {k: v for k, v in attrs.items() if not k.startswith("has_")}

@@ -786,3 +786,53 @@ class Attention:
         return run(q, k, v, key_lengths, pos, u, bias_v, scale, causal)
 
     tensorrt = None
+
+
+@register
+class Gemm:
+    """A GEMM with an optional LayerNorm prologue and bias / activation / residual epilogue, one node
+    (``core.composite.gemm`` says what it computes).
+
+    Inputs: x (..., K), weight (N, K), then bias (N,) if ``has_bias``, norm weight and bias (K,) fp32 if
+    ``has_norm``, residual (..., N or N/2) if ``has_residual``. PyTorch lowering: the ``wenet_trt::gemm``
+    plugin (a Triton kernel on CUDA). TensorRT lowering: ``composite``, the decomposition.
+    """
+
+    name = "gemm"
+    composite = True
+
+    @staticmethod
+    def infer(x, weight, *rest, activation: str, eps: float, residual_scale: float, has_bias: bool, has_norm: bool,
+              has_residual: bool) -> list[Spec]:
+        _require(activation in ("none", "swish", "relu", "glu"), f"gemm: unknown activation {activation!r}")
+        _require(weight.ndim == 2 and weight.dtype.is_float, "gemm: weight must be a float (N, K) matrix")
+        _require(len(rest) == int(has_bias) + 2 * int(has_norm) + int(has_residual),
+                 "gemm: inputs do not match has_bias/has_norm/has_residual")
+        _require(x.shape[-1] in (-1, weight.shape[1]), f"gemm: x's last dim {x.shape[-1]} != K = {weight.shape[1]}")
+        _require(has_norm or x.dtype == weight.dtype, "gemm: without a norm, x must have weight's dtype")
+        n = weight.shape[0] // 2 if activation == "glu" else weight.shape[0]
+        if has_bias:
+            _same_dtype("gemm", weight, rest[0])
+        if has_norm:
+            norm = rest[int(has_bias):int(has_bias) + 2]
+            _require(all(t.dtype == DataType.float32 and t.shape == (weight.shape[1],) for t in norm),
+                     "gemm: norm weight and bias must be fp32 (K,)")
+        out_dtype = weight.dtype
+        if has_residual:
+            residual = rest[-1]
+            _require(residual.dtype == DataType.float32, "gemm: the residual must be fp32 (the residual stream)")
+            out_dtype = residual.dtype
+        return [(out_dtype, (*x.shape[:-1], n))]
+
+    @staticmethod
+    def torch(x, weight, *rest, activation: str, eps: float, residual_scale: float, has_bias: bool, has_norm: bool,
+              has_residual: bool):
+        from plugins.gemm import decomposed, gemm, kernel_available
+
+        bias = rest[0] if has_bias else None
+        norm_weight, norm_bias = rest[int(has_bias):int(has_bias) + 2] if has_norm else (None, None)
+        residual = rest[-1] if has_residual else None
+        run = gemm if kernel_available(x.device) else decomposed
+        return run(x, weight, bias, norm_weight, norm_bias, residual, activation, eps, residual_scale)
+
+    tensorrt = None
