@@ -21,8 +21,7 @@ class DecoderLayer(Module):
         super().__init__()
         self.self_attn = MultiHeadedAttention(config.attention_heads, d, dtype)
         self.src_attn = MultiHeadedCrossAttention(config.attention_heads, d, dtype)
-        activation = F.relu if config.activation_type == "relu" else F.silu
-        self.feed_forward = PositionwiseFeedForward(d, config.linear_units, activation, dtype)
+        self.feed_forward = PositionwiseFeedForward(d, config.linear_units, config.activation_type, dtype)
         self.norm1 = LayerNorm(d, config.norm_eps)
         self.norm2 = LayerNorm(d, config.norm_eps)
         self.norm3 = LayerNorm(d, config.norm_eps)

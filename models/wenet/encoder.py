@@ -9,12 +9,10 @@ from core.tensor import Tensor
 from layers.attention import MultiHeadedAttention, RelPositionMultiHeadedAttention
 from layers.convolution_module import ConvolutionModule
 from layers.embedding import PositionalEncoding
-from layers.feed_forward import PositionwiseFeedForward
+from layers.feed_forward import ACTIVATIONS, PositionwiseFeedForward
 from layers.normalization import LayerNorm
 from layers.subsampling import Conv2dSubsampling
 from models.wenet.config import EncoderConfig
-
-ACTIVATIONS = {"swish": F.silu, "relu": F.relu}
 
 
 class GlobalCMVN(Module):
@@ -30,16 +28,20 @@ class GlobalCMVN(Module):
 
 
 class ConformerEncoderLayer(Module):
-    def __init__(self, config: EncoderConfig, dtype: DataType):
+    """``fused_gemm``: each feed-forward sublayer as two ``F.gemm`` nodes (norm, activation and residual add fused
+    into its GEMMs) instead of a norm, two GEMMs, an activation and an add."""
+
+    def __init__(self, config: EncoderConfig, dtype: DataType, fused_gemm: bool = False):
         super().__init__()
         self.dtype = dtype
+        self.fused_gemm = fused_gemm
         d, eps = config.output_size, config.norm_eps
         activation = ACTIVATIONS[config.activation_type]
         attention = RelPositionMultiHeadedAttention if config.selfattention_layer_type == "rel_selfattn" \
             else MultiHeadedAttention
         self.self_attn = attention(config.attention_heads, d, dtype)
-        self.feed_forward = PositionwiseFeedForward(d, config.linear_units, activation, dtype)
-        self.feed_forward_macaron = PositionwiseFeedForward(d, config.linear_units, activation, dtype) \
+        self.feed_forward = PositionwiseFeedForward(d, config.linear_units, config.activation_type, dtype)
+        self.feed_forward_macaron = PositionwiseFeedForward(d, config.linear_units, config.activation_type, dtype) \
             if config.macaron_style else None
         self.conv_module = ConvolutionModule(d, config.cnn_module_kernel, activation, config.cnn_module_norm,
                                              config.causal, config.conv_norm_eps, dtype) \
@@ -59,19 +61,25 @@ class ConformerEncoderLayer(Module):
         rounding the running sum at every add (closer to the fp32 reference)."""
         h, f32 = self.dtype, DataType.float32
         if self.feed_forward_macaron is not None:
-            x = x + self.ff_scale * F.cast(self.feed_forward_macaron(self.norm_ff_macaron(x, h)), f32)
+            x = self._feed_forward(x, self.feed_forward_macaron, self.norm_ff_macaron)
         if isinstance(self.self_attn, RelPositionMultiHeadedAttention):
             x = x + F.cast(self.self_attn(self.norm_mha(x, h), lengths, pos_emb), f32)
         else:
             x = x + F.cast(self.self_attn(self.norm_mha(x, h), lengths)[0], f32)
         if self.conv_module is not None:
             x = x + F.cast(self.conv_module(self.norm_conv(x, h), valid), f32)
-        x = x + self.ff_scale * F.cast(self.feed_forward(self.norm_ff(x, h)), f32)
+        x = self._feed_forward(x, self.feed_forward, self.norm_ff)
         return self.norm_final(x) if self.conv_module is not None else x
+
+    def _feed_forward(self, x: Tensor, feed_forward: PositionwiseFeedForward, norm: LayerNorm) -> Tensor:
+        if self.fused_gemm:
+            return feed_forward.add_to(x, norm, self.ff_scale)
+        return x + self.ff_scale * F.cast(feed_forward(norm(x, self.dtype)), DataType.float32)
 
 
 class ConformerEncoder(Module):
-    def __init__(self, config: EncoderConfig, input_dim: int, max_frames: int, dtype: DataType):
+    def __init__(self, config: EncoderConfig, input_dim: int, max_frames: int, dtype: DataType,
+                 fused_gemm: bool = False):
         super().__init__()
         self.dtype = dtype
         self.config = config
@@ -79,7 +87,7 @@ class ConformerEncoder(Module):
         pos_enc = PositionalEncoding(d, max_frames, add=config.pos_enc_layer_type != "rel_pos", dtype=dtype)
         self.global_cmvn = GlobalCMVN(input_dim)
         self.embed = Conv2dSubsampling(config.input_layer, input_dim, d, pos_enc, dtype)
-        self.encoders = ModuleList([ConformerEncoderLayer(config, dtype) for _ in range(config.num_blocks)])
+        self.encoders = ModuleList([ConformerEncoderLayer(config, dtype, fused_gemm) for _ in range(config.num_blocks)])
         self.after_norm = LayerNorm(d, config.norm_eps) if config.final_norm else None
 
     def forward(self, speech: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:

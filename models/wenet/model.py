@@ -28,17 +28,18 @@ class CTC(Module):
 
 class WeNetModel(Module):
     """``max_frames`` (input fbank frames) sizes the position tables the networks can address;
-    ``decoder_dtype`` (default: ``dtype``) is the attention decoders' and their cross K/V's."""
+    ``decoder_dtype`` (default: ``dtype``) is the attention decoders' and their cross K/V's; ``fused_gemm``: the
+    encoder's feed-forward sublayers as fused GEMM nodes (``ConformerEncoderLayer``)."""
 
     def __init__(self, config: ModelConfig, dtype: DataType = DataType.float32, max_frames: int = 20000,
-                 decoder_dtype: DataType | None = None):
+                 decoder_dtype: DataType | None = None, fused_gemm: bool = False):
         super().__init__()
         self.config = config
         self.dtype = dtype
         self.decoder_dtype = decoder_dtype or dtype
         d = config.d_model
         self.max_encoder_frames = max(subsampled_length(max_frames, config.encoder.input_layer), 1)
-        self.encoder = ConformerEncoder(config.encoder, config.input_dim, self.max_encoder_frames, dtype)
+        self.encoder = ConformerEncoder(config.encoder, config.input_dim, self.max_encoder_frames, dtype, fused_gemm)
         # A hypothesis has at most one token per encoder frame, plus sos/eos.
         max_tokens = self.max_encoder_frames + 2
         if config.decoder.kind == "bitransformer":
