@@ -110,7 +110,8 @@ def reference_rescore(ref: ReferenceModel, mem, mask, ys_in, r_ys_in, lens):
     return out, r_out
 
 
-def kernel_rows(recipe: str, model_dir: str, engines: dict[str, str], peaks: dict) -> list[dict]:
+def kernel_rows(recipe: str, model_dir: str, engines: dict[str, str], peaks: dict,
+                with_reference: bool = True) -> list[dict]:
     ckpt = read_model_dir(model_dir)
     vocab = ckpt.config.vocab_size
     refs = {}
@@ -141,7 +142,9 @@ def kernel_rows(recipe: str, model_dir: str, engines: dict[str, str], peaks: dic
                 resc_flops = count_flops(reference_rescore, ref32,
                                          *reference_rescoring_inputs(ref32, prefix, enc_out, enc_lens))
             t_out = enc_out.shape[1]
-            for system in ("reference eager fp32", "reference eager fp16", "reference compiled fp16", *ours):
+            references = ("reference eager fp32", "reference eager fp16", "reference compiled fp16")
+            systems = (*(references if with_reference else ()), *ours)
+            for system in systems:
                 dtype_name = "float32" if system.endswith("fp32") else ("bfloat16" if "bf16" in system else "float16")
                 with torch.no_grad():
                     if system.startswith("reference"):
@@ -173,7 +176,7 @@ def kernel_rows(recipe: str, model_dir: str, engines: dict[str, str], peaks: dic
                                  "seconds": seconds, "ms": ms, "gflop": flops / 1e9, "mbytes": nbytes / 1e6,
                                  "floor_ms": floor, "fraction_of_floor": floor / ms})
             print(f"{recipe} {seconds:2d} s b{batch:<3d} " + "  ".join(
-                f"{r['system'].replace('reference ', 'ref ')}: {r['ms']:.3f}" for r in rows[-2 * (3 + len(ours)):]
+                f"{r['system'].replace('reference ', 'ref ')}: {r['ms']:.3f}" for r in rows[-2 * len(systems):]
                 if r["stage"] == "encoder+ctc"), flush=True)
     return rows
 
@@ -313,9 +316,11 @@ def main() -> None:
     p.add_argument("--utterances", type=int, default=1000)
     p.add_argument("--parts", nargs="+", default=["kernels", "e2e", "agreement"])
     p.add_argument("--skip_reference", action="store_true",
-                   help="end to end: only our engines (the reference's rows take most of the time)")
+                   help="kernels and end to end: only our engines' rows (the reference's take most of the time)")
     p.add_argument("--dtypes", nargs="+", default=["float16", "bfloat16"], choices=["float16", "bfloat16"],
                    help="our engines' builds")
+    p.add_argument("--fused_gemm", action="store_true",
+                   help="also build each dtype with the encoder's feed-forward sublayers as fused GEMMs (build.py --fused_gemm)")
     p.add_argument("--out", default=".")
     args = p.parse_args()
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
@@ -326,19 +331,20 @@ def main() -> None:
     for recipe in args.recipes:
         model_dir = make_random_model(recipe, os.path.join(root, recipe))
         engines = {}
-        for dtype, short in (("float16", "fp16"), ("bfloat16", "bf16")):
-            if dtype not in args.dtypes:
-                continue
-            path = os.path.join(root, f"{recipe}_{short}")
+        builds = [(dtype, short, False) for dtype, short in (("float16", "fp16"), ("bfloat16", "bf16"))
+                  if dtype in args.dtypes]
+        builds += [(dtype, f"{short} fused-gemm", True) for dtype, short, _ in builds if args.fused_gemm]
+        for dtype, short, fused_gemm in builds:
+            path = os.path.join(root, f"{recipe}_{short.replace(' ', '_')}")
             start = time.perf_counter()
             config = build_engines(model_dir, path, dtype, Profiles(max_batch_size=64, opt_batch_size=16,
                                                                     max_seconds=20.5, beam_size=HYPS),
-                                   compile_device="cuda")
+                                   compile_device="cuda", fused_gemm=fused_gemm)
             print(f"built {recipe} {dtype} in {time.perf_counter() - start:.0f} s "
                   f"(compile {config['builder']['compiled']['seconds']} s)", flush=True)
             engines[f"engines {short}"] = path
         if "kernels" in args.parts:
-            report["kernels"] += kernel_rows(recipe, model_dir, engines, report["ceilings"])
+            report["kernels"] += kernel_rows(recipe, model_dir, engines, report["ceilings"], not args.skip_reference)
         if "e2e" in args.parts:
             report["e2e"] += e2e_rows(recipe, model_dir, engines, items, not args.skip_reference)
         if "agreement" in args.parts:
