@@ -1,1 +1,22 @@
-"""Custom kernels registered as ops of the network-definition API (Triton kernels arrive with the GPU engines)."""
+"""Custom kernels (Triton) registered as torch ops that the fused ops of the network-definition API lower to."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+try:
+    import triton
+except ImportError:  # CPU-only installs: the fused ops' decompositions serve
+    triton = None
+
+
+def register_op(name: str, fn: Callable, fake: Callable):
+    """``fn`` as the torch op ``wenet_trt::<name>``: a ``triton_op`` where Triton is installed, so torch.export and
+    Inductor see its kernels, else a plain custom op whose output ``fake`` describes."""
+    if triton is not None:
+        return torch.library.triton_op(f"wenet_trt::{name}", fn, mutates_args=())
+    op = torch.library.custom_op(f"wenet_trt::{name}", fn, mutates_args=())
+    op.register_fake(fake)
+    return op

@@ -19,6 +19,7 @@ import os
 import torch
 
 from core.composite import run_decomposition
+from plugins import register_op
 
 try:
     import triton
@@ -139,11 +140,8 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_lengths: t
     return launch(q, k, v, key_lengths, pos, pos_bias_u, pos_bias_v, scale, causal)
 
 
-if triton is not None:
-    attention = torch.library.triton_op("wenet_trt::attention", _attention, mutates_args=())
-else:
-    attention = torch.library.custom_op("wenet_trt::attention", _attention, mutates_args=())
+def _fake(q, k, v, key_lengths, pos, pos_bias_u, pos_bias_v, scale, causal):
+    return q.new_empty((q.shape[0], q.shape[2], q.shape[1], v.shape[3])).transpose(1, 2)
 
-    @attention.register_fake
-    def _(q, k, v, key_lengths, pos, pos_bias_u, pos_bias_v, scale, causal):
-        return q.new_empty((q.shape[0], q.shape[2], q.shape[1], v.shape[3])).transpose(1, 2)
+
+attention = register_op("attention", _attention, _fake)

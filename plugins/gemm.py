@@ -17,6 +17,7 @@ import os
 import torch
 
 from core.composite import run_decomposition
+from plugins import register_op
 from plugins.attention import kernel_available
 
 try:
@@ -121,13 +122,9 @@ def _gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, norm
     return launch(x, weight, bias, norm_weight, norm_bias, residual, activation, eps, residual_scale)
 
 
-if triton is not None:
-    gemm = torch.library.triton_op("wenet_trt::gemm", _gemm, mutates_args=())
-else:
-    gemm = torch.library.custom_op("wenet_trt::gemm", _gemm, mutates_args=())
+def _fake(x, weight, bias, norm_weight, norm_bias, residual, activation, eps, residual_scale):
+    n = weight.shape[0] // 2 if activation == "glu" else weight.shape[0]
+    return x.new_empty((*x.shape[:-1], n), dtype=residual.dtype if residual is not None else weight.dtype)
 
-    @gemm.register_fake
-    def _(x, weight, bias, norm_weight, norm_bias, residual, activation, eps, residual_scale):
-        n = weight.shape[0] // 2 if activation == "glu" else weight.shape[0]
-        dtype = residual.dtype if residual is not None else weight.dtype
-        return x.new_empty((*x.shape[:-1], n), dtype=dtype)
+
+gemm = register_op("gemm", _gemm, _fake)
