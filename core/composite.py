@@ -65,12 +65,7 @@ def gemm(x: Tensor, weight: Tensor, bias: Tensor | None = None, norm_weight: Ten
     y = F.matmul(h, weight, transpose_b=True, out_dtype=f32)
     if bias is not None:
         y = y + F.cast(bias, f32)
-    if activation == "swish":
-        y = F.silu(y)
-    elif activation == "relu":
-        y = F.relu(y)
-    elif activation == "glu":
-        y = F.glu(y, -1)
+    y = F.activation(y, activation)
     if residual is None:
         return F.cast(y, weight.dtype)
     return residual + F.cast(y, residual.dtype) * residual_scale

@@ -136,6 +136,19 @@ def silu(x: Tensor) -> Tensor:
     return x * sigmoid(x)
 
 
+def activation(x: Tensor, name: str) -> Tensor:
+    """An activation by its config name: WeNet's "swish" and "relu", "glu" over the last dim, or "none"."""
+    if name == "swish":
+        return silu(x)
+    if name == "relu":
+        return relu(x)
+    if name == "glu":
+        return glu(x, -1)
+    if name == "none":
+        return x
+    raise ValueError(f"unknown activation {name!r}")
+
+
 def cast(x: Tensor, dtype: DataType | str) -> Tensor:
     """Explicit precision change; a no-op when ``x`` already has ``dtype``."""
     dtype = DataType(dtype)

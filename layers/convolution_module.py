@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from core import functional as F
 from core.dtype import DataType
 from core.module import Module
@@ -20,7 +18,7 @@ class ConvolutionModule(Module):
     gives every utterance its batch-1 result.
     """
 
-    def __init__(self, channels: int, kernel_size: int, activation: Callable[[Tensor], Tensor], norm: str,
+    def __init__(self, channels: int, kernel_size: int, activation: str, norm: str,
                  causal: bool, norm_eps: float, dtype: DataType):
         super().__init__()
         if not causal and kernel_size % 2 != 1:
@@ -45,5 +43,5 @@ class ConvolutionModule(Module):
         x = self.depthwise_conv(x)
         if self.norm is not None:
             x = self.norm(x.transpose(1, 2)).transpose(1, 2)
-        x = self.pointwise_conv2(self.activation(x))
+        x = self.pointwise_conv2(F.activation(x, self.activation))
         return F.where(mask, x, 0.0).transpose(1, 2)

@@ -7,8 +7,6 @@ from core.tensor import Tensor
 from layers.linear import Linear
 from layers.normalization import LayerNorm
 
-ACTIVATIONS = {"swish": F.silu, "relu": F.relu}
-
 
 class PositionwiseFeedForward(Module):
     """``w_2(activation(w_1(x)))``: swish in the conformer encoder, relu in the decoder."""
@@ -20,7 +18,7 @@ class PositionwiseFeedForward(Module):
         self.w_2 = Linear(hidden, dim, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.w_2(ACTIVATIONS[self.activation](self.w_1(x)))
+        return self.w_2(F.activation(self.w_1(x), self.activation))
 
     def add_to(self, x: Tensor, norm: LayerNorm, scale: float) -> Tensor:
         """``x + scale * self(norm(x))`` for the fp32 residual stream ``x`` as two fused GEMMs (``F.gemm``): the

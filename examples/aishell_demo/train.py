@@ -96,12 +96,11 @@ def cmvn_stats(feats: list[torch.Tensor]) -> dict:
 
 def batches(lengths: np.ndarray, max_frames: int, rng: random.Random) -> list[list[int]]:
     """Length-sorted buckets of at most ``max_frames`` padded frames, in random order."""
-    out, current, longest = [], [], 0
-    for i in np.argsort(lengths, kind="stable").tolist():
-        longest = max(longest, int(lengths[i]))
-        if current and longest * (len(current) + 1) > max_frames:
+    out, current = [], []
+    for i in np.argsort(lengths, kind="stable").tolist():  # ascending: the newest is a bucket's longest
+        if current and int(lengths[i]) * (len(current) + 1) > max_frames:
             out.append(current)
-            current, longest = [], int(lengths[i])
+            current = []
         current.append(i)
     if current:
         out.append(current)

@@ -9,7 +9,7 @@ from core.tensor import Tensor
 from layers.attention import MultiHeadedAttention, RelPositionMultiHeadedAttention
 from layers.convolution_module import ConvolutionModule
 from layers.embedding import PositionalEncoding
-from layers.feed_forward import ACTIVATIONS, PositionwiseFeedForward
+from layers.feed_forward import PositionwiseFeedForward
 from layers.normalization import LayerNorm
 from layers.subsampling import Conv2dSubsampling
 from models.wenet.config import EncoderConfig
@@ -36,14 +36,13 @@ class ConformerEncoderLayer(Module):
         self.dtype = dtype
         self.fused_gemm = fused_gemm
         d, eps = config.output_size, config.norm_eps
-        activation = ACTIVATIONS[config.activation_type]
         attention = RelPositionMultiHeadedAttention if config.selfattention_layer_type == "rel_selfattn" \
             else MultiHeadedAttention
         self.self_attn = attention(config.attention_heads, d, dtype)
         self.feed_forward = PositionwiseFeedForward(d, config.linear_units, config.activation_type, dtype)
         self.feed_forward_macaron = PositionwiseFeedForward(d, config.linear_units, config.activation_type, dtype) \
             if config.macaron_style else None
-        self.conv_module = ConvolutionModule(d, config.cnn_module_kernel, activation, config.cnn_module_norm,
+        self.conv_module = ConvolutionModule(d, config.cnn_module_kernel, config.activation_type, config.cnn_module_norm,
                                              config.causal, config.conv_norm_eps, dtype) \
             if config.use_cnn_module else None
         self.norm_ff = LayerNorm(d, eps)
