@@ -15,31 +15,32 @@ from models.wenet.encoder import ConformerEncoder
 
 class CTC(Module):
     """The projection to the vocabulary is fp32-accurate whatever the model's dtype (``fp32_accurate_linear``):
-    fp16 would round a logit near 16 to 1/64, enough to swap near-tied tokens against an fp32 reference."""
+    fp16 would round a logit near 16 to 1/64, enough to swap near-tied tokens against an fp32 reference.
+    ``dtype``: the tensor cores it runs on (the model's dtype; its input is fp32 whatever that is)."""
 
-    def __init__(self, vocab_size: int, d: int):
+    def __init__(self, vocab_size: int, d: int, dtype: DataType = DataType.float32):
         super().__init__()
+        self.dtype = dtype
         self.ctc_lo = Linear(d, vocab_size, dtype=DataType.float32)
 
     def log_softmax(self, x: Tensor) -> Tensor:
         """fp32 log-probs (B, T, V)."""
-        return F.log_softmax(fp32_accurate_linear(x, self.ctc_lo, x.dtype), -1)
+        return F.log_softmax(fp32_accurate_linear(x, self.ctc_lo, self.dtype), -1)
 
 
 class WeNetModel(Module):
     """``max_frames`` (input fbank frames) sizes the position tables the networks can address;
-    ``decoder_dtype`` (default: ``dtype``) is the attention decoders' and their cross K/V's; ``fused_gemm``: the
-    encoder's feed-forward sublayers as fused GEMM nodes (``ConformerEncoderLayer``)."""
+    ``decoder_dtype`` (default: ``dtype``) is the attention decoders' and their cross K/V's."""
 
     def __init__(self, config: ModelConfig, dtype: DataType = DataType.float32, max_frames: int = 20000,
-                 decoder_dtype: DataType | None = None, fused_gemm: bool = False):
+                 decoder_dtype: DataType | None = None):
         super().__init__()
         self.config = config
         self.dtype = dtype
         self.decoder_dtype = decoder_dtype or dtype
         d = config.d_model
         self.max_encoder_frames = max(subsampled_length(max_frames, config.encoder.input_layer), 1)
-        self.encoder = ConformerEncoder(config.encoder, config.input_dim, self.max_encoder_frames, dtype, fused_gemm)
+        self.encoder = ConformerEncoder(config.encoder, config.input_dim, self.max_encoder_frames, dtype)
         # A hypothesis has at most one token per encoder frame, plus sos/eos.
         max_tokens = self.max_encoder_frames + 2
         if config.decoder.kind == "bitransformer":
@@ -47,7 +48,7 @@ class WeNetModel(Module):
         else:
             self.decoder = TransformerDecoder(config.vocab_size, d, config.decoder, config.decoder.num_blocks,
                                               max_tokens, self.decoder_dtype)
-        self.ctc = CTC(config.vocab_size, d)
+        self.ctc = CTC(config.vocab_size, d, dtype)
         self.assign_names()
 
     def decoders(self) -> dict[str, TransformerDecoder]:
