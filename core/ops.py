@@ -240,10 +240,12 @@ class MatMul:
         if transpose_b:
             b = b.transpose(-1, -2)
         out = getattr(torch, out_dtype) if out_dtype else a.dtype
+        if all(s == 1 for s in b.shape[:-2]):  # a shared weight: one GEMM over all rows of a, not a batched one
+            b = b.reshape(b.shape[-2:])
         if out == a.dtype:
             return torch.matmul(a, b)
-        if a.is_cuda and all(s == 1 for s in b.shape[:-2]):  # one cuBLAS GEMM with fp32 output
-            flat = torch.ops.aten.mm.dtype(a.reshape(-1, a.shape[-1]), b.reshape(b.shape[-2:]), out)
+        if a.is_cuda and b.ndim == 2:  # one cuBLAS GEMM with fp32 output
+            flat = torch.ops.aten.mm.dtype(a.reshape(-1, a.shape[-1]), b, out)
             return flat.view(*a.shape[:-1], b.shape[-1])
         return torch.matmul(a.to(out), b.to(out))  # half products are exact in fp32: the same arithmetic
 
