@@ -30,16 +30,16 @@ DEMO_ENGINE_DIR = os.path.join(REPO, "engines", "aishell_demo")
 
 def build_engines(model_dir: str, output_dir: str, dtype: str = "float32", profiles: Profiles | None = None,
                   checkpoint: str | None = None, backend: str = "torch", compile_device: str | None = None,
-                  decoder_dtype: str | None = None, fused_gemm: bool = False) -> dict:
+                  decoder_dtype: str | None = None) -> dict:
     """Reads the model dir, maps every checkpoint tensor to a parameter, writes the engine dir; with
     ``compile_device`` (torch backend) also the compiled engines for that device."""
     profiles = profiles or Profiles()
     ckpt = read_model_dir(model_dir, checkpoint)
     model = WeNetModel(ckpt.config, DataType(dtype), seconds_to_frames(profiles.max_seconds),
-                       DataType(decoder_dtype) if decoder_dtype else None, fused_gemm)
+                       DataType(decoder_dtype) if decoder_dtype else None)
     load_weights(model, map_checkpoint(ckpt.state, model, ckpt.cmvn))
     networks = build_networks(model, profiles)
-    builder_config = BuilderConfig(dtype=dtype, backend=backend, decoder_dtype=decoder_dtype or dtype, fused_gemm=fused_gemm,
+    builder_config = BuilderConfig(dtype=dtype, backend=backend, decoder_dtype=decoder_dtype or dtype,
                                    compile=compile_device is not None,
                                    compile_device=compile_device or "cuda",
                                    buckets=profiles.buckets(ckpt.config.encoder.input_layer) if compile_device else {})
@@ -70,9 +70,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="auto: tensorrt where TensorRT imports and a GPU is present, else the PyTorch lowering")
     p.add_argument("--no_compile", action="store_true",
                    help="torch backend on a CUDA machine: skip the compiled engines (export + Inductor + CUDA graphs)")
-    p.add_argument("--fused_gemm", action="store_true",
-                   help="experimental, not yet timed on a GPU: the encoder's feed-forward sublayers as fused Triton "
-                        "GEMMs (LayerNorm prologue, activation and residual-add epilogues)")
     args = p.parse_args(argv)
     backend = args.backend
     if backend == "auto":
@@ -82,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         compile_device = "cuda" if backend == "torch" and torch.cuda.is_available() and not args.no_compile else None
         config = build_engines(args.model_dir, args.output_dir, args.dtype, profiles, args.checkpoint, backend,
-                               compile_device, args.decoder_dtype, args.fused_gemm)
+                               compile_device, args.decoder_dtype)
     except (ModelFileError, ConfigError, WeightMappingError, ValueError, TensorRTUnavailable) as e:
         print(f"build.py: error: {e}", file=sys.stderr)
         return 1

@@ -319,8 +319,6 @@ def main() -> None:
                    help="kernels and end to end: only our engines' rows (the reference's take most of the time)")
     p.add_argument("--dtypes", nargs="+", default=["float16", "bfloat16"], choices=["float16", "bfloat16"],
                    help="our engines' builds")
-    p.add_argument("--fused_gemm", action="store_true",
-                   help="also build each dtype with the encoder's feed-forward sublayers as fused GEMMs (build.py --fused_gemm)")
     p.add_argument("--out", default=".")
     args = p.parse_args()
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
@@ -331,15 +329,13 @@ def main() -> None:
     for recipe in args.recipes:
         model_dir = make_random_model(recipe, os.path.join(root, recipe))
         engines = {}
-        builds = [(dtype, short, False) for dtype, short in (("float16", "fp16"), ("bfloat16", "bf16"))
-                  if dtype in args.dtypes]
-        builds += [(dtype, f"{short} fused-gemm", True) for dtype, short, _ in builds if args.fused_gemm]
-        for dtype, short, fused_gemm in builds:
-            path = os.path.join(root, f"{recipe}_{short.replace(' ', '_')}")
+        builds = [(dtype, short) for dtype, short in (("float16", "fp16"), ("bfloat16", "bf16")) if dtype in args.dtypes]
+        for dtype, short in builds:
+            path = os.path.join(root, f"{recipe}_{short}")
             start = time.perf_counter()
             config = build_engines(model_dir, path, dtype, Profiles(max_batch_size=64, opt_batch_size=16,
                                                                     max_seconds=20.5, beam_size=HYPS),
-                                   compile_device="cuda", fused_gemm=fused_gemm)
+                                   compile_device="cuda")
             print(f"built {recipe} {dtype} in {time.perf_counter() - start:.0f} s "
                   f"(compile {config['builder']['compiled']['seconds']} s)", flush=True)
             engines[f"engines {short}"] = path

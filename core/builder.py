@@ -20,7 +20,6 @@ class BuilderConfig:
 
     dtype: str = "float32"
     decoder_dtype: str = ""  # the attention decoders' and cross K/V's, where it differs from dtype
-    fused_gemm: bool = False  # the encoder's feed-forward sublayers as fused GEMM nodes
     backend: str = "torch"
     compile: bool = False  # torch backend: export + Inductor (+ CUDA graphs on CUDA), core/compiled.py
     compile_device: str = "cuda"

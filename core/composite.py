@@ -1,6 +1,6 @@
 """Fused ops and their decompositions.
 
-A fused op (``attention``, ``gemm``) is one node of a network. Its PyTorch lowering is a plugin: a Triton
+A fused op (today ``attention``) is one node of a network. Its PyTorch lowering is a plugin: a Triton
 kernel registered as a torch custom op (``plugins/``). Its TensorRT lowering, and the plugin's
 path where no kernel runs (the CPU), use its decomposition: the same math in primitive ops of
 ``core.functional``, recorded into a small network on demand. The math is written once in our
@@ -50,35 +50,13 @@ def attention(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None = None
     return F.matmul(F.cast(attn, v.dtype), v)
 
 
-def gemm(x: Tensor, weight: Tensor, bias: Tensor | None = None, norm_weight: Tensor | None = None,
-         norm_bias: Tensor | None = None, residual: Tensor | None = None, *, activation: str = "none",
-         eps: float = 1e-5, residual_scale: float = 1.0) -> Tensor:
-    """``activation(h · weightᵀ + bias)`` accumulated in fp32, plus ``residual_scale`` times it added to ``residual``.
-
-    h = LayerNorm(x) in fp32 (``norm_weight``, ``norm_bias``, ``eps``) rounded to weight's dtype, or x itself (then
-    of weight's dtype). activation: "none", "swish", "relu", or "glu" (the first half of the columns times the
-    sigmoid of the second). Output: residual's dtype (the fp32 residual stream) with a residual, else weight's.
-    """
-    f32 = DataType.float32
-    h = F.cast(F.layer_norm(F.cast(x, f32), norm_weight, norm_bias, eps), weight.dtype) if norm_weight is not None \
-        else x
-    y = F.matmul(h, weight, transpose_b=True, out_dtype=f32)
-    if bias is not None:
-        y = y + F.cast(bias, f32)
-    y = F.activation(y, activation)
-    if residual is None:
-        return F.cast(y, weight.dtype)
-    return residual + F.cast(y, residual.dtype) * residual_scale
-
-
-DECOMPOSITIONS: dict[str, Callable[..., Tensor]] = {"attention": attention, "gemm": gemm}
+DECOMPOSITIONS: dict[str, Callable[..., Tensor]] = {"attention": attention}
 
 
 def _input_names(op: str, attrs: dict) -> list[str]:
     """The decomposition's argument names that a node's inputs fill, in order (optional ones by flag)."""
-    flags = {"attention": [("has_lengths", ["key_lengths"]), ("has_pos", ["pos", "pos_bias_u", "pos_bias_v"])],
-             "gemm": [("has_bias", ["bias"]), ("has_norm", ["norm_weight", "norm_bias"]), ("has_residual", ["residual"])]}
-    names = {"attention": ["q", "k", "v"], "gemm": ["x", "weight"]}[op]
+    flags = {"attention": [("has_lengths", ["key_lengths"]), ("has_pos", ["pos", "pos_bias_u", "pos_bias_v"])]}
+    names = {"attention": ["q", "k", "v"]}[op]
     for flag, extra in flags[op]:
         if attrs.get(flag):
             names = names + extra

@@ -185,17 +185,6 @@ def attention(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None = None
                 has_pos=pos is not None)
 
 
-def gemm(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, norm: tuple[Tensor, Tensor, float] | None = None,
-         activation: str = "none", residual: Tensor | None = None, residual_scale: float = 1.0) -> Tensor:
-    """One node (``core.composite.gemm`` defines it; ``plugins.gemm`` runs it): ``activation(h · weightᵀ + bias)``
-    with h = LayerNorm(x) if ``norm`` = (weight, bias, eps) is given, added ``residual_scale`` times to ``residual``."""
-    inputs = [x, weight] + ([bias] if bias is not None else []) + (list(norm[:2]) if norm is not None else []) + (
-        [residual] if residual is not None else [])
-    return _one("gemm", inputs, activation=activation, eps=float(norm[2]) if norm is not None else 0.0,
-                residual_scale=float(residual_scale), has_bias=bias is not None, has_norm=norm is not None,
-                has_residual=residual is not None)
-
-
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
     return _one("softmax", [x], dim=dim)
 

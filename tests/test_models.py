@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from build import build_engines
-from core.network import load_network
 from models.wenet.networks import Profiles
 from runtime.audio import load_audio
 from runtime.frontend import fbank
@@ -57,25 +56,6 @@ def test_small_variant_matches_reference(tmp_path, feats, variant):
     build_engines(model_dir, engine_dir, "float32", Profiles(max_batch_size=8, max_seconds=12, beam_size=6))
     check_engine_against_reference(model_dir, engine_dir, feats, beam_size=5)
     check_batch_independence(engine_dir, feats[:4], beam_size=3)
-
-
-def test_fused_gemm_engines_match_reference(tmp_path, feats):
-    """The encoder's feed-forward sublayers as fused ``gemm`` nodes (here their decomposition; the Triton kernel is
-    held to it in test_plugins) give the reference's results, macaron and plain."""
-    vocab = tiny_vocab("2")
-    for macaron in (True, False):
-        conf = {"input_dim": 80, "output_dim": len(vocab), "encoder": "conformer", "decoder": "bitransformer",
-                "cmvn_file": "global_cmvn", "encoder_conf": {**TINY_ENCODER, "macaron_style": macaron},
-                "decoder_conf": {**TINY_DECODER, "r_num_blocks": 1}, "model_conf": {"ctc_weight": 0.3, "reverse_weight": 0.3}}
-        model_dir = write_random_model(str(tmp_path / f"model{macaron}"), conf, vocab,
-                                       os.path.join(SHARED, "aishell1", "global_cmvn"), seed=5)
-        engine_dir = str(tmp_path / f"engine{macaron}")
-        config = build_engines(model_dir, engine_dir, "float32", Profiles(max_batch_size=8, max_seconds=12, beam_size=6),
-                               fused_gemm=True)
-        assert config["builder"]["fused_gemm"]
-        ops = [node.op for node in load_network(os.path.join(engine_dir, "encoder.safetensors")).nodes]
-        assert ops.count("gemm") == 2 * TINY_ENCODER["num_blocks"] * (2 if macaron else 1)
-        check_engine_against_reference(model_dir, engine_dir, feats, beam_size=5)
 
 
 def test_reference_leaks_padding_but_engines_do_not(random_models, feats):

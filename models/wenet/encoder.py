@@ -28,13 +28,9 @@ class GlobalCMVN(Module):
 
 
 class ConformerEncoderLayer(Module):
-    """``fused_gemm``: each feed-forward sublayer as two ``F.gemm`` nodes (norm, activation and residual add fused
-    into its GEMMs) instead of a norm, two GEMMs, an activation and an add."""
-
-    def __init__(self, config: EncoderConfig, dtype: DataType, fused_gemm: bool = False):
+    def __init__(self, config: EncoderConfig, dtype: DataType):
         super().__init__()
         self.dtype = dtype
-        self.fused_gemm = fused_gemm
         d, eps = config.output_size, config.norm_eps
         attention = RelPositionMultiHeadedAttention if config.selfattention_layer_type == "rel_selfattn" \
             else MultiHeadedAttention
@@ -71,14 +67,11 @@ class ConformerEncoderLayer(Module):
         return self.norm_final(x) if self.conv_module is not None else x
 
     def _feed_forward(self, x: Tensor, feed_forward: PositionwiseFeedForward, norm: LayerNorm) -> Tensor:
-        if self.fused_gemm:
-            return feed_forward.add_to(x, norm, self.ff_scale)
         return x + self.ff_scale * F.cast(feed_forward(norm(x, self.dtype)), DataType.float32)
 
 
 class ConformerEncoder(Module):
-    def __init__(self, config: EncoderConfig, input_dim: int, max_frames: int, dtype: DataType,
-                 fused_gemm: bool = False):
+    def __init__(self, config: EncoderConfig, input_dim: int, max_frames: int, dtype: DataType):
         super().__init__()
         self.dtype = dtype
         self.config = config
@@ -86,7 +79,7 @@ class ConformerEncoder(Module):
         pos_enc = PositionalEncoding(d, max_frames, add=config.pos_enc_layer_type != "rel_pos", dtype=dtype)
         self.global_cmvn = GlobalCMVN(input_dim)
         self.embed = Conv2dSubsampling(config.input_layer, input_dim, d, pos_enc, dtype)
-        self.encoders = ModuleList([ConformerEncoderLayer(config, dtype, fused_gemm) for _ in range(config.num_blocks)])
+        self.encoders = ModuleList([ConformerEncoderLayer(config, dtype) for _ in range(config.num_blocks)])
         self.after_norm = LayerNorm(d, config.norm_eps) if config.final_norm else None
 
     def forward(self, speech: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
