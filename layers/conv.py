@@ -38,28 +38,32 @@ class Conv2d(Module):
     def forward_single_channel(self, x: Tensor) -> Tensor:
         """For ``in_channels == 1``: x (B, T, F) -> the convolution (B, T', F', C), channels last.
 
-        A one-channel k x k convolution has nothing to reduce over channels, so cuDNN runs it slowly and
-        writes NCHW that the next convolution must transpose. Here it is a GEMM instead: the k input rows
-        of each output frame, (B, T', k*F), gathered by a 1-d convolution with a 0/1 kernel (exact), times
-        a banded weight (k*F, F'*C) that holds the kernel where f = s*f' + j (both weights are built from
-        constants and the kernel, so the build folds them).
+        A one-channel k x k convolution has nothing to reduce over channels: each output is k² products. cuDNN
+        runs it slowly and writes NCHW that the next convolution must transpose. Here the k² inputs of each output
+        position are gathered into a (B, T', F', k² padded to a multiple of 8) tensor, and one aligned GEMM with the
+        kernel as a (k², C) matrix writes the output once, channels last (H200, batch 64 x 10 s: 0.5 ms, against
+        1.5 ms for cuDNN and for a fused sum of k² strided products). The k input rows of each output frame come from
+        a 1-d convolution with a 0/1 kernel (exact); column s*f' + j is element (f' + j // s, j % s) of the
+        frequency axis viewed as (F / s, s).
         """
         out_channels, _, k, _ = self.weight.shape
         s, freq = self.stride, x.shape[2]
         out_freq = (freq - k) // s + 1
-        dtype = self.weight.dtype.torch
-        gather = torch.zeros(k, freq, freq, k, dtype=dtype)  # output channel (i, f) takes x[f] at tap i
+        gather = torch.zeros(k, freq, freq, k, dtype=self.weight.dtype.torch)  # output channel (i, f): x[f], tap i
         for i in range(k):
-            gather[i, :, :, i] = torch.eye(freq, dtype=dtype)
+            gather[i, :, :, i] = torch.eye(freq)
         windows = F.conv1d(F.permute(x, [0, 2, 1]), F.constant(gather.view(k * freq, freq, k)), stride=s)
-        windows = F.permute(windows, [0, 2, 1])  # (B, T', k*F): rows i*F + f
-        select = torch.zeros(freq * out_freq, k, dtype=dtype)  # [f, f'] x j: 1 where f = s*f' + j
-        for f1 in range(out_freq):
-            for j in range(k):
-                select[(s * f1 + j) * out_freq + f1, j] = 1
-        kernel = F.permute(F.view(self.weight.value, [out_channels, k, k]), [2, 1, 0])  # (j, i, C)
-        banded = F.matmul(F.constant(select), F.view(kernel, [1, k, k * out_channels]))
-        banded = F.permute(F.view(banded, [freq, out_freq, k, out_channels]), [2, 0, 1, 3])  # (i, f, f', C)
-        y = F.matmul(windows, F.view(banded, [1, k * freq, out_freq * out_channels]))
-        y = F.view(y, [F.shape(y, 0), F.shape(y, 1), out_freq, out_channels])
-        return y + self.bias.value
+        batch, frames = F.shape(windows, 0), F.shape(windows, 2)
+        windows = F.view(windows, [batch, k, freq, frames])  # (B, tap row i, F, T')
+        columns = s * (out_freq + (k - 1) // s)  # the frequency axis cut or zero-padded to a multiple of s
+        windows = F.pad(windows, 2, 0, columns - freq) if columns > freq else F.slice(windows, 2, 0, columns)
+        windows = F.view(windows, [batch, k, columns // s, s, frames])
+        taps = [F.slice(F.slice(F.slice(windows, 1, i, 1), 2, j // s, out_freq), 3, j % s, 1)
+                for i in range(k) for j in range(k)]  # each (B, 1, F', 1, T')
+        # (B, F', T', k²), contiguous, so that the GEMM reads it as rows. F' before T': splitting the GEMM's rows
+        # back into (T', F') makes torch.export emit a divisibility guard it cannot prove; (F', T') it can.
+        taps = F.concat([F.squeeze(F.permute(t, [0, 2, 4, 1, 3]), 4) for t in taps], 3)
+        padded = -(k * k) // 8 * -8
+        kernel = F.pad(F.view(self.weight.value, [out_channels, k * k]), 1, 0, padded - k * k)  # (C, k² padded)
+        y = F.matmul(F.pad(taps, 3, 0, padded - k * k), F.unsqueeze(F.unsqueeze(kernel, 0), 0), transpose_b=True)
+        return F.permute(y + self.bias.value, [0, 2, 1, 3])
