@@ -32,16 +32,17 @@ class ConvolutionModule(Module):
         self.pointwise_conv2 = Conv1d(channels, channels, 1, dtype=dtype)
 
     def forward(self, x: Tensor, valid: Tensor) -> Tensor:
-        """x (B, T, D), valid (B, T) bool."""
-        mask = F.unsqueeze(valid, 1)  # (B, 1, T)
-        x = F.where(mask, x.transpose(1, 2), 0.0)
+        """x (B, T, D), valid (B, T) bool. Channels last but for the depthwise convolution: the pointwise
+        convolutions are GEMMs over the (B, T) rows."""
+        mask = F.unsqueeze(valid, 2)  # (B, T, 1)
+        x = F.where(mask, x, 0.0)
         if self.lorder:
-            x = F.pad(x, 2, self.lorder, 0)
-        x = F.glu(self.pointwise_conv1(x), 1)
+            x = F.pad(x, 1, self.lorder, 0)
+        x = F.glu(self.pointwise_conv1.pointwise(x), 2)
         if not self.lorder:
             x = F.where(mask, x, 0.0)
-        x = self.depthwise_conv(x)
+        x = self.depthwise_conv(x.transpose(1, 2)).transpose(1, 2)
         if self.norm is not None:
-            x = self.norm(x.transpose(1, 2)).transpose(1, 2)
-        x = self.pointwise_conv2(F.activation(x, self.activation))
-        return F.where(mask, x, 0.0).transpose(1, 2)
+            x = self.norm(x)
+        x = self.pointwise_conv2.pointwise(F.activation(x, self.activation))
+        return F.where(mask, x, 0.0)
