@@ -1,13 +1,13 @@
 """Speed of the compiled GPU engines against WeNet's PyTorch model (``reference.py``), one process.
 
     python benchmarks/gpu_engines.py [--recipes conformer u2pp] [--parts kernels e2e agreement] [--utterances 1000]
-        [--dtypes float16 bfloat16] [--skip_reference] [--out DIR]
+        [--dtypes float16 bfloat16] [--skip_reference] [--seconds 5 10 20] [--batches 1 16 64] [--out DIR]
 
 For each AISHELL-1 recipe at real size (random weights), on one CUDA GPU:
-- encoder+CTC time for batch 1, 16, 64 at 5, 10, 20 s of audio, and rescoring time (10 hypotheses
-  of 20 tokens per utterance; cross-attention K/V included) at the same shapes, for: reference.py
-  eager fp32 and fp16, ``torch.compile(mode="reduce-overhead")`` of reference.py in fp16, and our
-  compiled engines in fp16 and bf16 (CUDA events, median of 20 after warm-up);
+- encoder+CTC time for batch 1, 16, 64 at 5, 10, 20 s of audio (or the ``--batches`` x ``--seconds`` given),
+  and rescoring time (10 hypotheses of 20 tokens per utterance; cross-attention K/V included) at the same shapes,
+  for: reference.py eager fp32 and fp16, ``torch.compile(mode="reduce-overhead")`` of reference.py in fp16, and
+  our compiled engines in fp16 and bf16 (CUDA events, median of 20 after warm-up);
 - each row's floor: the larger of FLOPs (counted on the reference by torch's FlopCounterMode) over
   the measured matmul peak, and the fewest bytes (weights once, inputs and outputs once) over the
   measured device copy bandwidth; and the fraction of the floor reached;
@@ -110,8 +110,8 @@ def reference_rescore(ref: ReferenceModel, mem, mask, ys_in, r_ys_in, lens):
     return out, r_out
 
 
-def kernel_rows(recipe: str, model_dir: str, engines: dict[str, str], peaks: dict,
-                with_reference: bool = True) -> list[dict]:
+def kernel_rows(recipe: str, model_dir: str, engines: dict[str, str], peaks: dict, with_reference: bool = True,
+                seconds_list: tuple[int, ...] = SECONDS, batches: tuple[int, ...] = BATCHES) -> list[dict]:
     ckpt = read_model_dir(model_dir)
     vocab = ckpt.config.vocab_size
     refs = {}
@@ -128,9 +128,9 @@ def kernel_rows(recipe: str, model_dir: str, engines: dict[str, str], peaks: dic
     n_encoder = sum(p.numel() for p in refs["reference eager fp32"].encoder.parameters()) + \
         sum(p.numel() for p in refs["reference eager fp32"].ctc.parameters())
     rows = []
-    for seconds in SECONDS:
+    for seconds in seconds_list:
         frames = seconds_to_frames(seconds)
-        for batch in BATCHES:
+        for batch in batches:
             g = torch.Generator().manual_seed(batch * 100 + seconds)
             speech = (torch.randn(batch, frames, 80, generator=g) + 10).cuda()
             lens = torch.full((batch,), frames, dtype=torch.int32, device="cuda")
@@ -319,6 +319,8 @@ def main() -> None:
                    help="kernels and end to end: only our engines' rows (the reference's take most of the time)")
     p.add_argument("--dtypes", nargs="+", default=["float16", "bfloat16"], choices=["float16", "bfloat16"],
                    help="our engines' builds")
+    p.add_argument("--seconds", nargs="+", type=int, default=list(SECONDS), help="kernels: audio lengths")
+    p.add_argument("--batches", nargs="+", type=int, default=list(BATCHES), help="kernels: batch sizes")
     p.add_argument("--out", default=".")
     args = p.parse_args()
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
@@ -340,7 +342,8 @@ def main() -> None:
                   f"(compile {config['builder']['compiled']['seconds']} s)", flush=True)
             engines[f"engines {short}"] = path
         if "kernels" in args.parts:
-            report["kernels"] += kernel_rows(recipe, model_dir, engines, report["ceilings"], not args.skip_reference)
+            report["kernels"] += kernel_rows(recipe, model_dir, engines, report["ceilings"], not args.skip_reference,
+                                             tuple(args.seconds), tuple(args.batches))
         if "e2e" in args.parts:
             report["e2e"] += e2e_rows(recipe, model_dir, engines, items, not args.skip_reference)
         if "agreement" in args.parts:
