@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import argparse
+import glob
+import hashlib
 import os
 import shutil
 import sys
@@ -26,6 +28,18 @@ from weights.mapping import WeightMappingError, load_weights, map_checkpoint
 REPO = os.path.dirname(os.path.abspath(__file__))
 DEMO_MODEL_DIR = os.path.join(REPO, "examples", "aishell_demo", "model")
 DEMO_ENGINE_DIR = os.path.join(REPO, "engines", "aishell_demo")
+NETWORK_SOURCES = ("core", "layers", "models/wenet", "weights", "plugins")  # what a built network depends on
+
+
+def code_fingerprint() -> str:
+    """A hash of the sources that define the engine networks; engines built by other code carry another."""
+    digest = hashlib.sha256()
+    for folder in NETWORK_SOURCES:
+        for path in sorted(glob.glob(os.path.join(REPO, folder, "*.py"))):
+            digest.update(os.path.relpath(path, REPO).encode())
+            with open(path, "rb") as f:
+                digest.update(f.read())
+    return digest.hexdigest()[:16]
 
 
 def build_engines(model_dir: str, output_dir: str, dtype: str = "float32", profiles: Profiles | None = None,
@@ -39,7 +53,7 @@ def build_engines(model_dir: str, output_dir: str, dtype: str = "float32", profi
                        DataType(decoder_dtype) if decoder_dtype else None)
     load_weights(model, map_checkpoint(ckpt.state, model, ckpt.cmvn))
     networks = build_networks(model, profiles)
-    builder_config = BuilderConfig(dtype=dtype, backend=backend, decoder_dtype=decoder_dtype or dtype,
+    builder_config = BuilderConfig(dtype=dtype, backend=backend, decoder_dtype=decoder_dtype or dtype, code=code_fingerprint(),
                                    compile=compile_device is not None,
                                    compile_device=compile_device or "cuda",
                                    buckets=profiles.buckets(ckpt.config.encoder.input_layer) if compile_device else {})

@@ -16,7 +16,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from build import DEMO_ENGINE_DIR, DEMO_MODEL_DIR, build_engines
+from build import DEMO_ENGINE_DIR, DEMO_MODEL_DIR, build_engines, code_fingerprint
 from runtime.transcriber import MODES, DecodingOptions, Failure, Transcriber, read_wav_scp
 
 
@@ -30,6 +30,21 @@ def seconds_since_process_start(fallback_start: float) -> float:
         return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return time.perf_counter() - fallback_start
+
+
+def demo_engines_outdated(device: str) -> str | None:
+    """Why the demo model's engines (a cache of run.py's) must be built again, or None: missing, built by other
+    code, or not compiled for the CUDA device asked for."""
+    path = os.path.join(DEMO_ENGINE_DIR, "config.json")
+    if not os.path.exists(path):
+        return "once"
+    with open(path, encoding="utf-8") as f:
+        builder = json.load(f)["builder"]
+    if builder.get("code") != code_fingerprint():
+        return "again: they were built by other code"
+    if device.startswith("cuda") and builder.get("compiled", {}).get("device") != torch.cuda.get_device_name(device):
+        return "again: they were not compiled for this GPU"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     try:
-        if args.engine_dir == DEMO_ENGINE_DIR and not os.path.exists(os.path.join(DEMO_ENGINE_DIR, "config.json")):
-            print(f"building the demo model's engines into {DEMO_ENGINE_DIR} (once)", file=sys.stderr)
+        outdated = demo_engines_outdated(args.device) if args.engine_dir == DEMO_ENGINE_DIR else None
+        if outdated:
+            print(f"building the demo model's engines into {DEMO_ENGINE_DIR} ({outdated})", file=sys.stderr)
             build_engines(DEMO_MODEL_DIR, DEMO_ENGINE_DIR,
                           compile_device="cuda" if args.device.startswith("cuda") else None)
         items = read_wav_scp(args.wav_scp) if args.wav_scp else \

@@ -20,6 +20,7 @@ class BuilderConfig:
 
     dtype: str = "float32"
     decoder_dtype: str = ""  # the attention decoders' and cross K/V's, where it differs from dtype
+    code: str = ""  # fingerprint of the sources that define the networks (build.code_fingerprint)
     backend: str = "torch"
     compile: bool = False  # torch backend: export + Inductor (+ CUDA graphs on CUDA), core/compiled.py
     compile_device: str = "cuda"

@@ -194,6 +194,10 @@ class Network:
         net.inputs = {d["name"]: InputSpec.from_json(d) for d in data["inputs"]}
         net.outputs = data["outputs"]
         net.nodes = [Node(op, ins, outs, attrs) for op, ins, outs, attrs in data["nodes"]]
+        unknown = sorted({n.op for n in net.nodes} - set(OPS))
+        if unknown:
+            raise ValueError(f"network {net.name!r} uses ops this version does not have: {unknown}; it was built by "
+                             "another version of this code: rebuild the engines with build.py")
         net.tensors = {k: (DataType(d), tuple(s)) for k, (d, s) in data["tensors"].items()}
         missing = sorted(set(data["constants"]) - set(constants))
         if missing:

@@ -116,6 +116,10 @@ class EngineDir:
         self.vocab = load_vocab(os.path.join(path, VOCAB_FILE))
         self.compiled = self.device.type == "cuda" if compiled is None else compiled
         self.compiled = self.compiled and "compiled" in self.config["builder"]
+        built_by = self.config["builder"].get("compiled", {}).get("torch")
+        if self.compiled and built_by != torch.__version__:  # Inductor's artifacts hold code for one torch version
+            raise ValueError(f"{path}: compiled by torch {built_by}, this is torch {torch.__version__}; rebuild the "
+                             "engines with build.py")
 
     @property
     def reuses_outputs(self) -> bool:

@@ -5,6 +5,7 @@ import os
 import shutil
 
 import numpy as np
+import pytest
 import soundfile
 
 import build
@@ -90,6 +91,34 @@ def test_missing_engine_and_model_files_are_clear_errors(tmp_path, random_models
     os.remove(model_dir / "train.yaml")
     assert build.main(["--model_dir", str(model_dir), "--output_dir", str(tmp_path / "e")]) == 1
     assert "train.yaml: not found" in capsys.readouterr().err
+
+
+def test_demo_engines_are_rebuilt_when_missing_or_built_by_other_code(tmp_path, random_models, monkeypatch):
+    engine_dir = tmp_path / "demo"
+    monkeypatch.setattr(run, "DEMO_ENGINE_DIR", str(engine_dir))
+    assert run.demo_engines_outdated("cpu") == "once"
+    shutil.copytree(random_models["u2pp"][1], engine_dir)
+    assert run.demo_engines_outdated("cpu") is None  # built by this code
+    with open(engine_dir / "config.json") as f:
+        config = json.load(f)
+    config["builder"]["code"] = "0" * 16
+    with open(engine_dir / "config.json", "w") as f:
+        json.dump(config, f)
+    assert "other code" in run.demo_engines_outdated("cpu")
+
+
+def test_compiled_engines_of_another_torch_are_a_clear_error(tmp_path, random_models):
+    from runtime.session import EngineDir
+
+    engine_dir = shutil.copytree(random_models["u2pp"][1], tmp_path / "e")
+    with open(engine_dir / "config.json") as f:
+        config = json.load(f)
+    config["builder"]["compiled"] = {"torch": "1.0.0", "device": "cpu", "buckets": {}}
+    with open(engine_dir / "config.json", "w") as f:
+        json.dump(config, f)
+    assert not EngineDir(str(engine_dir), "cpu").compiled  # the CPU runs the uncompiled networks by default
+    with pytest.raises(ValueError, match="compiled by torch 1.0.0.*rebuild"):
+        EngineDir(str(engine_dir), "cpu", compiled=True)
 
 
 def test_overlapped_batches_decode_as_one_batch(random_models):

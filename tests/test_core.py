@@ -135,6 +135,10 @@ def test_artifact_round_trip_and_profile_checks(tmp_path):
         session.run({"x": torch.randn(1, 3, 5)})
     with pytest.raises(ProfileError, match="missing inputs"):
         session.run({})
+    # an artifact whose network uses an op this code does not have (built by another version) says so
+    text = net.to_json().replace('"matmul"', '"gemm"')
+    with pytest.raises(ValueError, match=r"ops this version does not have: \['gemm'\].*rebuild"):
+        Network.from_json(text, net.constants)
 
 
 def test_remaining_ops_match_torch():
