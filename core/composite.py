@@ -51,16 +51,15 @@ def attention(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None = None
 
 
 DECOMPOSITIONS: dict[str, Callable[..., Tensor]] = {"attention": attention}
+# per op: the decomposition's arguments that a node's inputs always fill, then the optional ones by their flag
+INPUT_NAMES = {"attention": (["q", "k", "v"], [("has_lengths", ["key_lengths"]),
+                                               ("has_pos", ["pos", "pos_bias_u", "pos_bias_v"])])}
 
 
 def _input_names(op: str, attrs: dict) -> list[str]:
-    """The decomposition's argument names that a node's inputs fill, in order (optional ones by flag)."""
-    flags = {"attention": [("has_lengths", ["key_lengths"]), ("has_pos", ["pos", "pos_bias_u", "pos_bias_v"])]}
-    names = {"attention": ["q", "k", "v"]}[op]
-    for flag, extra in flags[op]:
-        if attrs.get(flag):
-            names = names + extra
-    return names
+    """The decomposition's argument names that a node's inputs fill, in order."""
+    names, optional = INPUT_NAMES[op]
+    return names + [name for flag, extra in optional if attrs.get(flag) for name in extra]
 
 
 @functools.lru_cache(maxsize=256)

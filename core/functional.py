@@ -137,15 +137,11 @@ def silu(x: Tensor) -> Tensor:
 
 
 def activation(x: Tensor, name: str) -> Tensor:
-    """An activation by its config name: WeNet's "swish" and "relu", "glu" over the last dim, or "none"."""
+    """An activation by its config name (WeNet's activation_type: "swish" or "relu")."""
     if name == "swish":
         return silu(x)
     if name == "relu":
         return relu(x)
-    if name == "glu":
-        return glu(x, -1)
-    if name == "none":
-        return x
     raise ValueError(f"unknown activation {name!r}")
 
 
@@ -272,7 +268,7 @@ def slice(x: Tensor, dim: int, start: int | Tensor, size: int | Tensor) -> Tenso
 
 
 def split_half(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
-    half = x.shape[dim] // 2 if x.shape[dim] != -1 else floordiv(shape(x, dim), 2)
+    half = x.shape[dim] // 2
     return slice(x, dim, 0, half), slice(x, dim, half, half)
 
 

@@ -6,6 +6,7 @@ from core import functional as F
 from core.dtype import DataType
 from core.module import Module, Parameter
 from core.tensor import Tensor
+from layers.linear import linear
 
 
 class Conv1d(Module):
@@ -27,8 +28,8 @@ class Conv1d(Module):
         """A kernel-1 convolution on channels-last x (..., C_in) -> (..., C_out): a GEMM over all rows, as a
         Linear. On (B, C, T) cuDNN runs it as a GEMM over an odd causal length (T + k - 1), unaligned."""
         out_channels, in_channels, _ = self.weight.shape
-        y = F.matmul(x, F.view(self.weight.value, [out_channels, in_channels]), transpose_b=True)
-        return y + self.bias.value if self.bias is not None else y
+        weight = F.view(self.weight.value, [out_channels, in_channels])
+        return linear(x, weight, self.bias.value if self.bias is not None else None)
 
 
 class Conv2d(Module):

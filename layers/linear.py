@@ -8,6 +8,12 @@ from core.module import Module, Parameter
 from core.tensor import Tensor
 
 
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``x weightᵀ + bias`` for a torch-layout (out_features, in_features) weight."""
+    y = F.matmul(x, weight, transpose_b=True)
+    return y + bias if bias is not None else y
+
+
 class Linear(Module):
     """``y = x W^T + b`` with torch's weight layout (out_features, in_features)."""
 
@@ -19,16 +25,14 @@ class Linear(Module):
         self.bias = Parameter((out_features,), dtype) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        y = F.matmul(x, self.weight.value, transpose_b=True)
-        return y + self.bias.value if self.bias is not None else y
+        return linear(x, self.weight.value, self.bias.value if self.bias is not None else None)
 
 
 def fused_linear(x: Tensor, linears: Sequence[Linear]) -> list[Tensor]:
     """``[linear(x) for linear in linears]`` as one GEMM over their weights concatenated, then slices of
     its output. The concatenation has only constant inputs, so the build folds it into one weight."""
-    y = F.matmul(x, F.concat([lin.weight.value for lin in linears], 0), transpose_b=True)
-    if linears[0].bias is not None:
-        y = y + F.concat([lin.bias.value for lin in linears], 0)
+    bias = F.concat([lin.bias.value for lin in linears], 0) if linears[0].bias is not None else None
+    y = linear(x, F.concat([lin.weight.value for lin in linears], 0), bias)
     outputs, start = [], 0
     for lin in linears:
         outputs.append(F.slice(y, x.ndim - 1, start, lin.out_features))
@@ -77,5 +81,4 @@ class WeightOnlyInt8Linear(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         weight = F.dequantize(self.weight.value, self.per_channel_scale.value, axis=0)
-        y = F.matmul(x, weight, transpose_b=True)
-        return y + self.bias.value if self.bias is not None else y
+        return linear(x, weight, self.bias.value if self.bias is not None else None)

@@ -100,7 +100,7 @@ class Session:
 class EngineDir:
     """A built engine dir: its config, vocabulary and (lazily opened) network Sessions.
 
-    ``compiled``: run the compiled engines (``.pt2``, CUDA graphs on CUDA) where the build made them;
+    ``compiled``: run the compiled engines (``.inductor``, CUDA graphs on CUDA) where the build made them;
     None: on CUDA devices only.
     """
 
