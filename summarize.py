@@ -61,7 +61,7 @@ class SystemRun:
 
 
 def run_reference(model_dir: str, items, options: DecodingOptions, vocab: list[str], device: str) -> SystemRun:
-    from models.wenet.reference import ReferenceModel
+    from models.wenet.reference import ReferenceModel, fp32_exact
     from weights.files import read_model_dir
 
     ckpt = read_model_dir(model_dir)
@@ -79,8 +79,9 @@ def run_reference(model_dir: str, items, options: DecodingOptions, vocab: list[s
         except AudioError:
             run.failures += 1
             continue
-        results = model.decode(options.modes, feats[None], torch.tensor([feats.shape[0]], device=device),
-                               options.beam_size, ctc_weight, reverse_weight)
+        with fp32_exact():
+            results = model.decode(options.modes, feats[None], torch.tensor([feats.shape[0]], device=device),
+                                   options.beam_size, ctc_weight, reverse_weight)
         for mode, r in results.items():
             run.hyps.setdefault(mode, {})[key] = r[0].tokens
             run.texts.setdefault(mode, {})[key] = tokens_to_text(r[0].tokens, vocab)

@@ -1,7 +1,8 @@
 """Speed of the compiled GPU engines against WeNet's PyTorch model (``reference.py``), one process.
 
-    python benchmarks/gpu_engines.py [--recipes conformer u2pp] [--parts kernels e2e agreement] [--utterances 1000]
-        [--dtypes float16 bfloat16] [--skip_reference] [--seconds 5 10 20] [--batches 1 16 64] [--out DIR]
+    python benchmarks/gpu_engines.py [--recipes conformer u2pp] [--parts kernels profile e2e agreement]
+        [--utterances 1000] [--dtypes float16 bfloat16] [--reference_parts kernels e2e] [--seconds 5 10 20]
+        [--batches 1 16 64] [--out DIR]
 
 For each AISHELL-1 recipe at real size (random weights), on one CUDA GPU:
 - encoder+CTC time for batch 1, 16, 64 at 5, 10, 20 s of audio (or the ``--batches`` x ``--seconds`` given),
@@ -11,6 +12,9 @@ For each AISHELL-1 recipe at real size (random weights), on one CUDA GPU:
 - each row's floor: the larger of FLOPs (counted on the reference by torch's FlopCounterMode) over
   the measured matmul peak, and the fewest bytes (weights once, inputs and outputs once) over the
   measured device copy bandwidth; and the fraction of the floor reached;
+- ``profile``: where the encoder+CTC and the rescoring time of our first engine build go, per kernel
+  (``torch.profiler`` over one call at each ``--batches`` x ``--seconds`` shape; the encoder's is a CUDA-graph
+  replay), grouped into GEMMs, convolutions, our plugins' kernels and Inductor's generated kernels;
 - end-to-end throughput, audio files in and text out (reading, fbank, encoder, CTC prefix beam
   search, rescoring), over ``--utterances`` files of mixed length made from the real wavs. The
   reference's pipeline uses the same file reading, fbank and native prefix search as ours, so
@@ -39,7 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.eager_lowering import cuda_time  # noqa: E402
 from build import build_engines  # noqa: E402
 from models.wenet.networks import Profiles, seconds_to_frames  # noqa: E402
-from models.wenet.reference import ReferenceModel  # noqa: E402
+from models.wenet.reference import ReferenceModel, fp32_exact  # noqa: E402
 from runtime.audio import load_audio  # noqa: E402
 from runtime.frontend import fbank  # noqa: E402
 from runtime.search import DecodeResult, NBest, ctc_prefix_beam_search  # noqa: E402
@@ -180,6 +184,61 @@ def kernel_rows(recipe: str, model_dir: str, engines: dict[str, str], peaks: dic
                 if r["stage"] == "encoder+ctc"), flush=True)
     return rows
 
+KERNEL_GROUPS = (("attention plugin", ("_attention_kernel",)), ("linear_act plugin", ("_linear_act_kernel",)),
+                 ("Inductor fused", ("triton_",)),
+                 ("GEMM", ("gemm", "nvjet", "cutlass", "cublas", "sm90_xmma")), ("convolution", ("conv", "cudnn")))
+
+
+def kernel_group(name: str) -> str:
+    lower = name.lower()
+    return next((group for group, keys in KERNEL_GROUPS if any(k in lower for k in keys)), "other")
+
+
+def kernel_profile(fn, *args) -> list[tuple[str, int, float]]:
+    """(kernel name, launches, device ms) of one call of ``fn``, longest first."""
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn(*args)
+        torch.cuda.synchronize()
+    return sorted(((e.key, e.count, e.self_device_time_total / 1000) for e in prof.key_averages()
+                   if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0),
+                  key=lambda k: -k[2])
+
+
+def profile_rows(recipe: str, engine_name: str, engine_dir: str, seconds_list: tuple[int, ...],
+                 batches: tuple[int, ...], top: int = 40) -> list[dict]:
+    """Per-kernel device time of one encoder+CTC call (a CUDA-graph replay) and one rescoring call (cross K/V and
+    the decoder, 10 hypotheses of 20 tokens) at each shape."""
+    tr = Transcriber(engine_dir, "cuda")
+    session = tr.encoding.session
+    rows = []
+    for seconds in seconds_list:
+        frames = seconds_to_frames(seconds)
+        for batch in batches:
+            speech = (torch.randn(batch, frames, 80) + 10).cuda()
+            inputs = {"speech": speech, "speech_lengths": torch.full((batch,), frames, dtype=torch.int32,
+                                                                     device="cuda")}
+            enc = tr.encoding.encode([speech[i].cpu() for i in range(batch)])
+            nbest = NBest.from_results(hypotheses(batch, tr.engine.model.vocab_size, seconds))
+            for stage, fn, args in (("encoder+ctc", session.run, (inputs,)), ("rescoring", rescore, (tr, nbest, enc))):
+                for _ in range(3):  # capture and warm-up
+                    fn(*args)
+                kernels = kernel_profile(fn, *args)
+                groups: dict[str, list[float]] = {}
+                for name, count, ms in kernels:
+                    g = groups.setdefault(kernel_group(name), [0, 0.0])
+                    g[0] += count
+                    g[1] += ms
+                row = {"recipe": recipe, "stage": stage, "system": engine_name, "batch": batch, "seconds": seconds,
+                       "kernels": sum(k[1] for k in kernels), "kernel_ms": sum(k[2] for k in kernels),
+                       "groups": {g: {"kernels": c, "ms": round(ms, 4)} for g, (c, ms) in groups.items()},
+                       "top": [{"name": n, "count": c, "ms": round(ms, 4)} for n, c, ms in kernels[:top]]}
+                rows.append(row)
+                print(f"profile {recipe} {stage} {engine_name} b{batch} {seconds} s: {row['kernels']} kernels, "
+                      f"{row['kernel_ms']:.3f} ms; " + ", ".join(f"{g} {v['ms']:.3f} ms ({v['kernels']})"
+                                                            for g, v in row["groups"].items()), flush=True)
+    return rows
+
 
 def mixed_utterances(n: int, folder: str) -> list[tuple[str, str]]:
     """``n`` wav files of 1.5 to 20 s: real utterances alone or joined end to end."""
@@ -277,7 +336,7 @@ def agreement(model_dir: str, engines: dict[str, str], wavs: list[str]) -> list[
     feats = [fbank(load_audio(w)) for w in wavs]
     rw = ckpt.config.reverse_weight
     expected, margins = [], []
-    with torch.no_grad():
+    with torch.no_grad(), fp32_exact():
         for f in feats:
             speech, lens = f[None].cuda(), torch.tensor([f.shape[0]], device="cuda")
             enc_out, enc_lens, logp, _ = ref.encode(speech, lens)
@@ -314,9 +373,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipes", nargs="+", default=["conformer", "u2pp"])
     p.add_argument("--utterances", type=int, default=1000)
-    p.add_argument("--parts", nargs="+", default=["kernels", "e2e", "agreement"])
-    p.add_argument("--skip_reference", action="store_true",
-                   help="kernels and end to end: only our engines' rows (the reference's take most of the time)")
+    p.add_argument("--parts", nargs="+", default=["kernels", "profile", "e2e", "agreement"],
+                   choices=["kernels", "profile", "e2e", "agreement"])
+    p.add_argument("--reference_parts", nargs="*", default=["kernels", "e2e"], choices=["kernels", "e2e"],
+                   help="the parts that also time reference.py (they take most of the time); none: ours only")
     p.add_argument("--dtypes", nargs="+", default=["float16", "bfloat16"], choices=["float16", "bfloat16"],
                    help="our engines' builds")
     p.add_argument("--seconds", nargs="+", type=int, default=list(SECONDS), help="kernels: audio lengths")
@@ -324,7 +384,7 @@ def main() -> None:
     p.add_argument("--out", default=".")
     args = p.parse_args()
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "command": " ".join(sys.argv), "ceilings": ceilings(), "kernels": [], "e2e": [], "agreement": []}
+              "command": " ".join(sys.argv), "ceilings": ceilings(), "kernels": [], "profile": [], "e2e": [], "agreement": []}
     print(json.dumps({k: report[k] for k in ("device", "torch", "ceilings")}), flush=True)
     root = tempfile.mkdtemp()
     items = mixed_utterances(args.utterances, tempfile.mkdtemp()) if "e2e" in args.parts else []
@@ -342,10 +402,13 @@ def main() -> None:
                   f"(compile {config['builder']['compiled']['seconds']} s)", flush=True)
             engines[f"engines {short}"] = path
         if "kernels" in args.parts:
-            report["kernels"] += kernel_rows(recipe, model_dir, engines, report["ceilings"], not args.skip_reference,
-                                             tuple(args.seconds), tuple(args.batches))
+            report["kernels"] += kernel_rows(recipe, model_dir, engines, report["ceilings"],
+                                             "kernels" in args.reference_parts, tuple(args.seconds), tuple(args.batches))
+        if "profile" in args.parts:
+            name, path = next(iter(engines.items()))
+            report["profile"] += profile_rows(recipe, name, path, tuple(args.seconds), tuple(args.batches))
         if "e2e" in args.parts:
-            report["e2e"] += e2e_rows(recipe, model_dir, engines, items, not args.skip_reference)
+            report["e2e"] += e2e_rows(recipe, model_dir, engines, items, "e2e" in args.reference_parts)
         if "agreement" in args.parts:
             report["agreement"] += agreement(model_dir, engines, real_wavs())
         with open(os.path.join(args.out, "gpu_engines.json"), "w") as f:
@@ -360,6 +423,11 @@ def print_tables(report: dict) -> None:
     for r in report["kernels"]:
         print(f"{r['recipe']:9s} {r['stage']:11s} {r['system']:24s} {r['batch']:3d} {r['seconds']:3d} {r['ms']:8.3f} "
               f"{r['floor_ms']:8.4f} {r['fraction_of_floor']:8.1%}")
+    for r in report["profile"]:
+        print(f"profile {r['recipe']} {r['stage']} {r['system']} b{r['batch']} {r['seconds']} s: {r['kernels']} kernels, "
+              f"{r['kernel_ms']:.3f} ms")
+        for k in r["top"]:
+            print(f"    {k['ms']:7.3f} ms {k['count']:4d}x  {k['name'][:120]}")
     for r in report["e2e"]:
         print(f"e2e {r['recipe']:9s} {r['system']:24s} {r['utterances']} utt {r['audio_s']:.0f} s audio "
               f"in {r['wall_s']:.2f} s: {r['x_real_time']:.0f}x real time")
