@@ -4,7 +4,7 @@
 
 Each formulation is compiled by Inductor (``torch.compile``) and timed with CUDA events (mean of 20 after warm-up), on
 fp16 inputs of AISHELL's shape (80 mel bins, 256 channels); the error is relative to cuDNN's result. It is the
-measurement behind ``layers.conv.Conv2d.forward_single_channel`` (the K = 16 GEMM).
+measurement behind ``layers.conv.Conv2d.relu_single_channel`` (the K = 16 GEMM).
 """
 
 from __future__ import annotations

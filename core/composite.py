@@ -1,6 +1,6 @@
 """Fused ops and their decompositions.
 
-A fused op (today ``attention``) is one node of a network. Its PyTorch lowering is a plugin: a Triton
+A fused op (``attention``, ``linear_act``) is one node of a network. Its PyTorch lowering is a plugin: a Triton
 kernel registered as a torch custom op (``plugins/``). Its TensorRT lowering, and the plugin's
 path where no kernel runs (the CPU), use its decomposition: the same math in primitive ops of
 ``core.functional``, recorded into a small network on demand. The math is written once in our
@@ -50,10 +50,17 @@ def attention(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None = None
     return F.matmul(F.cast(attn, v.dtype), v)
 
 
-DECOMPOSITIONS: dict[str, Callable[..., Tensor]] = {"attention": attention}
+def linear_act(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, activation: str) -> Tensor:
+    """``activation(x·weightᵀ + bias)`` for a torch-layout (N, K) weight."""
+    y = F.matmul(x, weight, transpose_b=True)
+    return F.activation(y + bias if bias is not None else y, activation)
+
+
+DECOMPOSITIONS: dict[str, Callable[..., Tensor]] = {"attention": attention, "linear_act": linear_act}
 # per op: the decomposition's arguments that a node's inputs always fill, then the optional ones by their flag
 INPUT_NAMES = {"attention": (["q", "k", "v"], [("has_lengths", ["key_lengths"]),
-                                               ("has_pos", ["pos", "pos_bias_u", "pos_bias_v"])])}
+                                               ("has_pos", ["pos", "pos_bias_u", "pos_bias_v"])]),
+               "linear_act": (["x", "weight"], [("has_bias", ["bias"])])}
 
 
 def _input_names(op: str, attrs: dict) -> list[str]:

@@ -181,6 +181,13 @@ def attention(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None = None
                 has_pos=pos is not None)
 
 
+def linear_act(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str) -> Tensor:
+    """``activation(x·weightᵀ + bias)`` (relu or swish), one node: a GEMM with a bias + activation epilogue
+    (``core.composite.linear_act`` defines it; ``plugins.linear`` runs it). x (..., K), weight (N, K)."""
+    return _one("linear_act", [x, weight] + ([bias] if bias is not None else []), activation=activation,
+                has_bias=bias is not None)
+
+
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
     return _one("softmax", [x], dim=dim)
 

@@ -779,12 +779,50 @@ class Attention:
 
     @staticmethod
     def torch(q, k, v, *rest, scale: float, causal: bool, has_lengths: bool, has_pos: bool):
-        from plugins.attention import attention, decomposed, kernel_available
+        from plugins import kernel_available
+        from plugins.attention import attention, decomposed
 
         key_lengths = rest[0] if has_lengths else None
         pos, u, bias_v = rest[-3:] if has_pos else (None, None, None)
         # without a kernel: the decomposition inline, so that export and Inductor see plain ops
         run = attention if kernel_available(q.device) else decomposed
         return run(q, k, v, key_lengths, pos, u, bias_v, scale, causal)
+
+    tensorrt = None
+
+
+@register
+class LinearAct:
+    """``act(x·Wᵀ + b)``, a GEMM with its bias and activation (relu, swish) as epilogue (``core.composite.linear_act``
+    says what it computes). Inputs: x (..., K), weight (N, K), then bias (N,) if ``has_bias``.
+    PyTorch lowering: the ``wenet_trt::linear_act`` plugin (a Triton kernel) for half x on CUDA, else the
+    decomposition. TensorRT lowering: ``composite`` -- the decomposition, whose epilogue TensorRT fuses itself.
+    """
+
+    name = "linear_act"
+    composite = True
+
+    @staticmethod
+    def infer(x, weight, *rest, activation: str, has_bias: bool) -> list[Spec]:
+        dtype = _same_dtype("linear_act", x, weight, *rest)
+        _require(dtype.is_float, "linear_act needs float inputs")
+        _require(activation in ("relu", "swish"), f"linear_act: unsupported activation {activation!r}")
+        _require(weight.ndim == 2 and x.ndim >= 2, f"linear_act: x (..., K) and weight (N, K), got {x.shape} and "
+                                                   f"{weight.shape}")
+        _require(x.shape[-1] in (weight.shape[1], -1), f"linear_act: inner dims {x.shape[-1]} and {weight.shape[1]} differ")
+        _require(len(rest) == int(has_bias) and all(b.shape == (weight.shape[0],) for b in rest),
+                 "linear_act: bias must be (N,) and match has_bias")
+        return [(dtype, (*x.shape[:-1], weight.shape[0]))]
+
+    @staticmethod
+    def torch(x, weight, *rest, activation: str, has_bias: bool):
+        from plugins import kernel_available
+        from plugins.linear import decomposed, linear_act
+
+        bias = rest[0] if has_bias else None
+        # fp32 stays on cuBLAS (Triton's fp32 dot is no faster); without a kernel the decomposition runs inline,
+        # so that export and Inductor see plain ops
+        fused = kernel_available(x.device) and x.dtype != torch.float32
+        return (linear_act if fused else decomposed)(x, weight, bias, activation)
 
     tensorrt = None

@@ -32,8 +32,8 @@ class ConvolutionModule(Module):
         self.pointwise_conv2 = Conv1d(channels, channels, 1, dtype=dtype)
 
     def forward(self, x: Tensor, valid: Tensor) -> Tensor:
-        """x (B, T, D), valid (B, T) bool. Channels last but for the depthwise convolution: the pointwise
-        convolutions are GEMMs over the (B, T) rows."""
+        """x (B, T, D), valid (B, T) bool; channels last throughout. The depthwise convolution and the norm run
+        in fp32 (one rounding to the layer's dtype, before the second pointwise convolution)."""
         mask = F.unsqueeze(valid, 2)  # (B, T, 1)
         x = F.where(mask, x, 0.0)
         if self.lorder:
@@ -41,8 +41,8 @@ class ConvolutionModule(Module):
         x = F.glu(self.pointwise_conv1.pointwise(x), 2)
         if not self.lorder:
             x = F.where(mask, x, 0.0)
-        x = self.depthwise_conv(x.transpose(1, 2)).transpose(1, 2)
-        if self.norm is not None:
-            x = self.norm(x)
+        dtype = x.dtype
+        x = self.depthwise_conv.depthwise(x)
+        x = self.norm(x, dtype) if self.norm is not None else F.cast(x, dtype)
         x = self.pointwise_conv2.pointwise(F.activation(x, self.activation))
         return F.where(mask, x, 0.0)

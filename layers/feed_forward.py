@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from core import functional as F
 from core.dtype import DataType
 from core.module import Module
 from core.tensor import Tensor
@@ -17,4 +16,4 @@ class PositionwiseFeedForward(Module):
         self.w_2 = Linear(hidden, dim, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.w_2(F.activation(self.w_1(x), self.activation))
+        return self.w_2(self.w_1(x, self.activation))

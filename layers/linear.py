@@ -8,8 +8,11 @@ from core.module import Module, Parameter
 from core.tensor import Tensor
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``x weightᵀ + bias`` for a torch-layout (out_features, in_features) weight."""
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None) -> Tensor:
+    """``activation(x weightᵀ + bias)`` for a torch-layout (out_features, in_features) weight; with an activation
+    one fused op, a GEMM whose epilogue adds the bias and applies it."""
+    if activation is not None:
+        return F.linear_act(x, weight, bias, activation)
     y = F.matmul(x, weight, transpose_b=True)
     return y + bias if bias is not None else y
 
@@ -24,8 +27,8 @@ class Linear(Module):
         self.weight = Parameter((out_features, in_features), dtype)
         self.bias = Parameter((out_features,), dtype) if bias else None
 
-    def forward(self, x: Tensor) -> Tensor:
-        return linear(x, self.weight.value, self.bias.value if self.bias is not None else None)
+    def forward(self, x: Tensor, activation: str | None = None) -> Tensor:
+        return linear(x, self.weight.value, self.bias.value if self.bias is not None else None, activation)
 
 
 def fused_linear(x: Tensor, linears: Sequence[Linear]) -> list[Tensor]:

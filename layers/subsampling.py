@@ -60,11 +60,12 @@ class Conv2dSubsampling(Module):
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x (B, T, idim), lengths (B,) int32 -> x (B, T', D), lengths (B,), pos_emb (see PositionalEncoding)."""
         first, *rest = self.conv
-        x = F.relu(first.forward_single_channel(x))  # (B, T', F', C): channels last
-        for conv in rest:  # convolutions see (B, C, T', F') views of channels-last data
-            x = F.permute(F.relu(conv(F.permute(x, [0, 3, 1, 2]))), [0, 2, 3, 1])
-        # WeNet flattens (B, T', C, F') channel-major; flattening (B, T', F', C) instead reads the channels-last
-        # data in place, and the Linear's weight columns are permuted to match (a constant: folded).
+        x = first.relu_single_channel(x)  # (B, F', T', C): channels last, frequency before time
+        for conv in rest:  # convolutions see (B, C, F', T') views of channels-last data
+            x = F.permute(F.relu(conv(F.permute(x, [0, 3, 1, 2]), time_last=True)), [0, 2, 3, 1])
+        # WeNet flattens (B, T', C, F') channel-major; flattening (B, T', F', C) instead reads channels-last rows,
+        # and the Linear's weight columns are permuted to match (a constant: folded).
+        x = F.permute(x, [0, 2, 1, 3])
         freq, channels = x.shape[2], x.shape[3]
         x = F.view(x, [F.shape(x, 0), F.shape(x, 1), self.flat_dim])
         linear = self.output_linear

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
@@ -20,3 +21,8 @@ def register_op(name: str, fn: Callable, fake: Callable):
     op = torch.library.custom_op(f"wenet_trt::{name}", fn, mutates_args=())
     op.register_fake(fake)
     return op
+
+
+def kernel_available(device: torch.device) -> bool:
+    """Whether Triton kernels run for tensors on ``device`` (CUDA, or the CPU under the interpreter)."""
+    return triton is not None and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")

@@ -19,18 +19,13 @@ import os
 import torch
 
 from core.composite import run_decomposition
-from plugins import register_op
+from plugins import kernel_available, register_op
 
 try:
     import triton
     import triton.language as tl
 except ImportError:  # CPU-only installs: the decomposition serves
     triton = None
-
-
-def kernel_available(device: torch.device) -> bool:
-    """Whether the Triton kernel runs for tensors on ``device`` (CUDA, or the CPU under the interpreter)."""
-    return triton is not None and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
 
 
 if triton is not None:

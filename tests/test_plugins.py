@@ -1,4 +1,4 @@
-"""Plugins (Triton kernels as torch custom ops) against the decompositions of their fused ops.
+"""Plugins (Triton kernels as torch custom ops: attention, linear_act) against the decompositions of their fused ops.
 
 On the CPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1``), which must be
 set before Triton compiles anything, so those cases run in a child process. On a CUDA machine
@@ -27,6 +27,13 @@ CASES = {
     "head_dim_not_power_of_two": (2, 3, 19, 19, 12, [19, 7], False, True),
     "empty_key_row_gives_zeros": (2, 2, 8, 8, 16, [8, 0], False, False),
 }
+# name: (x shape (..., K), N, activation, bias): partial tiles in rows and columns, K below and above a tile
+LINEAR_CASES = {
+    "swish_ffn": ((2, 37, 64), 200, "swish", True),
+    "relu_k16_4d": ((3, 5, 7, 16), 48, "relu", True),
+    "relu_odd_k_no_bias": ((19, 40), 24, "relu", False),
+    "swish_two_k_tiles": ((130, 96), 130, "swish", True),
+}
 
 
 def make_inputs(case: str, dtype: torch.dtype, device: str = "cpu"):
@@ -49,19 +56,32 @@ def decomposed(args) -> torch.Tensor:
     return decomposed(*args)
 
 
+def make_linear_inputs(case: str, dtype: torch.dtype, device: str = "cpu"):
+    shape, n, activation, has_bias = LINEAR_CASES[case]
+    g = torch.Generator().manual_seed(len(case))
+    x = torch.randn(*shape, generator=g).to(dtype=dtype, device=device)
+    weight = (torch.randn(n, shape[-1], generator=g) / shape[-1] ** 0.5).to(dtype=dtype, device=device)
+    bias = torch.randn(n, generator=g).to(dtype=dtype, device=device) if has_bias else None
+    return x, weight, bias, activation
+
+
 def errors(device: str) -> dict:
-    """Max |kernel - decomposition| per case and dtype (the decomposition in fp32 on the same inputs)."""
+    """Max |kernel - decomposition| per plugin, case and dtype (the decomposition in fp32 on the same inputs)."""
+    from plugins import linear
     from plugins.attention import _launch
 
     out = {}
-    for case in CASES:
-        for dtype in (torch.float32, torch.float16):
-            args = make_inputs(case, dtype, device)
-            got = _launch(*args).float()
-            as_fp32 = [a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
-            want = decomposed(as_fp32)
-            out[f"{case}/{str(dtype)[6:]}"] = [float((got - want).abs().max()), float(want.abs().max()),
-                                              list(got.shape) == list(want.shape)]
+    for kernel, cases, inputs, reference in (
+            (_launch, CASES, make_inputs, decomposed),
+            (linear.launch, LINEAR_CASES, make_linear_inputs, lambda args: linear.decomposed(*args))):
+        for case in cases:
+            for dtype in (torch.float32, torch.float16):
+                args = inputs(case, dtype, device)
+                got = kernel(*args).float()
+                as_fp32 = [a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+                want = reference(as_fp32)
+                out[f"{kernel.__module__}/{case}/{str(dtype)[6:]}"] = [
+                    float((got - want).abs().max()), float(want.abs().max()), list(got.shape) == list(want.shape)]
     return out
 
 
@@ -75,18 +95,18 @@ def interpreted():
 
 
 def _check(results: dict):
-    assert len(results) == 2 * len(CASES)
+    assert len(results) == 2 * (len(CASES) + len(LINEAR_CASES))
     for name, (error, scale, same_shape) in results.items():
         assert same_shape, name
         assert error <= (2e-5 if name.endswith("float32") else 2e-3 * max(scale, 1.0)), (name, error)
 
 
-def test_attention_kernel_matches_decomposition_under_the_interpreter(interpreted):
+def test_kernels_match_decompositions_under_the_interpreter(interpreted):
     _check(interpreted)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_attention_kernel_matches_decomposition_on_the_gpu():
+def test_kernels_match_decompositions_on_the_gpu():
     _check(errors("cuda"))
 
 
@@ -105,3 +125,13 @@ def test_decomposition_is_the_unfused_math():
     want = torch.nn.functional.scaled_dot_product_attention(q_cat, k_cat, v, attn_mask=mask, scale=scale)
     got = decomposed((q, k, v, key_lengths, pos, u, bias_v, scale, causal))
     assert (got - want).abs().max() < 1e-5
+
+
+def test_linear_act_decomposition_is_the_unfused_math():
+    x, weight, bias, _ = make_linear_inputs("swish_ffn", torch.float32)
+    from plugins.linear import decomposed as linear_decomposed
+
+    got = linear_decomposed(x, weight, bias, "swish")
+    assert (got - torch.nn.functional.silu(torch.nn.functional.linear(x, weight, bias))).abs().max() < 1e-5
+    got = linear_decomposed(x, weight, None, "relu")
+    assert (got - torch.relu(x @ weight.T)).abs().max() < 1e-5
