@@ -233,7 +233,7 @@ class Transcriber:
                 out["ctc_greedy_search"] = ctc_greedy_search(enc.ctc_log_probs, lens, model.blank_id)
         candidates = None
         if "ctc_prefix_beam_search" in modes or "attention_rescoring" in modes:
-            with stage("ctc prefix beam search"):
+            with stage("ctc top-k"):
                 candidates = frame_candidates(enc.ctc_log_probs, options.beam_size)
         kv = None
         if "attention" in modes or "attention_rescoring" in modes:

@@ -71,7 +71,7 @@ def test_run_reads_wav_scp_with_relative_paths(tmp_path, random_models, capsys):
     assert "8.5 s of audio" in err and "real-time factor" in err and "first result" in err
     stages = err.split("seconds per stage: ")[1].splitlines()[0]
     assert [part.rsplit(" ", 1)[0] for part in stages.split(", ")] == ["read audio", "fbank", "encoder+ctc",
-                                                                        "ctc prefix beam search"]
+                                                                        "ctc top-k", "ctc prefix beam search"]
     assert sorted(line.split("\t")[0] for line in out.splitlines()) == ["utt_a", "utt_b"]
 
 
