@@ -60,11 +60,6 @@ def fbank_batch(waves: list[np.ndarray | torch.Tensor], num_mel_bins: int = 80, 
     waves = [torch.as_tensor(w, dtype=torch.float32) for w in waves]
     device = torch.device(device) if device is not None else waves[0].device
     counts = [num_frames(w.numel(), length, shift) for w in waves]
-    if device.type == "cuda" and waves[0].device.type == "cpu":
-        # one copy from page-locked memory for the batch (one pageable copy per wave was most of the fbank's time)
-        host = torch.empty(sum(w.numel() for w in waves), dtype=torch.float32, pin_memory=True)
-        torch.cat(waves, out=host)
-        waves = list(host.to(device, non_blocking=True).split([w.numel() for w in waves]))
     framed = [w.to(device).as_strided((n, length), (shift, 1)) for w, n in zip(waves, counts) if n]
     if not framed:
         return [torch.zeros(0, num_mel_bins, device=device) for _ in waves]
