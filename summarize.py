@@ -61,7 +61,8 @@ class SystemRun:
 
 
 def run_reference(model_dir: str, items, options: DecodingOptions, vocab: list[str], device: str) -> SystemRun:
-    from models.wenet.reference import ReferenceModel, fp32_exact
+    from core.dtype import fp32_exact
+    from models.wenet.reference import ReferenceModel
     from weights.files import read_model_dir
 
     ckpt = read_model_dir(model_dir)

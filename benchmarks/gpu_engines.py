@@ -42,8 +42,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.eager_lowering import cuda_time  # noqa: E402
 from build import build_engines  # noqa: E402
+from core.dtype import fp32_exact  # noqa: E402
 from models.wenet.networks import Profiles, seconds_to_frames  # noqa: E402
-from models.wenet.reference import ReferenceModel, fp32_exact  # noqa: E402
+from models.wenet.reference import ReferenceModel  # noqa: E402
 from runtime.audio import load_audio  # noqa: E402
 from runtime.frontend import fbank  # noqa: E402
 from runtime.search import DecodeResult, NBest, ctc_prefix_beam_search  # noqa: E402
@@ -78,6 +79,14 @@ def count_flops(fn, *args) -> int:
     with FlopCounterMode(display=False) as counter:
         fn(*args)
     return counter.get_total_flops()
+
+
+def encoder_inputs(batch: int, seconds: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of fbank-like features (B, frames, 80) of ``seconds`` and their lengths, on the GPU."""
+    frames = seconds_to_frames(seconds)
+    g = torch.Generator().manual_seed(batch * 100 + seconds)
+    return (torch.randn(batch, frames, 80, generator=g) + 10).cuda(), \
+        torch.full((batch,), frames, dtype=torch.int32, device="cuda")
 
 
 def hypotheses(batch: int, vocab: int, seed: int) -> list[DecodeResult]:
@@ -133,11 +142,8 @@ def kernel_rows(recipe: str, model_dir: str, engines: dict[str, str], peaks: dic
         sum(p.numel() for p in refs["reference eager fp32"].ctc.parameters())
     rows = []
     for seconds in seconds_list:
-        frames = seconds_to_frames(seconds)
         for batch in batches:
-            g = torch.Generator().manual_seed(batch * 100 + seconds)
-            speech = (torch.randn(batch, frames, 80, generator=g) + 10).cuda()
-            lens = torch.full((batch,), frames, dtype=torch.int32, device="cuda")
+            speech, lens = encoder_inputs(batch, seconds)
             prefix = hypotheses(batch, vocab, seconds)
             ref32 = refs["reference eager fp32"]
             with torch.no_grad():
@@ -213,11 +219,9 @@ def profile_rows(recipe: str, engine_name: str, engine_dir: str, seconds_list: t
     session = tr.encoding.session
     rows = []
     for seconds in seconds_list:
-        frames = seconds_to_frames(seconds)
         for batch in batches:
-            speech = (torch.randn(batch, frames, 80) + 10).cuda()
-            inputs = {"speech": speech, "speech_lengths": torch.full((batch,), frames, dtype=torch.int32,
-                                                                     device="cuda")}
+            speech, lens = encoder_inputs(batch, seconds)
+            inputs = {"speech": speech, "speech_lengths": lens}
             enc = tr.encoding.encode([speech[i].cpu() for i in range(batch)])
             nbest = NBest.from_results(hypotheses(batch, tr.engine.model.vocab_size, seconds))
             for stage, fn, args in (("encoder+ctc", session.run, (inputs,)), ("rescoring", rescore, (tr, nbest, enc))):

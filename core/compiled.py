@@ -28,7 +28,9 @@ import torch
 import torch.utils._pytree as pytree
 from safetensors.torch import load_file, save_file
 
-import plugins.attention  # noqa: F401 - registers the custom ops that exported graphs call
+import plugins.attention  # noqa: F401 - these register the custom ops that exported graphs call
+import plugins.linear  # noqa: F401
+from core.dtype import fp32_exact
 from core.network import Dim, InputSpec, Network
 from core.torch_backend import TorchEngine
 
@@ -203,7 +205,7 @@ class CompiledEngine:
 
     @torch.no_grad()
     def __call__(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # as TorchEngine: fp32 stays fp32
+        with fp32_exact():
             return self._run(inputs)
 
     def _run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -43,3 +43,9 @@ _TO_TORCH = {
     DataType.int64: torch.int64,
     DataType.bool: torch.bool,
 }
+
+
+def fp32_exact():
+    """A context in which fp32 means fp32 on a GPU: torch lets cuDNN's convolutions use TF32 by default (Ampere
+    and later), whose 10-bit mantissa rounds as coarsely as fp16 (about 1e-3 error)."""
+    return torch.backends.cudnn.flags(enabled=True, allow_tf32=False)

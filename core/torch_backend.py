@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from core.dtype import fp32_exact
 from core.network import Network
 from core.ops import OPS
 
@@ -30,8 +31,7 @@ class TorchEngine:
             self.program.append((op.torch, node.inputs, node.outputs, attrs, dead))
 
     def __call__(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        # fp32 ops stay fp32: cuDNN would otherwise run fp32 convolutions in TF32 (about 1e-3 error).
-        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        with fp32_exact():
             return self._run(inputs)
 
     def _run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

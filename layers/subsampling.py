@@ -8,7 +8,7 @@ from core.module import Module, ModuleList
 from core.tensor import Tensor
 from layers.conv import Conv2d
 from layers.embedding import PositionalEncoding
-from layers.linear import Linear
+from layers.linear import Linear, linear
 
 # input_layer -> ((kernel, stride) per conv, key of the output Linear)
 SUBSAMPLING = {
@@ -68,10 +68,10 @@ class Conv2dSubsampling(Module):
         x = F.permute(x, [0, 2, 1, 3])
         freq, channels = x.shape[2], x.shape[3]
         x = F.view(x, [F.shape(x, 0), F.shape(x, 1), self.flat_dim])
-        linear = self.output_linear
-        weight = F.view(F.permute(F.view(linear.weight.value, [linear.out_features, channels, freq]), [0, 2, 1]),
-                        [linear.out_features, self.flat_dim])
-        x = F.matmul(x, weight, transpose_b=True) + linear.bias.value
+        out = self.output_linear
+        weight = F.view(F.permute(F.view(out.weight.value, [out.out_features, channels, freq]), [0, 2, 1]),
+                        [out.out_features, self.flat_dim])
+        x = linear(x, weight, out.bias.value)
         x, pos_emb = self.pos_enc(x)
         for kernel, stride in self.layers:
             lengths = (lengths - kernel) // stride + 1

@@ -26,3 +26,11 @@ def register_op(name: str, fn: Callable, fake: Callable):
 def kernel_available(device: torch.device) -> bool:
     """Whether Triton kernels run for tensors on ``device`` (CUDA, or the CPU under the interpreter)."""
     return triton is not None and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
+
+
+def launchable(kernel):
+    """``kernel`` as the launch sites call it: wrapped by ``wrap_triton`` so that torch.export and Inductor see it,
+    except under the interpreter (torch 2.11 refuses to wrap an interpreted kernel)."""
+    from torch.library import wrap_triton
+
+    return kernel if os.environ.get("TRITON_INTERPRET") == "1" else wrap_triton(kernel)

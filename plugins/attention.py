@@ -14,12 +14,10 @@ no Triton) the op runs the decomposition.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from core.composite import run_decomposition
-from plugins import kernel_available, register_op
+from plugins import kernel_available, launchable, register_op
 
 try:
     import triton
@@ -91,8 +89,6 @@ if triton is not None:
 
 
 def _launch(q, k, v, key_lengths, pos, pos_bias_u, pos_bias_v, scale, causal):
-    from torch.library import wrap_triton
-
     # No Python branch on a size here: under torch.export and Inductor sizes are symbols, and a
     # branch would specialize the compiled engine to the traced size.
     batch, heads, m, d = q.shape
@@ -103,9 +99,7 @@ def _launch(q, k, v, key_lengths, pos, pos_bias_u, pos_bias_v, scale, causal):
     p = pos.expand(batch, -1, -1, -1) if has_pos else k  # broadcast over the batch: stride 0
     block_d, block_dv = triton.next_power_of_2(d), triton.next_power_of_2(dv)
     block_n = 64 if max(block_d, block_dv) <= 64 else 32
-    # wrap_triton lets torch.export and Inductor see the kernel; torch 2.11 refuses it an interpreted one
-    kernel = _attention_kernel if os.environ.get("TRITON_INTERPRET") == "1" else wrap_triton(_attention_kernel)
-    kernel[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), batch * heads)](
+    launchable(_attention_kernel)[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), batch * heads)](
         q, k, v, p, pos_bias_u if has_pos else q, pos_bias_v if has_pos else q,
         key_lengths if key_lengths is not None else q, out,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),

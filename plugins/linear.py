@@ -8,12 +8,10 @@ than the GEMM (H200). Here each output tile is finished in registers and written
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from core.composite import run_decomposition
-from plugins import kernel_available, register_op
+from plugins import kernel_available, launchable, register_op
 
 try:
     import triton
@@ -69,15 +67,12 @@ def config(n: int, k: int) -> dict:
 def launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str,
            **tiles) -> torch.Tensor:
     """The kernel on x (..., K) with the last dim contiguous; ``tiles`` overrides ``config`` (benchmarks)."""
-    from torch.library import wrap_triton
-
     n, k = weight.shape
     rows = x.reshape(-1, k)
     m = rows.shape[0]
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     meta = {**config(n, k), **tiles}
-    kernel = _linear_act_kernel if os.environ.get("TRITON_INTERPRET") == "1" else wrap_triton(_linear_act_kernel)
-    kernel[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)](
+    launchable(_linear_act_kernel)[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)](
         rows, weight, bias if bias is not None else weight, out, m, rows.stride(0), out.stride(0),
         N=n, K=k, ACT=activation, HAS_BIAS=bias is not None, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
         **meta)

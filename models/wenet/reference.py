@@ -22,12 +22,6 @@ from weights.mapping import KNOWN_UNUSED
 IGNORE_ID = -1
 
 
-def fp32_exact():
-    """A context in which fp32 means fp32 on a GPU: torch lets cuDNN's convolutions use TF32 by default (Ampere
-    and later), whose 10-bit mantissa rounds as coarsely as fp16, so the "fp32" reference would not be one."""
-    return torch.backends.cudnn.flags(enabled=True, allow_tf32=False)
-
-
 def make_pad_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     return torch.arange(max_len, device=lengths.device).unsqueeze(0) >= lengths.unsqueeze(1)
 
