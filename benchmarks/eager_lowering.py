@@ -86,7 +86,6 @@ def measure_engine(engine_dir: str, device: str, feats: list[torch.Tensor], ref_
                "speech_lengths": torch.full((16,), FRAMES_10S, dtype=torch.int32, device=device)}
     batch1 = {k: v[:1] for k, v in batch16.items()}
     enc1 = tr.encoding.encode([feats[0]])
-    kv = tr.decoding.cross_kv(enc1)
     hyps = [list(range(3 + k, 23 + k)) for k in range(10)]
     prefix = NBest.from_results([DecodeResult(hyps[0], 0.0, hyps, [-float(k) for k in range(10)])])
     return {"encoder_max_abs_err_vs_ref_fp32": err, "utterances": len(feats),
@@ -94,7 +93,8 @@ def measure_engine(engine_dir: str, device: str, feats: list[torch.Tensor], ref_
                for key, m in (("agree_greedy", modes[0]), ("agree_rescoring", modes[1]))},
             "enc_b1_10s_ms": cuda_time(lambda: session.run(batch1)),
             "enc_b16_10s_ms": cuda_time(lambda: session.run(batch16)),
-            "rescore_b1_10x20_ms": cuda_time(lambda: tr.decoding.rescore(prefix, enc1.encoder_lens, kv, 0.5, reverse_weight))}
+            "rescore_b1_10x20_ms": cuda_time(lambda: tr.decoding.rescore(prefix, enc1.encoder_out, enc1.encoder_lens, 0.5,
+                                                                                  reverse_weight))}
 
 
 def measure_recipe(recipe: str, root: str, feats: list[torch.Tensor], device: str) -> list[dict]:

@@ -112,8 +112,8 @@ def reference_rescoring_inputs(ref: ReferenceModel, prefix: list[DecodeResult], 
 
 
 def rescore(tr: Transcriber, nbest: NBest, enc) -> list[DecodeResult]:
-    """Our rescoring of a batch: cross-attention K/V, then all hypotheses in one decoder call."""
-    return tr.decoding.rescore(nbest, enc.encoder_lens, tr.decoding.cross_kv(enc), 0.5, 0.3)
+    """Our rescoring of a batch: all hypotheses in one decoder call (cross-attention K/V inside)."""
+    return tr.decoding.rescore(nbest, enc.encoder_out, enc.encoder_lens, 0.5, 0.3)
 
 
 def reference_rescore(ref: ReferenceModel, mem, mask, ys_in, r_ys_in, lens):

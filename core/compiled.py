@@ -9,10 +9,11 @@ engine dir: ``<network>.inductor`` (the compiled artifact: generated kernels and
 other serialized form, crash on load in torch 2.11 (every loader, on CUDA and CPU: see
 docs/architecture.md).
 
-Run time (``CompiledEngine``): inputs are copied into device buffers allocated once for the
-profile maximum, padded up to their shape bucket (batch rows repeat row 0, so padding rows are
-valid inputs; other dims are zero-padded and masked by the lengths inputs), and each bucket runs
-as a CUDA graph captured on first use. Outputs are views of the graph's static outputs, cut back
+Run time (``CompiledEngine``): inputs are copied into one device buffer allocated once for the
+profile maximum (``InputArena``; host inputs all in one copy from a page-locked mirror), padded up
+to their shape bucket (batch rows repeat row 0, so padding rows are valid inputs; other dims are
+zero-padded and masked by the lengths inputs), and each bucket runs as a CUDA graph captured on
+first use. Outputs are views of the graph's static outputs, cut back
 to the real sizes of the dims they share with the inputs, and valid until the next call.
 """
 
@@ -24,6 +25,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.utils._pytree as pytree
 from safetensors.torch import load_file, save_file
@@ -37,6 +39,9 @@ from core.torch_backend import TorchEngine
 PROGRAM_SUFFIX = ".inductor"
 CONSTANTS_SUFFIX = ".constants.safetensors"
 REPEAT_DIMS = ("batch",)  # padded by repeating row 0; every other dim is zero-padded
+ALIGN = 256  # bytes, of each input's offset in the input arena
+_BITS = {1: np.uint8, 2: np.int16, 4: np.int32, 8: np.int64}  # host inputs are placed as bits: bf16 has no numpy type
+_TORCH_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 class NetworkModule(torch.nn.Module):
@@ -147,8 +152,100 @@ def compile_network(exported, inputs: dict[str, InputSpec], device: torch.device
     return CompiledNetwork(program, constants, list(inputs), sorted(names, key=names.get))
 
 
+class InputArena:
+    """A bucket's inputs as views of one device buffer, each aligned to ``ALIGN`` bytes, smallest (at the profile
+    maximum) first: lengths, tokens and weights, which come from the host, lie together ahead of activations.
+
+    Inputs that come from the host are written, padded, into a page-locked mirror of the buffer and moved by one
+    copy per run of adjacent host inputs; inputs already on the device are copied into their views. Every bucket
+    lays its inputs out from offset 0, so the buffer sized for the profile maximum serves them all."""
+
+    def __init__(self, inputs: dict[str, InputSpec], most: dict[str, int], device: torch.device):
+        self.order = sorted(inputs, key=lambda n: _numel(inputs[n], most) * inputs[n].dtype.torch.itemsize)
+        self.inputs = inputs
+        self.device = device
+        self.staged = device.type == "cuda"  # off CUDA, the host is the device
+        size = self.layout(most)[1]
+        self.buffer = torch.zeros(size, dtype=torch.uint8, device=device)
+        self.host_buffer = torch.zeros(size, dtype=torch.uint8, pin_memory=self.staged)
+        self.mirror = self.host_buffer.numpy()
+        self.copied: torch.cuda.Event | None = None  # the last host-to-device copy, which reads the mirror
+
+    def layout(self, sizes: dict[str, int]) -> tuple[dict[str, tuple[int, int]], int]:
+        """(byte offset and size per input, total bytes) of a bucket."""
+        spans, offset = {}, 0
+        for name in self.order:
+            nbytes = _numel(self.inputs[name], sizes) * self.inputs[name].dtype.torch.itemsize
+            spans[name] = (offset, nbytes)
+            offset += -(-nbytes // ALIGN) * ALIGN
+        return spans, max(offset, ALIGN)
+
+    def views(self, sizes: dict[str, int]) -> Bucket:
+        spans, _ = self.layout(sizes)
+        device, host = {}, {}
+        for name, spec in self.inputs.items():
+            start, nbytes = spans[name]
+            shape = _shape(spec, sizes)
+            device[name] = self.buffer[start:start + nbytes].view(spec.dtype.torch).view(shape)
+            host[name] = self.mirror[start:start + nbytes].view(_BITS[spec.dtype.torch.itemsize]).reshape(shape)
+        return Bucket(spans, device, host)
+
+    def fill(self, bucket: Bucket, inputs: dict[str, torch.Tensor]) -> None:
+        """The bucket's views hold ``inputs``, padded (batch rows repeat row 0; other dims zero-padded)."""
+        from_host = [n for n, v in inputs.items() if self.staged and v.device.type == "cpu"]
+        if from_host:
+            if self.copied is not None:
+                self.copied.synchronize()  # the mirror is free again once the last copy has read it
+            for name in from_host:
+                value = inputs[name]
+                _place(bucket.host[name], value.view(_TORCH_BITS[value.element_size()]).numpy(), self.repeats(name))
+            runs: list[list[int]] = []  # [start, end) of adjacent host inputs
+            adjacent = False
+            for name in self.order:
+                start, nbytes = bucket.spans[name]
+                if name in from_host and adjacent:
+                    runs[-1][1] = start + nbytes
+                elif name in from_host:
+                    runs.append([start, start + nbytes])
+                adjacent = name in from_host
+            for start, end in runs:
+                self.buffer[start:end].copy_(self.host_buffer[start:end], non_blocking=True)
+            self.copied = torch.cuda.Event()
+            self.copied.record()
+        for name, value in inputs.items():
+            if name not in from_host:
+                _place(bucket.device[name], value, self.repeats(name))
+
+    def repeats(self, name: str) -> list[int]:
+        return [axis for axis, d in enumerate(self.inputs[name].dims) if isinstance(d, Dim) and d.name in REPEAT_DIMS]
+
+
+@dataclass
+class Bucket:
+    """One bucket's input views: byte spans in the arena, the device views the graph reads, the host mirror's."""
+
+    spans: dict[str, tuple[int, int]]
+    device: dict[str, torch.Tensor]
+    host: dict[str, np.ndarray]
+
+
+def _place(target, value, repeat_axes: list[int]) -> None:
+    """``value`` into the leading corner of ``target`` (both numpy arrays, or both tensors), the rest zero, and
+    the ``repeat_axes`` padded with copies of their first row."""
+    if tuple(target.shape) != tuple(value.shape):
+        target[...] = 0
+    target[tuple(slice(0, s) for s in value.shape)] = value
+    for axis in repeat_axes:
+        size, full = value.shape[axis], target.shape[axis]
+        if size < full:
+            pad = tuple(slice(size, full) if a == axis else slice(None) for a in range(target.ndim))
+            first = tuple(slice(0, 1) if a == axis else slice(None) for a in range(target.ndim))
+            target[pad] = target[first]
+
+
 class CompiledEngine:
-    """A compiled network on one CUDA device; called like ``TorchEngine``, with CUDA graphs per bucket."""
+    """A compiled network on one CUDA device; called like ``TorchEngine``, with CUDA graphs per bucket. Inputs
+    may be on the host or the device."""
 
     def __init__(self, network: CompiledNetwork, inputs: dict[str, InputSpec], buckets: dict[str, list[int]],
                  output_dims: dict[str, list[str | None]], device: torch.device):
@@ -158,11 +255,8 @@ class CompiledEngine:
         self.output_dims = output_dims
         self.module = network
         self.cuda_graphs = device.type == "cuda"
-        dims = dynamic_dims(inputs)
-        # one flat buffer per input for the profile maximum; each bucket views it contiguously
-        self.storage = {name: torch.zeros(_numel(spec, {n: d.max for n, d in dims.items()}), dtype=spec.dtype.torch,
-                                          device=device) for name, spec in inputs.items()}
-        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph | None, dict, dict]] = {}
+        self.arena = InputArena(inputs, {n: d.max for n, d in dynamic_dims(inputs).items()}, device)
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph | None, Bucket, dict | None]] = {}
         self.pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
 
     def bucket_sizes(self, inputs: dict[str, torch.Tensor]) -> tuple[dict[str, int], dict[str, int]]:
@@ -173,35 +267,20 @@ class CompiledEngine:
                     real[d.name] = inputs[name].shape[axis]
         return real, {n: pick_bucket(self.buckets[n], s) for n, s in real.items()}
 
-    def _static_inputs(self, sizes: dict[str, int]) -> dict[str, torch.Tensor]:
-        return {name: self.storage[name][:_numel(spec, sizes)].view(_shape(spec, sizes))
-                for name, spec in self.inputs.items()}
-
-    def _fill(self, static: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]) -> None:
-        for name, value in inputs.items():
-            target = static[name]
-            if target.shape != value.shape:
-                target.zero_()
-            target[tuple(slice(0, s) for s in value.shape)].copy_(value)
-            spec = self.inputs[name]
-            for axis, d in enumerate(spec.dims):
-                if isinstance(d, Dim) and d.name in REPEAT_DIMS and value.shape[axis] < target.shape[axis]:
-                    padding = target.narrow(axis, value.shape[axis], target.shape[axis] - value.shape[axis])
-                    padding.copy_(target.narrow(axis, 0, 1).expand_as(padding))
-
     def _capture(self, static: dict[str, torch.Tensor]):
-        """(graph, static inputs, static outputs) of one bucket; no graph off CUDA."""
+        """(graph, static outputs) of one bucket; no graph off CUDA."""
         if not self.cuda_graphs:
-            return None, static, None
+            return None, None
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             self.module(static)  # first launches (kernel loading, library handles) outside the capture
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        # thread-local: other threads (the transcriber's readers uploading audio) may use CUDA meanwhile
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             outputs = self.module(static)
-        return graph, static, outputs
+        return graph, outputs
 
     @torch.no_grad()
     def __call__(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -212,13 +291,14 @@ class CompiledEngine:
         real, sizes = self.bucket_sizes(inputs)
         key = tuple(sorted(sizes.items()))
         entry = self.graphs.get(key)
-        static = entry[1] if entry is not None else self._static_inputs(sizes)
-        self._fill(static, inputs)
+        bucket = entry[1] if entry is not None else self.arena.views(sizes)
+        self.arena.fill(bucket, inputs)
         if entry is None:
-            entry = self.graphs[key] = self._capture(static)
+            graph, outputs = self._capture(bucket.device)
+            entry = self.graphs[key] = (graph, bucket, outputs)
         graph, _, outputs = entry
         if graph is None:
-            outputs = self.module(static)
+            outputs = self.module(bucket.device)
         else:
             graph.replay()
         return {name: _cut(value, self.output_dims.get(name, []), real) for name, value in outputs.items()}

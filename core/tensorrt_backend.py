@@ -238,7 +238,7 @@ class TensorRTEngine:
 
     def __call__(self, inputs: dict[str, torch.Tensor], stream: int | None = None) -> dict[str, torch.Tensor]:
         stream = torch.cuda.current_stream(self.device).cuda_stream if stream is None else stream
-        inputs = {k: v.contiguous() for k, v in inputs.items()}
+        inputs = {k: v.to(self.device).contiguous() for k, v in inputs.items()}
         for name, value in inputs.items():
             self.context.set_input_shape(name, tuple(value.shape))
             self.context.set_tensor_address(name, self._address(value))

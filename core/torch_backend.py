@@ -35,7 +35,7 @@ class TorchEngine:
             return self._run(inputs)
 
     def _run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        env: dict = {**self.constants, **inputs}
+        env: dict = {**self.constants, **{k: v.to(self.device) for k, v in inputs.items()}}
         for lowering, in_names, out_names, attrs, dead in self.program:
             result = lowering(*[env[n] for n in in_names], **attrs)
             if len(out_names) == 1:

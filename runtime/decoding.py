@@ -1,17 +1,40 @@
 """``WeNetDecoding``: attention rescoring and attention beam search over the decoder networks.
 
-The cross-attention K/V are computed once per utterance (``cross_kv`` network) and shared by all
-of its hypotheses; all hypotheses of all utterances of a batch are rescored in one call.
+The cross-attention K/V are computed once per utterance and shared by all of its hypotheses: inside
+the ``decoder`` network for rescoring (all hypotheses of all utterances of a batch in one call), by
+the ``cross_kv`` network for the step-by-step attention beam search.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from runtime.encoding import EncoderOutput
 from runtime.search import DecodeResult, NBest, NBestResult
-from runtime.session import EngineDir
+from runtime.session import EngineDir, copy_to_host
+
+
+class RescoringScores(NamedTuple):
+    """A queued rescoring: the n-best, and its scores (B, N) on the host once ``ready`` (a CUDA event) has passed."""
+
+    nbest: NBest
+    scores: torch.Tensor
+    ready: torch.cuda.Event | None
+
+    def results(self) -> list[DecodeResult]:
+        """Each utterance's hypotheses ranked by their rescored scores (waits for them)."""
+        if self.ready is not None:
+            self.ready.synchronize()
+        nbest = self.nbest
+        real = torch.from_numpy(np.arange(self.scores.shape[1]) < nbest.count[:, None])
+        scores = self.scores.masked_fill(~real, -float("inf"))
+        # stable: among equal scores the earlier hypothesis first, so order[0] is WeNet's best (its strict '>')
+        order = scores.argsort(dim=1, descending=True, stable=True).tolist()
+        return [NBestResult(nbest, b, order[b][:count], scores[b, order[b][:count]].tolist())
+                for b, count in enumerate(nbest.count.tolist())]
 
 
 class WeNetDecoding:
@@ -33,10 +56,16 @@ class WeNetDecoding:
             raise ValueError(f"beam size {beam_size} is outside the built engines' [1, {self.beam_limit}]; "
                              "rebuild with a larger --beam_size")
 
-    def rescore(self, nbest: NBest, encoder_lens: torch.Tensor, kv: dict[str, torch.Tensor],
+    def rescore(self, nbest: NBest, encoder_out: torch.Tensor, encoder_lens: torch.Tensor,
                 ctc_weight: float, reverse_weight: float) -> list[DecodeResult]:
         """WeNet's attention_rescoring: best of each utterance's CTC n-best under
         (1 - rw) * left + rw * right + ctc_weight * ctc (scores include the final eos)."""
+        return self.launch_rescoring(nbest, self.rescoring_inputs(nbest, ctc_weight, reverse_weight), encoder_out,
+                                     encoder_lens).results()
+
+    def rescoring_inputs(self, nbest: NBest, ctc_weight: float, reverse_weight: float) -> dict[str, torch.Tensor]:
+        """The decoder's host inputs for an n-best: hypotheses padded as [sos] hyp [eos] both ways, their lengths,
+        CTC scores and the weights. Host work only, so a search thread can make them."""
         sos, eos = self.model.sos, self.model.eos
         batch, n = len(nbest.count), int(nbest.count.max())
         self.check_beam(n)
@@ -54,20 +83,20 @@ class WeNetDecoding:
         picked = tokens[b_i, h_i, t_i]
         hyps[b_i, h_i, 1 + t_i] = picked
         r_hyps[b_i, h_i, hyp_lens[b_i, h_i] - t_i] = picked
-        lens = torch.from_numpy((hyp_lens + 1).astype(np.int32))
-        ctc = torch.from_numpy(np.where(real, nbest.scores[:, :n], 0.0).astype(np.float32))
-        device = self.engine.device
-        inputs = {"hyps_pad_sos_eos": torch.from_numpy(hyps), "hyps_lens_sos": lens, "ctc_scores": ctc,
-                  "ctc_weight": torch.tensor([ctc_weight]), "encoder_out_lens": encoder_lens}
+        inputs = {"hyps_pad_sos_eos": torch.from_numpy(hyps),
+                  "hyps_lens_sos": torch.from_numpy((hyp_lens + 1).astype(np.int32)),
+                  "ctc_scores": torch.from_numpy(np.where(real, nbest.scores[:, :n], 0.0).astype(np.float32)),
+                  "ctc_weight": torch.tensor([ctc_weight])}
         if self.bidirectional:
             inputs.update({"r_hyps_pad_sos_eos": torch.from_numpy(r_hyps), "reverse_weight": torch.tensor([reverse_weight])})
-        inputs = {k: v.to(device) for k, v in inputs.items()}
-        inputs.update({k: v for k, v in kv.items() if k in self.decoder.inputs})
-        scores = self.decoder.run(inputs)["scores"].float().cpu().masked_fill(~torch.from_numpy(real), -float("inf"))
-        # stable: among equal scores the earlier hypothesis first, so order[0] is WeNet's best (its strict '>')
-        order = scores.argsort(dim=1, descending=True, stable=True).tolist()
-        return [NBestResult(nbest, b, order[b][:count], scores[b, order[b][:count]].tolist())
-                for b, count in enumerate(nbest.count.tolist())]
+        return inputs
+
+    def launch_rescoring(self, nbest: NBest, inputs: dict[str, torch.Tensor], encoder_out: torch.Tensor,
+                         encoder_lens: torch.Tensor) -> RescoringScores:
+        """``rescore`` from ``rescoring_inputs``: one decoder call, queued; its scores come back without waiting."""
+        scores = self.decoder.run({**inputs, "encoder_out": encoder_out, "encoder_out_lens": encoder_lens})["scores"]
+        (host,), ready = copy_to_host(scores.float())
+        return RescoringScores(nbest, host, ready)
 
     def attention_beam_search(self, enc: EncoderOutput, kv: dict[str, torch.Tensor],
                               beam_size: int) -> list[DecodeResult]:

@@ -26,7 +26,7 @@ class WeNetEncoding:
     def encode(self, feats: list[torch.Tensor]) -> EncoderOutput:
         """``feats``: (T_i, 80) fp32 fbank per utterance, on any device; padded with zeros like WeNet."""
         device = self.engine.device
-        lengths = torch.tensor([f.shape[0] for f in feats], dtype=torch.int32).to(device, non_blocking=True)
+        lengths = torch.tensor([f.shape[0] for f in feats], dtype=torch.int32)
         speech = torch.nn.utils.rnn.pad_sequence([f.to(device) for f in feats], batch_first=True)
         out = self.session.run({"speech": speech, "speech_lengths": lengths})
         return EncoderOutput(out["encoder_out"], out["encoder_out_lens"], out["ctc_log_probs"])

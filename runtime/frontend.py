@@ -16,8 +16,12 @@ FLT_EPSILON = 1.1920928955078125e-07
 
 
 @functools.lru_cache(maxsize=8)
-def mel_banks(num_bins: int, padded_window: int, sample_rate: int, low_freq: float = 20.0) -> torch.Tensor:
-    """(num_bins, padded_window // 2 + 1) triangular HTK-mel filters; the Nyquist column is 0."""
+def mel_banks(num_bins: int, padded_window: int, sample_rate: int, low_freq: float = 20.0,
+              device: torch.device | None = None) -> torch.Tensor:
+    """(num_bins, padded_window // 2 + 1) triangular HTK-mel filters; the Nyquist column is 0. Cached per device:
+    a copy from pageable host memory would wait for all work queued on the GPU."""
+    if device is not None and device.type != "cpu":
+        return mel_banks(num_bins, padded_window, sample_rate, low_freq).to(device)
 
     def mel(f):
         return 1127.0 * torch.log(1.0 + f / 700.0)
@@ -36,7 +40,10 @@ def mel_banks(num_bins: int, padded_window: int, sample_rate: int, low_freq: flo
 
 
 @functools.lru_cache(maxsize=8)
-def povey_window(length: int) -> torch.Tensor:
+def povey_window(length: int, device: torch.device | None = None) -> torch.Tensor:
+    """Cached per device, as ``mel_banks``."""
+    if device is not None and device.type != "cpu":
+        return povey_window(length).to(device)
     return torch.hann_window(length, periodic=False, dtype=torch.float32).pow(0.85)
 
 
@@ -66,9 +73,9 @@ def fbank_batch(waves: list[np.ndarray | torch.Tensor], num_mel_bins: int = 80, 
     frames = torch.cat(framed)
     frames = frames - frames.mean(dim=1, keepdim=True)
     previous = torch.cat([frames[:, :1], frames[:, :-1]], dim=1)  # replicate-padded shift for x[0]
-    frames = (frames - 0.97 * previous) * povey_window(length).to(device)
+    frames = (frames - 0.97 * previous) * povey_window(length, device)
     padded = 1 << math.ceil(math.log2(length))
     spectrum = torch.fft.rfft(frames, n=padded).abs().pow(2.0)
-    energies = spectrum @ mel_banks(num_mel_bins, padded, sample_rate).to(device).T
+    energies = spectrum @ mel_banks(num_mel_bins, padded, sample_rate, device=device).T
     out = torch.clamp(energies, min=FLT_EPSILON).log()
     return list(torch.split(out, counts))

@@ -7,12 +7,14 @@ import functools
 import math
 import warnings
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from runtime.native import NativeBuildError, usable_cpus
 from runtime.native import load as load_native
+from runtime.session import copy_to_host
 
 NEG_INF = -float("inf")
 THREADS = usable_cpus()  # utterances searched at once by the native search (it releases the GIL)
@@ -132,18 +134,34 @@ def ctc_prefix_beam_search(log_probs: torch.Tensor, lengths: torch.Tensor, beam_
                            blank: int = 0) -> list[DecodeResult]:
     """The batch through the native search (same arithmetic and tie order as ``prefix_beam_search``),
     or through ``prefix_beam_search`` where no C++ compiler is available."""
-    return prefix_search_on_host(*frame_candidates(log_probs, beam_size), lengths, beam_size, blank).results()
+    return prefix_search_on_host(frame_candidates(log_probs, beam_size), lengths, beam_size, blank).results()
 
 
-def frame_candidates(log_probs: torch.Tensor, beam_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each frame's top ``beam_size`` (log-probs, labels), on the host: all the prefix search reads. The
-    top-k runs where the log-probs are, so only (B, T, beam) values move."""
-    return tuple(t.cpu() for t in log_probs.float().topk(beam_size, dim=-1))
+class FrameCandidates(NamedTuple):
+    """Each frame's top ``beam_size`` (log-probs, labels): all the prefix search reads. Host tensors; from a GPU
+    they are being copied until ``ready`` (a CUDA event) has passed: ``wait`` first."""
+
+    top_logp: torch.Tensor  # (B, T, k) float32
+    top_ids: torch.Tensor  # (B, T, k) int64
+    ready: torch.cuda.Event | None = None
+
+    def wait(self) -> FrameCandidates:
+        if self.ready is not None:
+            self.ready.synchronize()
+        return self
 
 
-def prefix_search_on_host(top_logp: torch.Tensor, top_ids: torch.Tensor, lengths: torch.Tensor, beam_size: int,
+def frame_candidates(log_probs: torch.Tensor, beam_size: int) -> FrameCandidates:
+    """The top-k runs where the log-probs are, so only (B, T, beam) values move; from a GPU into page-locked
+    memory, without waiting for the copy (nor for the work queued before it)."""
+    host, ready = copy_to_host(*log_probs.float().topk(beam_size, dim=-1))
+    return FrameCandidates(*host, ready)
+
+
+def prefix_search_on_host(candidates: FrameCandidates, lengths: torch.Tensor, beam_size: int,
                           blank: int = 0) -> NBest:
     """``ctc_prefix_beam_search`` from ``frame_candidates``: host work only (the native search releases the GIL)."""
+    top_logp, top_ids, _ = candidates.wait()
     lengths = lengths.cpu().long()
     try:
         search = _native_search()

@@ -22,6 +22,17 @@ from weights.files import load_vocab
 VOCAB_FILE = "units.txt"
 
 
+def copy_to_host(*tensors: torch.Tensor) -> tuple[list[torch.Tensor], torch.cuda.Event | None]:
+    """Host copies of ``tensors`` and, from a GPU, the event after which they hold the values: page-locked and
+    copied without waiting (for the copy, or for the work queued before it). Off a GPU, the tensors and None."""
+    if not tensors or tensors[0].device.type != "cuda":
+        return list(tensors), None
+    host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True) for t in tensors]
+    ready = torch.cuda.Event()
+    ready.record()
+    return host, ready
+
+
 class ProfileError(ValueError):
     """An input outside what the engine was built for (shape beyond a profile, wrong dtype, ...)."""
 
@@ -92,6 +103,7 @@ class Session:
                     raise ProfileError(f"{self.name}: input {name!r} dim {axis} must be {dim}, got {size}")
 
     def run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Outputs on the engine's device; inputs may be on the host or there (the engine moves them)."""
         self.check(inputs)
         with torch.inference_mode():
             return self._engine(inputs)

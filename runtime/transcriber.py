@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -19,14 +20,16 @@ import torch
 
 from layers.subsampling import subsampled_length
 from runtime.audio import AudioError, duration, load_audio
-from runtime.decoding import WeNetDecoding
+from runtime.decoding import RescoringScores, WeNetDecoding
 from runtime.encoding import WeNetEncoding
 from runtime.frontend import fbank_batch, num_frames
 from runtime.native import usable_cpus
-from runtime.search import DecodeResult, NBest, ctc_greedy_search, frame_candidates, prefix_search_on_host
+from runtime.search import DecodeResult, FrameCandidates, NBest, ctc_greedy_search, frame_candidates, prefix_search_on_host
 from runtime.session import EngineDir, ProfileError
 
-READ_THREADS = min(16, usable_cpus())
+# Readers: more would take CPUs from the prefix search (H200, 16 CPUs: 4 readers 15,100x end to end, 16 readers 11,000x).
+READ_THREADS = max(1, min(4, usable_cpus() // 4))
+READ_AHEAD = 4  # batches whose files are being read (and uploaded) while earlier ones decode
 MODES = ("ctc_greedy_search", "ctc_prefix_beam_search", "attention", "attention_rescoring")
 
 
@@ -43,12 +46,19 @@ class Result:
                 "nbest": r.nbest, "nbest_scores": r.nbest_scores}
 
 
+class Upload(NamedTuple):
+    """One file's samples on the engines' device, usable once ``ready`` (a CUDA event; None: now) has passed."""
+
+    samples: torch.Tensor
+    ready: torch.cuda.Event | None
+
+
 class Encoded(NamedTuple):
     """A batch after its device work (``Transcriber.encode``): what the prefix search and rescoring need."""
 
     lens: torch.Tensor  # encoder lengths, host
-    candidates: tuple[torch.Tensor, torch.Tensor] | None  # frame_candidates, host
-    kv: dict[str, torch.Tensor] | None  # cross-attention K/V
+    candidates: FrameCandidates | None
+    encoder_out: torch.Tensor | None  # for the rescoring
     results: dict[str, list[DecodeResult]]  # modes decoded on the device already
 
 
@@ -120,14 +130,16 @@ class Transcriber:
         self.decoding = WeNetDecoding(self.engine)
         self.audio_seconds = 0.0  # of the files featurized so far
         self.times = StageTimes(self.engine.device)
+        # the readers' uploads run on a stream of their own, so that they wait for no queued compute
+        self.uploads = torch.cuda.Stream(self.engine.device) if self.engine.device.type == "cuda" else None
 
     def check(self, options: DecodingOptions) -> None:
         """Options the built engines cannot serve fail here, before any audio is read."""
         if {"ctc_prefix_beam_search", "attention", "attention_rescoring"} & set(options.modes):
             self.decoding.check_beam(options.beam_size)
 
-    def audio(self, path: str) -> np.ndarray:
-        """The samples of one file, checked against the encoder's frame profile."""
+    def audio(self, path: str) -> Upload:
+        """The samples of one file, checked against the encoder's frame profile, on the engines' device."""
         model = self.engine.model
         samples = load_audio(path, model.sample_rate)
         frames = num_frames(len(samples), model.sample_rate * model.frame_length // 1000,
@@ -139,20 +151,34 @@ class Transcriber:
         if frames > self.encoding.frames.max:
             raise AudioError(f"{path}: {seconds:.1f} s is longer than the engines were built for "
                              f"({self.encoding.frames.max} frames); rebuild with a larger --max_seconds")
-        return samples
+        return self.upload(samples)
 
-    def features(self, waves: list[np.ndarray]) -> list[torch.Tensor]:
+    def upload(self, samples: np.ndarray) -> Upload:
+        if self.uploads is None:
+            return Upload(torch.from_numpy(samples), None)
+        with torch.cuda.stream(self.uploads):
+            tensor = torch.from_numpy(samples).to(self.engine.device, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record()
+        return Upload(tensor, ready)
+
+    def features(self, waves: list[Upload]) -> list[torch.Tensor]:
         """Fbank of a batch at once, on the engines' device."""
         model = self.engine.model
-        return fbank_batch(waves, model.num_mel_bins, model.frame_length, model.frame_shift, model.sample_rate,
-                           device=self.engine.device)
+        if self.uploads is not None:
+            compute = torch.cuda.current_stream(self.engine.device)
+            for wave in waves:
+                compute.wait_event(wave.ready)
+                wave.samples.record_stream(compute)  # its memory is not reused before the fbank has read it
+        return fbank_batch([w.samples for w in waves], model.num_mel_bins, model.frame_length, model.frame_shift,
+                           model.sample_rate, device=self.engine.device)
 
     def transcribe(self, items: Iterable[tuple[str, str]], options: DecodingOptions) -> Iterator[Result | Failure]:
         self.check(options)
         items = list(items)
-        with ThreadPoolExecutor(max_workers=READ_THREADS) as readers:
-            # Batches are made from the files' header durations, longest first (little padding), and the files
-            # are read by a thread pool in that order while earlier batches decode.
+        with ThreadPoolExecutor(max_workers=READ_THREADS) as readers, ThreadPoolExecutor(max_workers=1) as worker:
+            # Batches are made from the files' header durations, longest first (little padding); a thread pool
+            # reads (and uploads) the files of the next READ_AHEAD batches while earlier batches decode.
             durations = [readers.submit(duration, path) for _, path in items]
             ordered = []
             for (key, path), seconds in zip(items, durations):
@@ -161,54 +187,69 @@ class Transcriber:
                 except AudioError as e:
                     yield Failure(key, str(e))
             ordered.sort()
-            reads = [(key, readers.submit(self.audio, path)) for _, _, key, path in ordered]
             batch_size = max(1, min(options.batch_size, self.encoding.max_batch_size))
-            yield from self._decode_batches([reads[s:s + batch_size] for s in range(0, len(reads), batch_size)],
-                                            options)
+            batches = [[(key, path) for _, _, key, path in ordered[s:s + batch_size]]
+                       for s in range(0, len(ordered), batch_size)]
+            # Batches overlap. This thread, the only one that queues compute, queues batch i's fbank, encoder and
+            # top-k, then batch i-1's rescoring, then reads batch i-2's scores; the worker thread meanwhile runs
+            # batch i's prefix search (host work; the native search releases the GIL). So the GPU always has work
+            # queued while this thread waits. Timed stages do not overlap.
+            reads: deque[list[tuple[str, Future]]] = deque()
+            searching = rescoring = None  # the batches before: prefix search under way; rescoring queued
+            for j in range(len(batches) + 2):
+                while len(reads) < READ_AHEAD and j + len(reads) < len(batches):
+                    reads.append([(key, readers.submit(self.audio, path)) for key, path in batches[j + len(reads)]])
+                started = None
+                if reads:
+                    failures, started = self._start(reads.popleft(), worker, options)
+                    yield from failures
+                queued = self._queue_rescoring(*searching, options) if searching is not None else None
+                if rescoring is not None:
+                    yield from self._results(*rescoring, options)
+                searching, rescoring = started, queued
 
-    def _decode_batches(self, batches: list[list[tuple[str, Future]]],
-                        options: DecodingOptions) -> Iterator[Result | Failure]:
-        # Batches overlap: a worker thread runs batch i's prefix search (host work; the native search releases the
-        # GIL) while this thread, the only one that touches the device, runs batch i+1's fbank and encoder and
-        # then batch i's rescoring. Timed stages do not overlap.
-        with ThreadPoolExecutor(max_workers=1) as worker:
-            pending = None
-            for reads in batches:
-                batch, failed = [], []
-                with self.times.stage("read audio"):  # waiting for the readers
-                    for key, read in reads:
-                        try:
-                            batch.append((key, read.result()))
-                        except AudioError as e:
-                            failed.append(Failure(key, str(e)))
-                yield from failed
-                if not batch:
-                    continue
-                self.audio_seconds += sum(len(w) for _, w in batch) / self.engine.model.sample_rate
-                keys = [k for k, _ in batch]
+    def _start(self, reads: list[tuple[str, Future]], worker: ThreadPoolExecutor,
+               options: DecodingOptions) -> tuple[list[Failure], tuple[list[str], Encoded, Future] | None]:
+        """A batch's device work queued and its prefix search started: (failed files, what ``_queue_rescoring``
+        needs)."""
+        batch, failed = [], []
+        with self.times.stage("read audio"):  # waiting for the readers
+            for key, read in reads:
                 try:
-                    with self.times.stage("fbank"):
-                        feats = self.features([w for _, w in batch])
-                    encoded = self.encode(feats, options)
-                except (ProfileError, RuntimeError) as e:  # one bad batch must not end the run
-                    yield from (Failure(key, f"decoding failed: {e}") for key in keys)
-                    continue
-                search = worker.submit(self.prefix_search, encoded, options)
-                if self.times.enabled:
-                    wait([search])
-                if pending is not None:
-                    yield from self._finish(*pending, options)
-                pending = keys, encoded, search
-            if pending is not None:
-                yield from self._finish(*pending, options)
-
-    def _finish(self, keys: list[str], encoded: Encoded, search: Future, options: DecodingOptions) -> Iterator[Result | Failure]:
+                    batch.append((key, read.result()))
+                except AudioError as e:
+                    failed.append(Failure(key, str(e)))
+        if not batch:
+            return failed, None
+        self.audio_seconds += sum(w.samples.numel() for _, w in batch) / self.engine.model.sample_rate
+        keys = [k for k, _ in batch]
         try:
-            decoded = self.rescore(encoded, search.result(), options)
+            with self.times.stage("fbank"):
+                feats = self.features([w for _, w in batch])
+            encoded = self.encode(feats, options)
+        except (ProfileError, RuntimeError) as e:  # one bad batch must not end the run
+            return failed + [Failure(key, f"decoding failed: {e}") for key in keys], None
+        search = worker.submit(self.prefix_search, encoded, options)
+        if self.times.enabled:
+            wait([search])
+        return failed, (keys, encoded, search)
+
+    def _queue_rescoring(self, keys: list[str], encoded: Encoded, search: Future,
+                         options: DecodingOptions) -> tuple[list[str], dict | Exception] | None:
+        """The rescoring of a batch whose prefix search has been started queued: (keys, results as ``rescore``
+        returns them, the rescoring's scores still on their way) or the error that failed the batch."""
+        try:
+            return keys, self.rescore(encoded, *search.result(), options, wait=False)
         except (ProfileError, RuntimeError) as e:
-            yield from (Failure(key, f"decoding failed: {e}") for key in keys)
+            return keys, e
+
+    def _results(self, keys: list[str], decoded: dict | Exception, options: DecodingOptions) -> Iterator[Result | Failure]:
+        if isinstance(decoded, Exception):
+            yield from (Failure(key, f"decoding failed: {decoded}") for key in keys)
             return
         for mode, results in decoded.items():
+            if isinstance(results, RescoringScores):
+                results = results.results()
             for key, result in zip(keys, results):
                 yield Result(key, mode, tokens_to_text(result.tokens, self.engine.vocab), result)
 
@@ -216,17 +257,19 @@ class Transcriber:
         """Every mode of ``options`` for a batch of fbank features, in order: ``encode`` (device),
         ``prefix_search`` (host), ``rescore`` (device)."""
         encoded = self.encode(feats, options)
-        return self.rescore(encoded, self.prefix_search(encoded, options), options)
+        return self.rescore(encoded, *self.prefix_search(encoded, options), options)
 
     def encode(self, feats: list[torch.Tensor], options: DecodingOptions) -> Encoded:
         """A batch's device work up to the prefix search: encoder, greedy search, the prefix search's frame
-        candidates, cross-attention K/V, attention beam search. What outlives the next batch is owned: a
-        compiled engine's outputs are CUDA-graph buffers that its next call overwrites."""
+        candidates, attention beam search. The prefix search and rescoring need no wait for the device here (the
+        encoder lengths are known on the host). What outlives the next batch is owned: a compiled engine's outputs
+        are CUDA-graph buffers that its next call overwrites."""
         model, stage = self.engine.model, self.times.stage
         modes = options.modes
         with stage("encoder+ctc"):
             enc = self.encoding.encode(feats)
-        lens = enc.encoder_lens.cpu()
+        lens = torch.tensor([max(subsampled_length(f.shape[0], model.encoder.input_layer), 0) for f in feats],
+                            dtype=torch.int32)
         out: dict[str, list[DecodeResult]] = {}
         if "ctc_greedy_search" in modes:
             with stage("ctc greedy search"):
@@ -235,36 +278,40 @@ class Transcriber:
         if "ctc_prefix_beam_search" in modes or "attention_rescoring" in modes:
             with stage("ctc top-k"):
                 candidates = frame_candidates(enc.ctc_log_probs, options.beam_size)
-        kv = None
-        if "attention" in modes or "attention_rescoring" in modes:
-            with stage("cross k/v"):
-                kv = self.decoding.cross_kv(enc)
-            if "attention" in modes:
-                with stage("attention beam search"):
-                    out["attention"] = self.decoding.attention_beam_search(enc, kv, options.beam_size)
-            if "attention_rescoring" in modes and self.engine.reuses_outputs:
-                kv = {name: value.clone() for name, value in kv.items()}
-        return Encoded(lens, candidates, kv, out)
+        if "attention" in modes:
+            with stage("attention beam search"):
+                out["attention"] = self.decoding.attention_beam_search(enc, self.decoding.cross_kv(enc),
+                                                                       options.beam_size)
+        encoder_out = None
+        if "attention_rescoring" in modes:
+            encoder_out = enc.encoder_out.clone() if self.engine.reuses_outputs else enc.encoder_out
+        return Encoded(lens, candidates, encoder_out, out)
 
-    def prefix_search(self, encoded: Encoded, options: DecodingOptions) -> NBest | None:
-        """The CTC prefix beam search of an encoded batch, on the host (None where no mode needs it)."""
+    def prefix_search(self, encoded: Encoded,
+                      options: DecodingOptions) -> tuple[NBest | None, dict[str, torch.Tensor] | None]:
+        """Host work: the CTC prefix beam search of an encoded batch, and the rescoring's host inputs made from its
+        n-best (each None where no mode needs it)."""
         if encoded.candidates is None:
-            return None
+            return None, None
         with self.times.stage("ctc prefix beam search"):
-            return prefix_search_on_host(*encoded.candidates, encoded.lens, options.beam_size,
-                                         self.engine.model.blank_id)
-
-    def rescore(self, encoded: Encoded, prefix: NBest | None,
-                options: DecodingOptions) -> dict[str, list[DecodeResult]]:
-        """Attention rescoring of the prefix search's n-best; every mode's results, in the order of ``options``."""
+            nbest = prefix_search_on_host(encoded.candidates, encoded.lens, options.beam_size,
+                                          self.engine.model.blank_id)
+        if "attention_rescoring" not in options.modes:
+            return nbest, None
         model = self.engine.model
+        ctc_weight = model.ctc_weight if options.ctc_weight is None else options.ctc_weight
+        reverse_weight = model.reverse_weight if options.reverse_weight is None else options.reverse_weight
+        return nbest, self.decoding.rescoring_inputs(nbest, ctc_weight, reverse_weight)
+
+    def rescore(self, encoded: Encoded, prefix: NBest | None, inputs: dict[str, torch.Tensor] | None,
+                options: DecodingOptions, wait: bool = True) -> dict[str, list[DecodeResult] | RescoringScores]:
+        """Attention rescoring of the prefix search's n-best; every mode's results, in the order of ``options``.
+        ``wait=False``: the rescoring is queued, and its mode's entry is the ``RescoringScores`` to read later."""
         out = dict(encoded.results)
         if "ctc_prefix_beam_search" in options.modes:
             out["ctc_prefix_beam_search"] = prefix.results()
         if "attention_rescoring" in options.modes:
-            ctc_weight = model.ctc_weight if options.ctc_weight is None else options.ctc_weight
-            reverse_weight = model.reverse_weight if options.reverse_weight is None else options.reverse_weight
             with self.times.stage("rescoring"):
-                out["attention_rescoring"] = self.decoding.rescore(prefix, encoded.lens, encoded.kv,
-                                                                   ctc_weight, reverse_weight)
+                scores = self.decoding.launch_rescoring(prefix, inputs, encoded.encoder_out, encoded.lens)
+                out["attention_rescoring"] = scores.results() if wait or self.times.enabled else scores
         return {mode: out[mode] for mode in options.modes}

@@ -1,6 +1,7 @@
 """Compiled engines (export + one symbolic-shape Inductor compilation per network), built and run on the
 CPU: same outputs and transcripts as the eager lowering at every batch size and length, with no
-specialization to the traced shapes. (CUDA graphs, the GPU half of CompiledEngine, need a GPU.)"""
+specialization to the traced shapes. On a GPU also compiled for it and run with CUDA graphs and
+host inputs staged through the page-locked input arena."""
 
 import json
 import os
@@ -19,9 +20,7 @@ from tests.test_models import TINY_DECODER, TINY_ENCODER, tiny_vocab
 from tools.make_random_model import write_random_model
 
 
-@pytest.fixture(scope="module")
-def engine_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("compiled")
+def build_tiny(root, compile_device: str) -> str:
     vocab = tiny_vocab("last")
     conf = {"input_dim": 80, "output_dim": len(vocab), "encoder": "conformer", "decoder": "bitransformer",
             "cmvn_file": "global_cmvn", "encoder_conf": {**TINY_ENCODER, "causal": True, "cnn_module_norm": "layer_norm"},
@@ -30,8 +29,13 @@ def engine_dir(tmp_path_factory):
                                    seed=3)
     path = str(root / "engine")
     build_engines(model_dir, path, "float32", Profiles(max_batch_size=4, max_seconds=12, beam_size=4),
-                  compile_device="cpu")
+                  compile_device=compile_device)
     return path
+
+
+@pytest.fixture(scope="module")
+def engine_dir(tmp_path_factory):
+    return build_tiny(tmp_path_factory.mktemp("compiled"), "cpu")
 
 
 def test_build_records_compiled_networks(engine_dir):
@@ -63,12 +67,36 @@ def test_compiled_encoder_equals_eager_at_untraced_shapes(engine_dir):
             torch.testing.assert_close(got["ctc_log_probs"][i, :n], want["ctc_log_probs"][i, :n], atol=1e-4, rtol=1e-4)
 
 
-def test_compiled_pipeline_gives_the_eager_transcripts(engine_dir):
-    feats = [fbank(load_audio(p)) for p in WAVS + sample_flacs(3)][-4:]  # the built max batch
+def check_pipeline(engine_dir: str, device: str) -> None:
+    """The compiled engines on ``device`` give the eager CPU lowering's transcripts and scores, at a full batch,
+    then at a smaller one (padded rows) and a full one again (reused CUDA graphs and input buffers); and so does
+    the whole file pipeline (uploads, overlapped batches)."""
+    files = WAVS + sample_flacs(3)
+    feats = [fbank(load_audio(p)) for p in files][-4:]  # the built max batch
     options = DecodingOptions(["ctc_greedy_search", "ctc_prefix_beam_search", "attention_rescoring"], 4, batch_size=4)
-    want = Transcriber(engine_dir, "cpu", compiled=False).decode(feats, options)
-    got = Transcriber(engine_dir, "cpu", compiled=True).decode(feats, options)
-    for mode in options.modes:
-        assert [r.tokens for r in got[mode]] == [r.tokens for r in want[mode]], mode
-        for a, b in zip(got[mode], want[mode]):
-            assert abs(a.score - b.score) < 1e-3, mode
+    eager = Transcriber(engine_dir, "cpu", compiled=False)
+    compiled = Transcriber(engine_dir, device, compiled=True)
+    for batch in (feats, feats[1:], feats):
+        want, got = eager.decode(batch, options), compiled.decode(batch, options)
+        for mode in options.modes:
+            assert [r.tokens for r in got[mode]] == [r.tokens for r in want[mode]], mode
+            for a, b in zip(got[mode], want[mode]):
+                assert abs(a.score - b.score) < 1e-3, mode
+    items = [(f"utt{i}", path) for i, path in enumerate(files)]
+    options.batch_size = 2
+
+    def texts(transcriber: Transcriber) -> dict:
+        return {(r.key, r.mode): r.text for r in transcriber.transcribe(items, options)}
+
+    want = texts(eager)
+    assert len(want) == len(items) * len(options.modes)
+    assert texts(compiled) == want
+
+
+def test_compiled_pipeline_gives_the_eager_transcripts(engine_dir):
+    check_pipeline(engine_dir, "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_pipeline_gives_the_eager_transcripts(tmp_path):
+    check_pipeline(build_tiny(tmp_path, "cuda"), "cuda")

@@ -9,7 +9,7 @@ from core.tensor import Tensor
 from layers.attention import MultiHeadedAttention, MultiHeadedCrossAttention
 from layers.embedding import Embedding, PositionalEncoding
 from layers.feed_forward import PositionwiseFeedForward
-from layers.linear import Linear, fp32_accurate_linear, fused_linear
+from layers.linear import Linear, fp32_accurate_linear
 from layers.normalization import LayerNorm
 from models.wenet.config import DecoderConfig
 
@@ -49,12 +49,6 @@ class TransformerDecoder(Module):
 
     def logits(self, x: Tensor) -> Tensor:
         return fp32_accurate_linear(self.after_norm(F.cast(x, DataType.float32)), self.output_layer, x.dtype)
-
-    def memory_kv(self, memory: Tensor) -> list[KV]:
-        """Per layer, the cross-attention K/V of the encoder output (B, H, T, d_k): one GEMM for all layers."""
-        attns = [layer.src_attn for layer in self.decoders]
-        kv = fused_linear(memory, [linear for a in attns for linear in (a.linear_k, a.linear_v)])
-        return [(a.heads(kv[2 * i]), a.heads(kv[2 * i + 1])) for i, a in enumerate(attns)]
 
     def forward(self, tokens: Tensor, lengths: Tensor, memory: list[KV], memory_lengths: Tensor) -> Tensor:
         """tokens (B*N, L) int32 of which the first ``lengths`` (B*N,) count -> logits (B*N, L, V)."""

@@ -6,10 +6,10 @@ from core import functional as F
 from core.dtype import DataType
 from core.module import Module
 from core.tensor import Tensor
-from layers.linear import Linear, fp32_accurate_linear
+from layers.linear import Linear, fp32_accurate_linear, fused_linear
 from layers.subsampling import subsampled_length
 from models.wenet.config import ModelConfig
-from models.wenet.decoder import BiTransformerDecoder, TransformerDecoder
+from models.wenet.decoder import KV, BiTransformerDecoder, TransformerDecoder
 from models.wenet.encoder import ConformerEncoder
 
 
@@ -56,3 +56,12 @@ class WeNetModel(Module):
         if isinstance(self.decoder, BiTransformerDecoder):
             return {"left": self.decoder.left_decoder, "right": self.decoder.right_decoder}
         return {"left": self.decoder}
+
+    def cross_kv(self, encoder_out: Tensor) -> dict[str, list[KV]]:
+        """Per decoder direction and layer, the cross-attention K/V (B, H, T, d_k) of the encoder output, from one
+        GEMM over all of them."""
+        memory = F.cast(encoder_out, self.decoder_dtype)
+        attns = {name: [layer.src_attn for layer in d.decoders] for name, d in self.decoders().items()}
+        kv = iter(fused_linear(memory, [lin for layers in attns.values() for a in layers
+                                        for lin in (a.linear_k, a.linear_v)]))
+        return {name: [(a.heads(next(kv)), a.heads(next(kv))) for a in layers] for name, layers in attns.items()}

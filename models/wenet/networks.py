@@ -1,9 +1,9 @@
 """The engine networks of a WeNet model and their shape profiles.
 
 encoder       speech (B,T,80) fp32, speech_lengths (B,) -> encoder_out (B,T',D), encoder_out_lens, ctc_log_probs
-cross_kv      encoder_out -> per decoder layer K and V (B,H,T',d_k)
-decoder       hyps (B,N,L) [sos] hyp [eos], lens, [reversed hyps], CTC scores, weights, K/V
-              -> scores (B,N), left_scores, right_scores (attention rescoring)
+cross_kv      encoder_out -> per decoder layer K and V (B,H,T',d_k) (for decoder_step)
+decoder       hyps (B,N,L) [sos] hyp [eos], lens, [reversed hyps], CTC scores, weights, encoder_out
+              -> scores (B,N), left_scores, right_scores (attention rescoring, its K/V computed inside)
 decoder_step  last tokens (B*N,1), self-attn caches (B*N,H,S,d_k), K/V -> log_probs (B*N,V), caches (S+1)
 
 The cross K/V are computed once per utterance and broadcast over its N hypotheses.
@@ -103,16 +103,17 @@ def cross_kv_network(model: WeNetModel, profiles: Profiles) -> Network:
     with net_guard(net):
         memory = net.add_input("encoder_out", model.dtype,
                                [_batch(profiles), _encoder_frames(model, profiles), model.config.d_model])
-        memory = F.cast(memory, model.decoder_dtype)
-        for decoder in model.decoders().values():
-            for (k_name, v_name), (k, v) in zip(cross_kv_names(decoder), decoder.memory_kv(memory)):
+        decoders = model.decoders()
+        for name, kv in model.cross_kv(memory).items():
+            for (k_name, v_name), (k, v) in zip(cross_kv_names(decoders[name]), kv):
                 net.mark_output(k, k_name)
                 net.mark_output(v, v_name)
     return net
 
 
 def decoder_network(model: WeNetModel, profiles: Profiles) -> Network:
-    """Attention rescoring: the scores of N hypotheses per utterance, both directions, in one call."""
+    """Attention rescoring: the scores of N hypotheses per utterance, both directions, in one call. The cross K/V
+    are computed inside, so one call takes the encoder output as it is."""
     net = Network("decoder")
     with net_guard(net):
         batch, frames = _batch(profiles), _encoder_frames(model, profiles)
@@ -122,30 +123,31 @@ def decoder_network(model: WeNetModel, profiles: Profiles) -> Network:
         hyps_lens = net.add_input("hyps_lens_sos", DataType.int32, [batch, hyps_dim])
         ctc_scores = net.add_input("ctc_scores", DataType.float32, [batch, hyps_dim])
         ctc_weight = net.add_input("ctc_weight", DataType.float32, [1])
+        encoder_out = net.add_input("encoder_out", model.dtype, [batch, frames, model.config.d_model])
         encoder_lens = net.add_input("encoder_out_lens", DataType.int32, [batch])
         decoders = model.decoders()
+        memory = model.cross_kv(encoder_out)
         r_hyps = net.add_input("r_hyps_pad_sos_eos", DataType.int32, [batch, hyps_dim, tokens_dim]) \
             if "right" in decoders else None
 
         lens = F.view(hyps_lens, [-1])  # (B*N,) = len(hyp) + 1
 
-        def direction_scores(decoder: TransformerDecoder, padded: Tensor) -> Tensor:
-            memory = _add_cross_kv_inputs(net, model, decoder, batch, frames)
+        def direction_scores(direction: str, padded: Tensor) -> Tensor:
             flat = F.view(padded, [-1, F.shape(padded, 2)])  # (B*N, L+1): [sos] hyp [eos] pad
             steps = F.shape(flat, 1) - 1
             inputs, targets = F.slice(flat, 1, 0, steps), F.slice(flat, 1, 1, steps)
             valid = F.make_valid_mask(lens, steps)
-            logp = F.log_softmax(decoder(inputs, lens, memory, encoder_lens), -1)
+            logp = F.log_softmax(decoders[direction](inputs, lens, memory[direction], encoder_lens), -1)
             token_logp = F.squeeze(F.gather_elements(logp, F.unsqueeze(targets, 2), 2), 2)
             per_hyp = F.sum(F.where(valid, token_logp, 0.0), [1])
             return F.view(per_hyp, [F.shape(hyps, 0), F.shape(hyps, 1)])
 
-        left = direction_scores(decoders["left"], hyps)
+        left = direction_scores("left", hyps)
         net.mark_output(left, "left_scores")
         scores = left
         if r_hyps is not None:
             reverse_weight = net.add_input("reverse_weight", DataType.float32, [1])
-            right = direction_scores(decoders["right"], r_hyps)
+            right = direction_scores("right", r_hyps)
             net.mark_output(right, "right_scores")
             scores = left * (1.0 - reverse_weight) + right * reverse_weight
         net.mark_output(scores + ctc_scores * ctc_weight, "scores")
