@@ -70,8 +70,7 @@ def run_reference(model_dir: str, items, options: DecodingOptions, vocab: list[s
     model.load_checkpoint(ckpt.state, ckpt.cmvn)
     model.to(device)
     config = ckpt.config
-    ctc_weight = config.ctc_weight if options.ctc_weight is None else options.ctc_weight
-    reverse_weight = config.reverse_weight if options.reverse_weight is None else options.reverse_weight
+    ctc_weight, reverse_weight = options.weights(config)
     run = SystemRun("reference.py fp32")
     start = time.perf_counter()
     for key, wav, _ in items:

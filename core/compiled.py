@@ -163,7 +163,6 @@ class InputArena:
     def __init__(self, inputs: dict[str, InputSpec], most: dict[str, int], device: torch.device):
         self.order = sorted(inputs, key=lambda n: _numel(inputs[n], most) * inputs[n].dtype.torch.itemsize)
         self.inputs = inputs
-        self.device = device
         self.staged = device.type == "cuda"  # off CUDA, the host is the device
         size = self.layout(most)[1]
         self.buffer = torch.zeros(size, dtype=torch.uint8, device=device)

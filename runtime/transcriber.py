@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from layers.subsampling import subsampled_length
+from models.wenet.config import ModelConfig
 from runtime.audio import AudioError, duration, load_audio
 from runtime.decoding import RescoringScores, WeNetDecoding
 from runtime.encoding import WeNetEncoding
@@ -80,6 +81,11 @@ class DecodingOptions:
         unknown = [m for m in self.modes if m not in MODES]
         if unknown:
             raise ValueError(f"unknown decoding modes {unknown}; choose from {list(MODES)}")
+
+    def weights(self, model: ModelConfig) -> tuple[float, float]:
+        """(ctc_weight, reverse_weight) of the rescoring: these options' where set, else the model's."""
+        return (model.ctc_weight if self.ctc_weight is None else self.ctc_weight,
+                model.reverse_weight if self.reverse_weight is None else self.reverse_weight)
 
 
 def tokens_to_text(tokens: list[int], vocab: list[str]) -> str:
@@ -239,7 +245,7 @@ class Transcriber:
         """The rescoring of a batch whose prefix search has been started queued: (keys, results as ``rescore``
         returns them, the rescoring's scores still on their way) or the error that failed the batch."""
         try:
-            return keys, self.rescore(encoded, *search.result(), options, wait=False)
+            return keys, self.rescore(encoded, *search.result(), options, block=False)
         except (ProfileError, RuntimeError) as e:
             return keys, e
 
@@ -298,20 +304,17 @@ class Transcriber:
                                           self.engine.model.blank_id)
         if "attention_rescoring" not in options.modes:
             return nbest, None
-        model = self.engine.model
-        ctc_weight = model.ctc_weight if options.ctc_weight is None else options.ctc_weight
-        reverse_weight = model.reverse_weight if options.reverse_weight is None else options.reverse_weight
-        return nbest, self.decoding.rescoring_inputs(nbest, ctc_weight, reverse_weight)
+        return nbest, self.decoding.rescoring_inputs(nbest, *options.weights(self.engine.model))
 
     def rescore(self, encoded: Encoded, prefix: NBest | None, inputs: dict[str, torch.Tensor] | None,
-                options: DecodingOptions, wait: bool = True) -> dict[str, list[DecodeResult] | RescoringScores]:
+                options: DecodingOptions, block: bool = True) -> dict[str, list[DecodeResult] | RescoringScores]:
         """Attention rescoring of the prefix search's n-best; every mode's results, in the order of ``options``.
-        ``wait=False``: the rescoring is queued, and its mode's entry is the ``RescoringScores`` to read later."""
+        ``block=False``: the rescoring is queued, and its mode's entry is the ``RescoringScores`` to read later."""
         out = dict(encoded.results)
         if "ctc_prefix_beam_search" in options.modes:
             out["ctc_prefix_beam_search"] = prefix.results()
         if "attention_rescoring" in options.modes:
             with self.times.stage("rescoring"):
                 scores = self.decoding.launch_rescoring(prefix, inputs, encoded.encoder_out, encoded.lens)
-                out["attention_rescoring"] = scores.results() if wait or self.times.enabled else scores
+                out["attention_rescoring"] = scores.results() if block or self.times.enabled else scores
         return {mode: out[mode] for mode in options.modes}
