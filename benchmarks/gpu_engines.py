@@ -1,8 +1,8 @@
 """Speed of the compiled GPU engines against WeNet's PyTorch model (``reference.py``), one process.
 
-    python benchmarks/gpu_engines.py [--recipes conformer u2pp] [--parts kernels profile e2e agreement]
+    python benchmarks/gpu_engines.py [--recipes conformer u2pp] [--parts kernels profile e2e latency agreement]
         [--utterances 1000] [--dtypes float16 bfloat16] [--reference_parts kernels e2e] [--seconds 5 10 20]
-        [--batches 1 16 64] [--out DIR]
+        [--batches 1 16 64] [--hyp_tokens 20] [--out DIR]
 
 For each AISHELL-1 recipe at real size (random weights), on one CUDA GPU:
 - encoder+CTC time for batch 1, 16, 64 at 5, 10, 20 s of audio (or the ``--batches`` x ``--seconds`` given),
@@ -20,6 +20,7 @@ For each AISHELL-1 recipe at real size (random weights), on one CUDA GPU:
   reference's pipeline uses the same file reading, fbank and native prefix search as ours, so
   the comparison isolates the models: WeNet's model rescoring each utterance's n-best in one
   decoder call per direction, as WeNet's ``attention_rescoring`` does;
+- ``latency``: batch 1, one 10 s file of real speech, path in and text out, with its stages;
 - agreement of the fp16/bf16 engines' greedy and rescoring tokens with reference.py fp32 on every
   real wav, counting only utterances whose reference top-two candidates differ by more than 1e-3.
 """
@@ -89,11 +90,11 @@ def encoder_inputs(batch: int, seconds: int) -> tuple[torch.Tensor, torch.Tensor
         torch.full((batch,), frames, dtype=torch.int32, device="cuda")
 
 
-def hypotheses(batch: int, vocab: int, seed: int) -> list[DecodeResult]:
+def hypotheses(batch: int, vocab: int, seed: int, tokens: int = HYP_TOKENS) -> list[DecodeResult]:
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(batch):
-        nbest = [torch.randint(3, vocab - 1, (HYP_TOKENS,), generator=g).tolist() for _ in range(HYPS)]
+        nbest = [torch.randint(3, vocab - 1, (tokens,), generator=g).tolist() for _ in range(HYPS)]
         out.append(DecodeResult(nbest[0], 0.0, nbest, [-float(i) for i in range(HYPS)]))
     return out
 
@@ -212,9 +213,9 @@ def kernel_profile(fn, *args) -> list[tuple[str, int, float]]:
 
 
 def profile_rows(recipe: str, engine_name: str, engine_dir: str, seconds_list: tuple[int, ...],
-                 batches: tuple[int, ...], top: int = 40) -> list[dict]:
+                 batches: tuple[int, ...], hyp_tokens: int = HYP_TOKENS, top: int = 40) -> list[dict]:
     """Per-kernel device time of one encoder+CTC call (a CUDA-graph replay) and one rescoring call (cross K/V and
-    the decoder, 10 hypotheses of 20 tokens) at each shape."""
+    the decoder, 10 hypotheses of ``hyp_tokens`` tokens) at each shape."""
     tr = Transcriber(engine_dir, "cuda")
     session = tr.encoding.session
     rows = []
@@ -223,7 +224,7 @@ def profile_rows(recipe: str, engine_name: str, engine_dir: str, seconds_list: t
             speech, lens = encoder_inputs(batch, seconds)
             inputs = {"speech": speech, "speech_lengths": lens}
             enc = tr.encoding.encode([speech[i].cpu() for i in range(batch)])
-            nbest = NBest.from_results(hypotheses(batch, tr.engine.model.vocab_size, seconds))
+            nbest = NBest.from_results(hypotheses(batch, tr.engine.model.vocab_size, seconds, hyp_tokens))
             for stage, fn, args in (("encoder+ctc", session.run, (inputs,)), ("rescoring", rescore, (tr, nbest, enc))):
                 for _ in range(3):  # capture and warm-up
                     fn(*args)
@@ -234,6 +235,7 @@ def profile_rows(recipe: str, engine_name: str, engine_dir: str, seconds_list: t
                     g[0] += count
                     g[1] += ms
                 row = {"recipe": recipe, "stage": stage, "system": engine_name, "batch": batch, "seconds": seconds,
+                       "hyp_tokens": hyp_tokens,
                        "kernels": sum(k[1] for k in kernels), "kernel_ms": sum(k[2] for k in kernels),
                        "groups": {g: {"kernels": c, "ms": round(ms, 4)} for g, (c, ms) in groups.items()},
                        "top": [{"name": n, "count": c, "ms": round(ms, 4)} for n, c, ms in kernels[:top]]}
@@ -325,6 +327,36 @@ def e2e_rows(recipe: str, model_dir: str, engines: dict[str, str], items: list[t
     return rows
 
 
+def latency_rows(recipe: str, engines: dict[str, str], folder: str, seconds: float = 10.0,
+                 runs: int = 30) -> list[dict]:
+    """Batch 1: one file of ``seconds`` of real speech, path in and text out (attention rescoring, read, fbank,
+    encoder, prefix search and rescoring included), median of ``runs`` calls of ``Transcriber.transcribe``; then
+    the same calls with each stage waited for, mean seconds per call."""
+    sources = sorted(glob.glob(os.path.join(DATA, "aishell_sample", "flac", "*.flac")))
+    samples = np.concatenate([load_audio(p) for p in sources[:8]])[:int(seconds * 16000)]
+    path = os.path.join(folder, "latency.wav")
+    soundfile.write(path, samples, 16000, subtype="PCM_16")
+    options = DecodingOptions(["attention_rescoring"], HYPS, 0.5, 0.3, 1)
+    rows = []
+    for name, engine_dir in engines.items():
+        tr = Transcriber(engine_dir, "cuda")
+        for _ in range(5):  # warm-up: graph capture of the buckets met
+            list(tr.transcribe([("latency", path)], options))
+        walls = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            result = list(tr.transcribe([("latency", path)], options))
+            walls.append(time.perf_counter() - start)
+        tr.times.enabled = True
+        for _ in range(runs):
+            list(tr.transcribe([("latency", path)], options))
+        rows.append({"recipe": recipe, "system": name, "audio_s": len(samples) / 16000,
+                     "ms": 1000 * float(np.median(walls)), "tokens": len(result[0].result.tokens),
+                     "stage_ms": {k: round(1000 * v / runs, 3) for k, v in tr.times.seconds.items()}})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def real_wavs() -> list[str]:
     return sorted(glob.glob(os.path.join(DATA, "wavs", "*.wav"))) + \
         sorted(glob.glob(os.path.join(DATA, "aishell_sample", "flac", "*.flac")))
@@ -377,18 +409,20 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipes", nargs="+", default=["conformer", "u2pp"])
     p.add_argument("--utterances", type=int, default=1000)
-    p.add_argument("--parts", nargs="+", default=["kernels", "profile", "e2e", "agreement"],
-                   choices=["kernels", "profile", "e2e", "agreement"])
+    p.add_argument("--parts", nargs="+", default=["kernels", "profile", "e2e", "latency", "agreement"],
+                   choices=["kernels", "profile", "e2e", "latency", "agreement"])
     p.add_argument("--reference_parts", nargs="*", default=["kernels", "e2e"], choices=["kernels", "e2e"],
                    help="the parts that also time reference.py (they take most of the time); none: ours only")
     p.add_argument("--dtypes", nargs="+", default=["float16", "bfloat16"], choices=["float16", "bfloat16"],
                    help="our engines' builds")
     p.add_argument("--seconds", nargs="+", type=int, default=list(SECONDS), help="kernels: audio lengths")
     p.add_argument("--batches", nargs="+", type=int, default=list(BATCHES), help="kernels: batch sizes")
+    p.add_argument("--hyp_tokens", type=int, default=HYP_TOKENS, help="profile: tokens per rescored hypothesis")
     p.add_argument("--out", default=".")
     args = p.parse_args()
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "command": " ".join(sys.argv), "ceilings": ceilings(), "kernels": [], "profile": [], "e2e": [], "agreement": []}
+              "command": " ".join(sys.argv), "ceilings": ceilings(), "kernels": [], "profile": [], "e2e": [], "latency": [],
+              "agreement": []}
     print(json.dumps({k: report[k] for k in ("device", "torch", "ceilings")}), flush=True)
     root = tempfile.mkdtemp()
     items = mixed_utterances(args.utterances, tempfile.mkdtemp()) if "e2e" in args.parts else []
@@ -410,9 +444,12 @@ def main() -> None:
                                              "kernels" in args.reference_parts, tuple(args.seconds), tuple(args.batches))
         if "profile" in args.parts:
             name, path = next(iter(engines.items()))
-            report["profile"] += profile_rows(recipe, name, path, tuple(args.seconds), tuple(args.batches))
+            report["profile"] += profile_rows(recipe, name, path, tuple(args.seconds), tuple(args.batches),
+                                              args.hyp_tokens)
         if "e2e" in args.parts:
             report["e2e"] += e2e_rows(recipe, model_dir, engines, items, "e2e" in args.reference_parts)
+        if "latency" in args.parts:
+            report["latency"] += latency_rows(recipe, engines, tempfile.mkdtemp())
         if "agreement" in args.parts:
             report["agreement"] += agreement(model_dir, engines, real_wavs())
         with open(os.path.join(args.out, "gpu_engines.json"), "w") as f:
@@ -437,6 +474,9 @@ def print_tables(report: dict) -> None:
               f"in {r['wall_s']:.2f} s: {r['x_real_time']:.0f}x real time")
         if "stage_s" in r:
             print("    per stage (synchronized pass), s: " + ", ".join(f"{k} {v:.3f}" for k, v in r["stage_s"].items()))
+    for r in report["latency"]:
+        print(f"latency {r['recipe']:9s} {r['system']:24s} b1 {r['audio_s']:.1f} s wav -> {r['tokens']} tokens: "
+              f"{r['ms']:.2f} ms; stages, ms: " + ", ".join(f"{k} {v:.3f}" for k, v in r["stage_ms"].items()))
     for r in report["agreement"]:
         print(f"agreement {r['system']:14s} {r['mode']:20s} {r['identical_clear']}/{r['clear_margin']} clear-margin "
               f"utterances identical ({r['identical_all']}/{r['utterances']} of all)")

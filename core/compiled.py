@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 
 import plugins.attention  # noqa: F401 - these register the custom ops that exported graphs call
 import plugins.linear  # noqa: F401
+import plugins.token_log_probs  # noqa: F401
 from core.dtype import fp32_exact
 from core.network import Dim, InputSpec, Network
 from core.torch_backend import TorchEngine

@@ -1,7 +1,7 @@
 """Fused ops and their decompositions.
 
-A fused op (``attention``, ``linear_act``) is one node of a network. Its PyTorch lowering is a plugin: a Triton
-kernel registered as a torch custom op (``plugins/``). Its TensorRT lowering, and the plugin's
+A fused op (``attention``, ``linear_act``, ``token_log_probs``) is one node of a network. Its PyTorch lowering is
+a plugin: a Triton kernel registered as a torch custom op (``plugins/``). Its TensorRT lowering, and the plugin's
 path where no kernel runs (the CPU), use its decomposition: the same math in primitive ops of
 ``core.functional``, recorded into a small network on demand. The math is written once in our
 API; the kernel is held to it by tests.
@@ -56,11 +56,22 @@ def linear_act(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, activat
     return F.activation(y + bias if bias is not None else y, activation)
 
 
-DECOMPOSITIONS: dict[str, Callable[..., Tensor]] = {"attention": attention, "linear_act": linear_act}
+def token_log_probs(x: Tensor, weight: Tensor, bias: Tensor, targets: Tensor) -> Tensor:
+    """``log_softmax(x·weightᵀ + bias)`` at each row's target, fp32: x (..., K), weight (R, K) of which the first
+    V = len(bias) rows count (the rest pad the GEMM), fp32 bias (V,), int32 targets (...) -> (...)."""
+    logits = F.matmul(x, weight, transpose_b=True, out_dtype=DataType.float32)
+    logits = F.slice(logits, x.ndim - 1, 0, F.shape(bias, 0)) + bias
+    log_probs = F.log_softmax(logits, -1)
+    return F.squeeze(F.gather_elements(log_probs, F.unsqueeze(targets, targets.ndim), x.ndim - 1), x.ndim - 1)
+
+
+DECOMPOSITIONS: dict[str, Callable[..., Tensor]] = {"attention": attention, "linear_act": linear_act,
+                                                    "token_log_probs": token_log_probs}
 # per op: the decomposition's arguments that a node's inputs always fill, then the optional ones by their flag
 INPUT_NAMES = {"attention": (["q", "k", "v"], [("has_lengths", ["key_lengths"]),
                                                ("has_pos", ["pos", "pos_bias_u", "pos_bias_v"])]),
-               "linear_act": (["x", "weight"], [("has_bias", ["bias"])])}
+               "linear_act": (["x", "weight"], [("has_bias", ["bias"])]),
+               "token_log_probs": (["x", "weight", "bias", "targets"], [])}
 
 
 def _input_names(op: str, attrs: dict) -> list[str]:

@@ -188,6 +188,13 @@ def linear_act(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str) 
                 has_bias=bias is not None)
 
 
+def token_log_probs(x: Tensor, weight: Tensor, bias: Tensor, targets: Tensor) -> Tensor:
+    """``log_softmax(x·weightᵀ + bias)`` at each row's target token, fp32, one node: an output layer whose logits are
+    never written (``core.composite.token_log_probs`` defines it; ``plugins.token_log_probs`` runs it).
+    x (..., K), weight (R, K) with R >= V (rows beyond V pad the GEMM), bias (V,) fp32, targets (...) int32."""
+    return _one("token_log_probs", [x, weight, bias, targets])
+
+
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
     return _one("softmax", [x], dim=dim)
 

@@ -826,3 +826,40 @@ class LinearAct:
         return (linear_act if fused else decomposed)(x, weight, bias, activation)
 
     tensorrt = None
+
+
+@register
+class TokenLogProbs:
+    """``log_softmax(x·Wᵀ + b)[target]`` per row, fp32 (``core.composite.token_log_probs`` says what it computes).
+    Inputs: x (..., K), weight (R, K) with R >= V, bias (V,) fp32, targets (...) int32.
+    PyTorch lowering: the ``wenet_trt::token_log_probs`` plugin (a Triton kernel) for half x on CUDA, else the
+    decomposition. TensorRT lowering: ``composite`` -- the decomposition.
+    """
+
+    name = "token_log_probs"
+    composite = True
+
+    @staticmethod
+    def infer(x, weight, bias, targets) -> list[Spec]:
+        _same_dtype("token_log_probs", x, weight)
+        _require(x.dtype.is_float and bias.dtype == DataType.float32, "token_log_probs: float x and weight, fp32 bias")
+        _require(targets.dtype == DataType.int32, "token_log_probs: targets must be int32")
+        _require(weight.ndim == 2 and bias.ndim == 1 and x.ndim == targets.ndim + 1,
+                 f"token_log_probs: x (..., K), weight (R, K), bias (V,), targets (...), got {x.shape}, {weight.shape}, "
+                 f"{bias.shape}, {targets.shape}")
+        _require(x.shape[-1] in (weight.shape[1], -1), f"token_log_probs: inner dims {x.shape[-1]} and {weight.shape[1]} differ")
+        _require(-1 in (weight.shape[0], bias.shape[0]) or weight.shape[0] >= bias.shape[0],
+                 "token_log_probs: weight needs at least one row per bias entry")
+        return [(DataType.float32, broadcast_shape("token_log_probs", x.shape[:-1], targets.shape))]
+
+    @staticmethod
+    def torch(x, weight, bias, targets):
+        from plugins import kernel_available
+        from plugins.token_log_probs import decomposed, token_log_probs
+
+        # fp32 stays on cuBLAS; without a kernel the decomposition runs inline, so that export and Inductor see
+        # plain ops
+        fused = kernel_available(x.device) and x.dtype != torch.float32
+        return (token_log_probs if fused else decomposed)(x, weight, bias, targets)
+
+    tensorrt = None

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
 from core import functional as F
 from core.dtype import DataType
 from core.module import Module, Parameter
@@ -43,16 +45,9 @@ def fused_linear(x: Tensor, linears: Sequence[Linear]) -> list[Tensor]:
     return outputs
 
 
-def fp32_accurate_linear(x: Tensor, linear: Linear, dtype: DataType) -> Tensor:
-    """``linear(x)`` for an fp32 ``linear``, fp32-accurate, on ``dtype`` (half) tensor cores; fp32 out.
-
-    Each fp32 operand v is split into hi = half(v) and lo = half(v - hi); x·Wᵀ ≈ x_hi·W_hiᵀ + x_lo·W_hiᵀ +
-    x_hi·W_loᵀ runs as one half GEMM over the parts concatenated along K that accumulates and returns fp32
-    (relative error near 2^-22 in fp16 where a plain fp16 GEMM has 2^-11, near 2^-16 in bf16; with a half x,
-    x_lo is zero and dropped). The weight parts are constants, folded at build time, their rows padded to a
-    multiple of 64 so that an odd vocabulary still gets an aligned GEMM."""
-    if dtype == DataType.float32:
-        return linear(F.cast(x, DataType.float32))
+def _split_operands(x: Tensor, linear: Linear, dtype: DataType) -> tuple[Tensor, Tensor]:
+    """(x parts, weight parts) for one ``dtype`` GEMM with fp32 accumulation that computes an fp32 ``linear``'s
+    x·Wᵀ fp32-accurately (``fp32_accurate_linear``); the weight's rows padded to a multiple of 64."""
     f32 = DataType.float32
     weight = linear.weight.value
     rows = -linear.out_features % 64
@@ -66,10 +61,33 @@ def fp32_accurate_linear(x: Tensor, linear: Linear, dtype: DataType) -> Tensor:
         parts, weights = [x_hi, x_lo, x_hi], [w_hi, w_hi, w_lo]
     else:
         parts, weights = [F.cast(x, dtype)] * 2, [w_hi, w_lo]
-    y = F.matmul(F.concat(parts, -1), F.concat(weights, 1), transpose_b=True, out_dtype=f32)
-    if rows:
+    return F.concat(parts, -1), F.concat(weights, 1)
+
+
+def fp32_accurate_linear(x: Tensor, linear: Linear, dtype: DataType) -> Tensor:
+    """``linear(x)`` for an fp32 ``linear``, fp32-accurate, on ``dtype`` (half) tensor cores; fp32 out.
+
+    Each fp32 operand v is split into hi = half(v) and lo = half(v - hi); x·Wᵀ ≈ x_hi·W_hiᵀ + x_lo·W_hiᵀ +
+    x_hi·W_loᵀ runs as one half GEMM over the parts concatenated along K that accumulates and returns fp32
+    (relative error near 2^-22 in fp16 where a plain fp16 GEMM has 2^-11, near 2^-16 in bf16; with a half x,
+    x_lo is zero and dropped). The weight parts are constants, folded at build time, their rows padded to a
+    multiple of 64 so that an odd vocabulary still gets an aligned GEMM."""
+    if dtype == DataType.float32:
+        return linear(F.cast(x, DataType.float32))
+    x_parts, weight_parts = _split_operands(x, linear, dtype)
+    y = F.matmul(x_parts, weight_parts, transpose_b=True, out_dtype=DataType.float32)
+    if linear.out_features % 64:
         y = F.slice(y, x.ndim - 1, 0, linear.out_features)
     return y + linear.bias.value if linear.bias is not None else y
+
+
+def fp32_accurate_token_log_probs(x: Tensor, linear: Linear, targets: Tensor, dtype: DataType) -> Tensor:
+    """``log_softmax(fp32_accurate_linear(x, linear, dtype))`` at each row's ``targets`` entry, as one fused op
+    that never writes the logits (``F.token_log_probs``)."""
+    bias = linear.bias.value if linear.bias is not None else F.constant(torch.zeros(linear.out_features))
+    if dtype == DataType.float32:
+        return F.token_log_probs(F.cast(x, DataType.float32), linear.weight.value, bias, targets)
+    return F.token_log_probs(*_split_operands(x, linear, dtype), bias, targets)
 
 
 class WeightOnlyInt8Linear(Module):

@@ -1,4 +1,5 @@
-"""Plugins (Triton kernels as torch custom ops: attention, linear_act) against the decompositions of their fused ops.
+"""Plugins (Triton kernels as torch custom ops: attention, linear_act, token_log_probs) against the decompositions
+of their fused ops.
 
 On the CPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1``), which must be
 set before Triton compiles anything, so those cases run in a child process. On a CUDA machine
@@ -35,6 +36,12 @@ LINEAR_CASES = {
     "swish_two_k_tiles": ((130, 96), 130, "swish", True),
 }
 
+# name: (x shape (..., K), vocabulary V, weight rows R >= V): partial tiles in rows and vocabulary, K off a tile
+TOKEN_CASES = {
+    "three_vocab_tiles_padded_weight": ((3, 37, 96), 300, 320),
+    "odd_k_one_partial_tile": ((50, 40), 130, 130),
+}
+
 
 def make_inputs(case: str, dtype: torch.dtype, device: str = "cpu"):
     batch, heads, m, n, d, lengths, causal, rel_pos = CASES[case]
@@ -65,15 +72,27 @@ def make_linear_inputs(case: str, dtype: torch.dtype, device: str = "cpu"):
     return x, weight, bias, activation
 
 
+def make_token_inputs(case: str, dtype: torch.dtype, device: str = "cpu"):
+    shape, vocab, rows = TOKEN_CASES[case]
+    g = torch.Generator().manual_seed(len(case))
+    x = torch.randn(*shape, generator=g).to(dtype=dtype, device=device)
+    weight = (3 * torch.randn(rows, shape[-1], generator=g) / shape[-1] ** 0.5).to(dtype=dtype, device=device)
+    bias = torch.randn(vocab, generator=g).to(device)
+    targets = torch.randint(0, vocab, shape[:-1], generator=g, dtype=torch.int32)
+    targets.view(-1)[:2] = torch.tensor([0, vocab - 1], dtype=torch.int32)  # the first and the last column
+    return x, weight, bias, targets.to(device)
+
+
 def errors(device: str) -> dict:
     """Max |kernel - decomposition| per plugin, case and dtype (the decomposition in fp32 on the same inputs)."""
-    from plugins import linear
+    from plugins import linear, token_log_probs
     from plugins.attention import _launch
 
     out = {}
     for kernel, cases, inputs, reference in (
             (_launch, CASES, make_inputs, decomposed),
-            (linear.launch, LINEAR_CASES, make_linear_inputs, lambda args: linear.decomposed(*args))):
+            (linear.launch, LINEAR_CASES, make_linear_inputs, lambda args: linear.decomposed(*args)),
+            (token_log_probs.launch, TOKEN_CASES, make_token_inputs, lambda args: token_log_probs.decomposed(*args))):
         for case in cases:
             for dtype in (torch.float32, torch.float16):
                 args = inputs(case, dtype, device)
@@ -95,7 +114,7 @@ def interpreted():
 
 
 def _check(results: dict):
-    assert len(results) == 2 * (len(CASES) + len(LINEAR_CASES))
+    assert len(results) == 2 * (len(CASES) + len(LINEAR_CASES) + len(TOKEN_CASES))
     for name, (error, scale, same_shape) in results.items():
         assert same_shape, name
         assert error <= (2e-5 if name.endswith("float32") else 2e-3 * max(scale, 1.0)), (name, error)
@@ -135,3 +154,13 @@ def test_linear_act_decomposition_is_the_unfused_math():
     assert (got - torch.nn.functional.silu(torch.nn.functional.linear(x, weight, bias))).abs().max() < 1e-5
     got = linear_decomposed(x, weight, None, "relu")
     assert (got - torch.relu(x @ weight.T)).abs().max() < 1e-5
+
+
+def test_token_log_probs_decomposition_is_the_unfused_math():
+    x, weight, bias, targets = make_token_inputs("three_vocab_tiles_padded_weight", torch.float32)
+    from plugins.token_log_probs import decomposed as token_decomposed
+
+    log_probs = torch.log_softmax(x @ weight[:len(bias)].T + bias, -1)
+    want = log_probs.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)
+    got = token_decomposed(x, weight, bias, targets)
+    assert got.shape == targets.shape and (got - want).abs().max() < 1e-5

@@ -9,7 +9,7 @@ from core.tensor import Tensor
 from layers.attention import MultiHeadedAttention, MultiHeadedCrossAttention
 from layers.embedding import Embedding, PositionalEncoding
 from layers.feed_forward import PositionwiseFeedForward
-from layers.linear import Linear, fp32_accurate_linear
+from layers.linear import Linear, fp32_accurate_linear, fp32_accurate_token_log_probs
 from layers.normalization import LayerNorm
 from models.wenet.config import DecoderConfig
 
@@ -37,7 +37,8 @@ class DecoderLayer(Module):
 
 
 class TransformerDecoder(Module):
-    """``embed.0`` token embedding, ``embed.1`` absolute positions; returns logits like WeNet."""
+    """``embed.0`` token embedding, ``embed.1`` absolute positions. Teacher-forced (``forward``) it returns only the
+    log-probabilities of the given next tokens, all that attention rescoring needs; a ``step`` returns logits."""
 
     def __init__(self, vocab_size: int, d: int, config: DecoderConfig, num_blocks: int, max_len: int,
                  dtype: DataType):
@@ -50,12 +51,15 @@ class TransformerDecoder(Module):
     def logits(self, x: Tensor) -> Tensor:
         return fp32_accurate_linear(self.after_norm(F.cast(x, DataType.float32)), self.output_layer, x.dtype)
 
-    def forward(self, tokens: Tensor, lengths: Tensor, memory: list[KV], memory_lengths: Tensor) -> Tensor:
-        """tokens (B*N, L) int32 of which the first ``lengths`` (B*N,) count -> logits (B*N, L, V)."""
+    def forward(self, tokens: Tensor, targets: Tensor, lengths: Tensor, memory: list[KV],
+                memory_lengths: Tensor) -> Tensor:
+        """tokens and targets (B*N, L) int32, of which the first ``lengths`` (B*N,) count -> log p(targets[:, t] |
+        tokens[:, :t+1]) (B*N, L) fp32, the vocabulary logits never written (``F.token_log_probs``)."""
         x, _ = self.embed[1](self.embed[0](tokens))
         for layer, kv in zip(self.decoders, memory):
             x, _ = layer(x, lengths, kv, memory_lengths)
-        return self.logits(x)
+        return fp32_accurate_token_log_probs(self.after_norm(F.cast(x, DataType.float32)), self.output_layer,
+                                             targets, x.dtype)
 
     def step(self, tokens: Tensor, cache: list[KV], memory: list[KV],
              memory_lengths: Tensor) -> tuple[Tensor, list[KV]]:

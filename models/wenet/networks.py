@@ -137,8 +137,7 @@ def decoder_network(model: WeNetModel, profiles: Profiles) -> Network:
             steps = F.shape(flat, 1) - 1
             inputs, targets = F.slice(flat, 1, 0, steps), F.slice(flat, 1, 1, steps)
             valid = F.make_valid_mask(lens, steps)
-            logp = F.log_softmax(decoders[direction](inputs, lens, memory[direction], encoder_lens), -1)
-            token_logp = F.squeeze(F.gather_elements(logp, F.unsqueeze(targets, 2), 2), 2)
+            token_logp = decoders[direction](inputs, targets, lens, memory[direction], encoder_lens)
             per_hyp = F.sum(F.where(valid, token_logp, 0.0), [1])
             return F.view(per_hyp, [F.shape(hyps, 0), F.shape(hyps, 1)])
 
