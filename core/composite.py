@@ -22,14 +22,19 @@ from core.tensor import Tensor
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None = None, pos: Tensor | None = None,
-              pos_bias_u: Tensor | None = None, pos_bias_v: Tensor | None = None, *, scale: float,
+              pos_bias_u: Tensor | None = None, pos_bias_v: Tensor | None = None, q_bias: Tensor | None = None,
+              k_bias: Tensor | None = None, v_bias: Tensor | None = None, *, scale: float,
               causal: bool = False) -> Tensor:
     """softmax(scores * scale) · v over (B, H, M, D) queries and (B, H, N, D) keys, softmax in fp32.
 
-    scores = q·kᵀ, or with ``pos`` (WeNet's relative-position attention, no rel_shift)
-    (q + u)·kᵀ + (q + v_bias)·posᵀ. Key j of row b is attended where j < key_lengths[b] and, if
-    ``causal``, j <= i + N - M for query i. Rows with no key attended give zeros, as WeNet.
+    q, k and v first get their projections' biases (H, D) where given. scores = q·kᵀ, or with ``pos``
+    (WeNet's relative-position attention, no rel_shift) (q + u)·kᵀ + (q + pos_bias_v)·posᵀ. Key j of row b is
+    attended where j < key_lengths[b] and, if ``causal``, j <= i + N - M for query i. Rows with no key attended
+    give zeros, as WeNet.
     """
+    q = q + F.unsqueeze(F.unsqueeze(q_bias, 0), 2) if q_bias is not None else q
+    if k_bias is not None:
+        k, v = (t + F.unsqueeze(F.unsqueeze(b, 0), 2) for t, b in ((k, k_bias), (v, v_bias)))
     if pos is not None:
         u, bias_v = (F.unsqueeze(F.unsqueeze(b, 0), 2) for b in (pos_bias_u, pos_bias_v))  # (1, H, 1, D)
         scores = F.matmul(q + u, k, transpose_b=True) + F.matmul(q + bias_v, pos, transpose_b=True)
@@ -69,7 +74,8 @@ DECOMPOSITIONS: dict[str, Callable[..., Tensor]] = {"attention": attention, "lin
                                                     "token_log_probs": token_log_probs}
 # per op: the decomposition's arguments that a node's inputs always fill, then the optional ones by their flag
 INPUT_NAMES = {"attention": (["q", "k", "v"], [("has_lengths", ["key_lengths"]),
-                                               ("has_pos", ["pos", "pos_bias_u", "pos_bias_v"])]),
+                                               ("has_pos", ["pos", "pos_bias_u", "pos_bias_v"]),
+                                               ("has_q_bias", ["q_bias"]), ("has_kv_bias", ["k_bias", "v_bias"])]),
                "linear_act": (["x", "weight"], [("has_bias", ["bias"])]),
                "token_log_probs": (["x", "weight", "bias", "targets"], [])}
 

@@ -171,14 +171,17 @@ def matmul(a: Tensor, b: Tensor, transpose_b: bool = False, out_dtype: DataType 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None = None, *, scale: float,
               causal: bool = False, pos: Tensor | None = None, pos_bias_u: Tensor | None = None,
-              pos_bias_v: Tensor | None = None) -> Tensor:
+              pos_bias_v: Tensor | None = None, q_bias: Tensor | None = None,
+              kv_bias: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Fused multi-head attention, one node (``core.composite.attention`` defines it; ``plugins.attention``
-    runs it): q (B, H, M, D), k/v (B, H, N, D), key_lengths (B,) int32 -> (B, H, M, Dv)."""
+    runs it): q (B, H, M, D), k/v (B, H, N, D), key_lengths (B,) int32 -> (B, H, M, Dv); ``q_bias`` and
+    ``kv_bias`` (H, D): the projections' biases, added to q, k and v first."""
     inputs = [q, k, v] + ([key_lengths] if key_lengths is not None else [])
     if pos is not None:
         inputs += [pos, pos_bias_u, pos_bias_v]
+    inputs += ([q_bias] if q_bias is not None else []) + (list(kv_bias) if kv_bias is not None else [])
     return _one("attention", inputs, scale=float(scale), causal=causal, has_lengths=key_lengths is not None,
-                has_pos=pos is not None)
+                has_pos=pos is not None, has_q_bias=q_bias is not None, has_kv_bias=kv_bias is not None)
 
 
 def linear_act(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str) -> Tensor:

@@ -755,7 +755,8 @@ class Attention:
     """Fused multi-head attention (``core.composite.attention`` says what it computes).
 
     Inputs: q (B, H, M, D), k (B, H, N, D), v (B, H, N, Dv), then key_lengths (B,) int32 if
-    ``has_lengths``, then pos (1 or B, H, N, D), pos_bias_u and pos_bias_v (H, D) if ``has_pos``.
+    ``has_lengths``, then pos (1 or B, H, N, D), pos_bias_u and pos_bias_v (H, D) if ``has_pos``, then the
+    projections' biases: q_bias (H, D) if ``has_q_bias``, k_bias (H, D) and v_bias (H, Dv) if ``has_kv_bias``.
     PyTorch lowering: the ``wenet_trt::attention`` plugin (a Triton kernel on CUDA). TensorRT
     lowering: ``composite`` -- the decomposition, whose matmul-softmax-matmul TensorRT fuses itself.
     """
@@ -764,29 +765,44 @@ class Attention:
     composite = True
 
     @staticmethod
-    def infer(q, k, v, *rest, scale: float, causal: bool, has_lengths: bool, has_pos: bool) -> list[Spec]:
+    def infer(q, k, v, *rest, scale: float, causal: bool, has_lengths: bool, has_pos: bool, has_q_bias: bool = False,
+              has_kv_bias: bool = False) -> list[Spec]:
         dtype = _same_dtype("attention", q, k, v)
         _require(dtype.is_float, "attention needs float q/k/v")
         _require(q.ndim == k.ndim == v.ndim == 4, "attention: q, k, v must be (B, H, T, D)")
-        _require(len(rest) == int(has_lengths) + 3 * int(has_pos), "attention: inputs do not match has_lengths/has_pos")
-        if has_lengths:
-            _require(rest[0].dtype == DataType.int32 and rest[0].ndim == 1, "attention: key_lengths must be int32 (B,)")
-        if has_pos:
-            pos, u, bias_v = rest[-3:]
-            _same_dtype("attention", q, pos, u, bias_v)
-            _require(pos.ndim == 4 and u.ndim == 2 == bias_v.ndim, "attention: pos (B|1, H, N, D), biases (H, D)")
+        _require(len(rest) == int(has_lengths) + 3 * int(has_pos) + int(has_q_bias) + 2 * int(has_kv_bias),
+                 "attention: inputs do not match has_lengths/has_pos/has_q_bias/has_kv_bias")
+        key_lengths, pos, projection_biases = Attention._split(rest, has_lengths, has_pos)
+        if key_lengths is not None:
+            _require(key_lengths.dtype == DataType.int32 and key_lengths.ndim == 1,
+                     "attention: key_lengths must be int32 (B,)")
+        if pos is not None:
+            _same_dtype("attention", q, *pos)
+            _require(pos[0].ndim == 4 and pos[1].ndim == 2 == pos[2].ndim, "attention: pos (B|1, H, N, D), biases (H, D)")
+        if projection_biases:
+            _same_dtype("attention", q, *projection_biases)
+            _require(all(b.ndim == 2 for b in projection_biases), "attention: projection biases must be (H, D)")
         return [(dtype, (*broadcast_shape("attention", q.shape[:2], k.shape[:2]), q.shape[2], v.shape[3]))]
 
     @staticmethod
-    def torch(q, k, v, *rest, scale: float, causal: bool, has_lengths: bool, has_pos: bool):
+    def _split(rest, has_lengths: bool, has_pos: bool) -> tuple:
+        """(key_lengths or None, (pos, pos_bias_u, pos_bias_v) or None, the projection biases) of the optional inputs."""
+        key_lengths = rest[0] if has_lengths else None
+        rest = rest[int(has_lengths):]
+        return key_lengths, (tuple(rest[:3]) if has_pos else None), list(rest[3 * int(has_pos):])
+
+    @staticmethod
+    def torch(q, k, v, *rest, scale: float, causal: bool, has_lengths: bool, has_pos: bool, has_q_bias: bool = False,
+              has_kv_bias: bool = False):
         from plugins import kernel_available
         from plugins.attention import attention, decomposed
 
-        key_lengths = rest[0] if has_lengths else None
-        pos, u, bias_v = rest[-3:] if has_pos else (None, None, None)
+        key_lengths, pos, biases = Attention._split(rest, has_lengths, has_pos)
+        q_bias = biases.pop(0) if has_q_bias else None
+        k_bias, v_bias = biases if has_kv_bias else (None, None)
         # without a kernel: the decomposition inline, so that export and Inductor see plain ops
         run = attention if kernel_available(q.device) else decomposed
-        return run(q, k, v, key_lengths, pos, u, bias_v, scale, causal)
+        return run(q, k, v, key_lengths, *(pos or (None, None, None)), q_bias, k_bias, v_bias, scale, causal)
 
     tensorrt = None
 

@@ -11,7 +11,7 @@ from core import functional as F
 from core.dtype import DataType
 from core.module import Module, Parameter
 from core.tensor import Tensor
-from layers.linear import Linear, fused_linear
+from layers.linear import Linear, fused_linear, linear
 
 
 class MultiHeadedAttention(Module):
@@ -36,20 +36,34 @@ class MultiHeadedAttention(Module):
         x = x.transpose(1, 2)
         return F.view(x, [F.shape(like, 0), F.shape(like, 1), self.h * self.d_k])
 
+    def biases(self) -> tuple[Tensor | None, tuple[Tensor, Tensor] | None]:
+        """(q bias, (k bias, v bias)) as (H, d_k), for the attention op to add to the heads it loads (None where
+        the projections have none)."""
+        q, k, v = (F.view(lin.bias.value, [self.h, self.d_k]) if lin.bias is not None else None
+                   for lin in (self.linear_q, self.linear_k, self.linear_v))
+        return q, ((k, v) if k is not None else None)
+
     def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Q, K and V of ``x`` in heads layout, from one GEMM."""
-        q, k, v = fused_linear(x, [self.linear_q, self.linear_k, self.linear_v])
+        """Q, K and V of ``x`` in heads layout from one GEMM, biases not added (the attention op adds them,
+        ``biases``): views of the GEMM's output, never copied into the heads layout."""
+        q, k, v = fused_linear(x, [self.linear_q, self.linear_k, self.linear_v], bias=False)
         return self.heads(q), self.heads(k), self.heads(v)
 
     def forward(self, x: Tensor, key_lengths: Tensor | None, causal: bool = False,
-                cache: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+                cache: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
         """Self-attention of ``x`` over keys ``j < key_lengths[b]`` (all if None; also ``j <= i`` if
-        ``causal``); with ``cache`` the new keys/values are appended to it."""
+        ``causal``); with ``cache`` the new keys/values are appended to it and returned."""
         q, k, v = self.qkv(x)
-        if cache is not None:
+        q_bias, kv_bias = self.biases()
+        new_cache = None
+        if cache is not None:  # the cache holds finished keys and values: the biases are added here
+            if kv_bias is not None:
+                k, v = (t + F.unsqueeze(F.unsqueeze(b, 0), 2) for t, b in zip((k, v), kv_bias))
             k, v = F.concat([cache[0], k], 2), F.concat([cache[1], v], 2)
-        out = F.attention(q, k, v, key_lengths, scale=1 / math.sqrt(self.d_k), causal=causal)
-        return self.linear_out(self.merge_heads(out, x)), (k, v)
+            new_cache, kv_bias = (k, v), None
+        out = F.attention(q, k, v, key_lengths, scale=1 / math.sqrt(self.d_k), causal=causal, q_bias=q_bias,
+                          kv_bias=kv_bias)
+        return self.linear_out(self.merge_heads(out, x)), new_cache
 
 
 class MultiHeadedCrossAttention(MultiHeadedAttention):
@@ -60,8 +74,8 @@ class MultiHeadedCrossAttention(MultiHeadedAttention):
     """
 
     def forward(self, x: Tensor, key: Tensor, value: Tensor, memory_lengths: Tensor) -> Tensor:
-        q = self.heads(self.linear_q(x), batch=F.shape(key, 0))
-        out = F.attention(q, key, value, memory_lengths, scale=1 / math.sqrt(self.d_k))
+        q = self.heads(linear(x, self.linear_q.weight.value), batch=F.shape(key, 0))
+        out = F.attention(q, key, value, memory_lengths, scale=1 / math.sqrt(self.d_k), q_bias=self.biases()[0])
         return self.linear_out(self.merge_heads(out, x))
 
 
@@ -77,8 +91,10 @@ class RelPositionMultiHeadedAttention(MultiHeadedAttention):
 
     def forward(self, x: Tensor, key_lengths: Tensor, pos_emb: Tensor) -> Tensor:
         q, k, v = self.qkv(x)
+        q_bias, kv_bias = self.biases()
         # the table's projection is a build-time constant; its first T rows are the keys' (1, H, T, d_k)
         p = self.heads(F.slice(self.linear_pos(pos_emb), 1, 0, F.shape(x, 1)))
         out = F.attention(q, k, v, key_lengths, scale=1 / math.sqrt(self.d_k), pos=p,
-                          pos_bias_u=self.pos_bias_u.value, pos_bias_v=self.pos_bias_v.value)
+                          pos_bias_u=self.pos_bias_u.value, pos_bias_v=self.pos_bias_v.value, q_bias=q_bias,
+                          kv_bias=kv_bias)
         return self.linear_out(self.merge_heads(out, x))

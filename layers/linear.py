@@ -33,10 +33,11 @@ class Linear(Module):
         return linear(x, self.weight.value, self.bias.value if self.bias is not None else None, activation)
 
 
-def fused_linear(x: Tensor, linears: Sequence[Linear]) -> list[Tensor]:
-    """``[linear(x) for linear in linears]`` as one GEMM over their weights concatenated, then slices of
-    its output. The concatenation has only constant inputs, so the build folds it into one weight."""
-    bias = F.concat([lin.bias.value for lin in linears], 0) if linears[0].bias is not None else None
+def fused_linear(x: Tensor, linears: Sequence[Linear], bias: bool = True) -> list[Tensor]:
+    """``[linear(x) for linear in linears]`` (without their biases if not ``bias``) as one GEMM over their weights
+    concatenated, then slices of its output. The concatenation has only constant inputs, so the build folds it
+    into one weight."""
+    bias = F.concat([lin.bias.value for lin in linears], 0) if bias and linears[0].bias is not None else None
     y = linear(x, F.concat([lin.weight.value for lin in linears], 0), bias)
     outputs, start = [], 0
     for lin in linears:

@@ -5,7 +5,9 @@ scores (q+u)·kᵀ + (q+v)·posᵀ; a key-length mask; softmax in fp32). The ker
 the keys per block of queries with an online softmax (flash attention): scores never reach
 memory, and the relative-position term costs a second dot product per key block instead of two
 (B, H, T, T) tensors. Cross-attention needs nothing special: the N hypotheses' queries of an
-utterance are rows of one (B, H, N*L, D) query tensor against that utterance's K/V.
+utterance are rows of one (B, H, N*L, D) query tensor against that utterance's K/V. The Q/K/V
+projections' biases are added as the tiles load, so Q, K and V arrive as strided views of one
+bias-free GEMM output: a separate bias add wrote each of them out again in the heads layout.
 
 Registered with ``torch.library.triton_op``, so torch.export and Inductor see the kernel itself
 and compile it into the engines. Where no kernel can run (CPU without ``TRITON_INTERPRET=1``, or
@@ -29,12 +31,13 @@ except ImportError:  # CPU-only installs: the decomposition serves
 if triton is not None:
 
     @triton.jit
-    def _attention_kernel(Q, K, V, P, BIAS_U, BIAS_V, LENGTHS, OUT,
+    def _attention_kernel(Q, K, V, P, BIAS_U, BIAS_V, Q_BIAS, K_BIAS, V_BIAS, LENGTHS, OUT,
                           stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                           stride_vb, stride_vh, stride_vn, stride_pb, stride_ph, stride_pn,
                           stride_ob, stride_oh, stride_om,
                           heads, M, N, scale,
                           HAS_LENGTHS: tl.constexpr, HAS_POS: tl.constexpr, CAUSAL: tl.constexpr,
+                          HAS_Q_BIAS: tl.constexpr, HAS_KV_BIAS: tl.constexpr,
                           D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
         block_m = tl.program_id(0)
@@ -46,6 +49,12 @@ if triton is not None:
         dv = tl.arange(0, BLOCK_DV)
         q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qm + d[None, :],
                     mask=(rows[:, None] < M) & (d[None, :] < D), other=0.0)
+        # projection biases added as the tiles load, rounded as the unfused add rounds them (fp32, then q's dtype)
+        if HAS_Q_BIAS:
+            q = (q.to(tl.float32) + tl.load(Q_BIAS + h * D + d, mask=d < D, other=0.0).to(tl.float32)[None, :]).to(q.dtype)
+        if HAS_KV_BIAS:
+            k_bias = tl.load(K_BIAS + h * D + d, mask=d < D, other=0.0).to(tl.float32)
+            v_bias = tl.load(V_BIAS + h * DV + dv, mask=dv < DV, other=0.0).to(tl.float32)
         if HAS_POS:  # (q + u) and (q + v) rounded to q's dtype, as the unfused layer computes them
             q_u = (q + tl.load(BIAS_U + h * D + d, mask=d < D, other=0.0)[None, :]).to(q.dtype)
             q_v = (q + tl.load(BIAS_V + h * D + d, mask=d < D, other=0.0)[None, :]).to(q.dtype)
@@ -64,6 +73,8 @@ if triton is not None:
             cols = start + tl.arange(0, BLOCK_N)
             k = tl.load(K + b * stride_kb + h * stride_kh + cols[None, :] * stride_kn + d[:, None],
                         mask=(cols[None, :] < n_end) & (d[:, None] < D), other=0.0)
+            if HAS_KV_BIAS:
+                k = (k.to(tl.float32) + k_bias[:, None]).to(q.dtype)
             s = tl.dot(q_u, k, input_precision=PRECISION)
             if HAS_POS:
                 p = tl.load(P + b * stride_pb + h * stride_ph + cols[None, :] * stride_pn + d[:, None],
@@ -80,6 +91,8 @@ if triton is not None:
             row_sum = row_sum * correction + tl.sum(weights, 1)
             v = tl.load(V + b * stride_vb + h * stride_vh + cols[:, None] * stride_vn + dv[None, :],
                         mask=(cols[:, None] < n_end) & (dv[None, :] < DV), other=0.0)
+            if HAS_KV_BIAS:
+                v = (v.to(tl.float32) + v_bias[None, :]).to(q.dtype)
             acc = acc * correction[:, None] + tl.dot(weights.to(v.dtype), v, input_precision=PRECISION)
             row_max = new_max
             start += BLOCK_N
@@ -88,7 +101,7 @@ if triton is not None:
                  out.to(OUT.dtype.element_ty), mask=(rows[:, None] < M) & (dv[None, :] < DV))
 
 
-def _launch(q, k, v, key_lengths, pos, pos_bias_u, pos_bias_v, scale, causal):
+def _launch(q, k, v, key_lengths, pos, pos_bias_u, pos_bias_v, q_bias, k_bias, v_bias, scale, causal):
     # No Python branch on a size here: under torch.export and Inductor sizes are symbols, and a
     # branch would specialize the compiled engine to the traced size.
     batch, heads, m, d = q.shape
@@ -101,12 +114,14 @@ def _launch(q, k, v, key_lengths, pos, pos_bias_u, pos_bias_v, scale, causal):
     block_n = 64 if max(block_d, block_dv) <= 64 else 32
     launchable(_attention_kernel)[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), batch * heads)](
         q, k, v, p, pos_bias_u if has_pos else q, pos_bias_v if has_pos else q,
+        q_bias if q_bias is not None else q, k_bias if k_bias is not None else q, v_bias if v_bias is not None else q,
         key_lengths if key_lengths is not None else q, out,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), p.stride(0), p.stride(1), p.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         heads, m, n, scale,
-        HAS_LENGTHS=key_lengths is not None, HAS_POS=has_pos, CAUSAL=causal, D=d, DV=dv,
+        HAS_LENGTHS=key_lengths is not None, HAS_POS=has_pos, CAUSAL=causal, HAS_Q_BIAS=q_bias is not None,
+        HAS_KV_BIAS=k_bias is not None, D=d, DV=dv,
         BLOCK_D=block_d, BLOCK_DV=block_dv, BLOCK_M=64, BLOCK_N=block_n,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
     return out
@@ -114,22 +129,26 @@ def _launch(q, k, v, key_lengths, pos, pos_bias_u, pos_bias_v, scale, causal):
 
 def decomposed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_lengths: torch.Tensor | None,
                pos: torch.Tensor | None, pos_bias_u: torch.Tensor | None, pos_bias_v: torch.Tensor | None,
+               q_bias: torch.Tensor | None, k_bias: torch.Tensor | None, v_bias: torch.Tensor | None,
                scale: float, causal: bool) -> torch.Tensor:
     """The op through its decomposition (``core.composite.attention``), on any device."""
     inputs = [q, k, v] + ([key_lengths] if key_lengths is not None else []) + (
-        [pos, pos_bias_u, pos_bias_v] if pos is not None else [])
+        [pos, pos_bias_u, pos_bias_v] if pos is not None else []) + ([q_bias] if q_bias is not None else []) + (
+        [k_bias, v_bias] if k_bias is not None else [])
     return run_decomposition("attention", inputs, {"scale": scale, "causal": causal,
-                                                   "has_lengths": key_lengths is not None, "has_pos": pos is not None})
+                                                   "has_lengths": key_lengths is not None, "has_pos": pos is not None,
+                                                   "has_q_bias": q_bias is not None, "has_kv_bias": k_bias is not None})
 
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_lengths: torch.Tensor | None,
                pos: torch.Tensor | None, pos_bias_u: torch.Tensor | None, pos_bias_v: torch.Tensor | None,
+               q_bias: torch.Tensor | None, k_bias: torch.Tensor | None, v_bias: torch.Tensor | None,
                scale: float, causal: bool) -> torch.Tensor:
     launch = _launch if kernel_available(q.device) else decomposed
-    return launch(q, k, v, key_lengths, pos, pos_bias_u, pos_bias_v, scale, causal)
+    return launch(q, k, v, key_lengths, pos, pos_bias_u, pos_bias_v, q_bias, k_bias, v_bias, scale, causal)
 
 
-def _fake(q, k, v, key_lengths, pos, pos_bias_u, pos_bias_v, scale, causal):
+def _fake(q, k, v, key_lengths, pos, pos_bias_u, pos_bias_v, q_bias, k_bias, v_bias, scale, causal):
     return q.new_empty((q.shape[0], q.shape[2], q.shape[1], v.shape[3])).transpose(1, 2)
 
 

@@ -18,15 +18,15 @@ pytest.importorskip("triton")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# name: (batch, heads, queries, keys, head dim, lengths, causal, rel-pos, query groups over one K/V)
+# name: (batch, heads, queries, keys, head dim, lengths, causal, rel-pos, projection biases added inside)
 CASES = {
-    "rel_pos": (3, 2, 37, 37, 16, [37, 20, 1], False, True),
-    "plain_no_lengths": (2, 2, 70, 70, 16, None, False, False),
-    "causal_with_lengths": (4, 2, 23, 23, 16, [23, 5, 1, 17], True, False),
-    "causal_offset_cache": (2, 2, 3, 40, 16, None, True, False),
-    "cross_grouped_queries": (2, 2, 5 * 9, 66, 16, [66, 31], False, False),
-    "head_dim_not_power_of_two": (2, 3, 19, 19, 12, [19, 7], False, True),
-    "empty_key_row_gives_zeros": (2, 2, 8, 8, 16, [8, 0], False, False),
+    "rel_pos": (3, 2, 37, 37, 16, [37, 20, 1], False, True, "qkv"),
+    "plain_no_lengths": (2, 2, 70, 70, 16, None, False, False, ""),
+    "causal_with_lengths": (4, 2, 23, 23, 16, [23, 5, 1, 17], True, False, "qkv"),
+    "causal_offset_cache": (2, 2, 3, 40, 16, None, True, False, "q"),
+    "cross_grouped_queries": (2, 2, 5 * 9, 66, 16, [66, 31], False, False, "q"),
+    "head_dim_not_power_of_two": (2, 3, 19, 19, 12, [19, 7], False, True, "qkv"),
+    "empty_key_row_gives_zeros": (2, 2, 8, 8, 16, [8, 0], False, False, ""),
 }
 # name: (x shape (..., K), N, activation, bias): partial tiles in rows and columns, K below and above a tile
 LINEAR_CASES = {
@@ -44,7 +44,7 @@ TOKEN_CASES = {
 
 
 def make_inputs(case: str, dtype: torch.dtype, device: str = "cpu"):
-    batch, heads, m, n, d, lengths, causal, rel_pos = CASES[case]
+    batch, heads, m, n, d, lengths, causal, rel_pos, biases = CASES[case]
     g = torch.Generator().manual_seed(len(case))
 
     def rand(*shape):
@@ -54,7 +54,9 @@ def make_inputs(case: str, dtype: torch.dtype, device: str = "cpu"):
     k, v = rand(batch, heads, n, d), rand(batch, heads, n, d)
     key_lengths = torch.tensor(lengths, dtype=torch.int32, device=device) if lengths is not None else None
     pos = (rand(1, heads, n, d), rand(heads, d), rand(heads, d)) if rel_pos else (None, None, None)
-    return (q, k, v, key_lengths, *pos, 1 / d**0.5, causal)
+    q_bias = rand(heads, d) if "q" in biases else None
+    kv_bias = (rand(heads, d), rand(heads, d)) if "kv" in biases else (None, None)
+    return (q, k, v, key_lengths, *pos, q_bias, *kv_bias, 1 / d**0.5, causal)
 
 
 def decomposed(args) -> torch.Tensor:
@@ -137,12 +139,13 @@ def test_fully_masked_rows_are_zero_and_others_are_not():
 
 def test_decomposition_is_the_unfused_math():
     """Held against torch's own attention (scaled_dot_product_attention with a boolean mask)."""
-    q, k, v, key_lengths, pos, u, bias_v, scale, causal = make_inputs("rel_pos", torch.float32)
+    q, k, v, key_lengths, pos, u, bias_v, q_bias, k_bias, v_bias, scale, causal = make_inputs("rel_pos", torch.float32)
+    got = decomposed((q, k, v, key_lengths, pos, u, bias_v, q_bias, k_bias, v_bias, scale, causal))
+    q, k, v = (t + b[None, :, None] for t, b in ((q, q_bias), (k, k_bias), (v, v_bias)))
     q_cat = torch.cat([q + u[None, :, None], q + bias_v[None, :, None]], -1)
     k_cat = torch.cat([k, pos.expand_as(k)], -1)
     mask = (torch.arange(k.shape[2])[None, :] < key_lengths[:, None].long())[:, None, None, :]
     want = torch.nn.functional.scaled_dot_product_attention(q_cat, k_cat, v, attn_mask=mask, scale=scale)
-    got = decomposed((q, k, v, key_lengths, pos, u, bias_v, scale, causal))
     assert (got - want).abs().max() < 1e-5
 
 

@@ -27,7 +27,7 @@ class DecoderLayer(Module):
         self.norm3 = LayerNorm(d, config.norm_eps)
 
     def forward(self, x: Tensor, lengths: Tensor | None, memory: KV, memory_lengths: Tensor,
-                cache: KV | None = None) -> tuple[Tensor, KV]:
+                cache: KV | None = None) -> tuple[Tensor, KV | None]:
         """Causal self-attention over the first ``lengths`` tokens (all cached ones if ``cache``)."""
         a, new_cache = self.self_attn(self.norm1(x), lengths, causal=cache is None, cache=cache)
         x = x + a
