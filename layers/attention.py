@@ -43,27 +43,26 @@ class MultiHeadedAttention(Module):
                    for lin in (self.linear_q, self.linear_k, self.linear_v))
         return q, ((k, v) if k is not None else None)
 
-    def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Q, K and V of ``x`` in heads layout from one GEMM, biases not added (the attention op adds them,
-        ``biases``): views of the GEMM's output, never copied into the heads layout."""
-        q, k, v = fused_linear(x, [self.linear_q, self.linear_k, self.linear_v], bias=False)
+    def qkv(self, x: Tensor, bias: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+        """Q, K and V of ``x`` in heads layout from one GEMM. Without ``bias`` they are views of the GEMM's output,
+        never copied into the heads layout, and the attention op adds their biases (``biases``) as it loads them."""
+        q, k, v = fused_linear(x, [self.linear_q, self.linear_k, self.linear_v], bias)
         return self.heads(q), self.heads(k), self.heads(v)
 
     def forward(self, x: Tensor, key_lengths: Tensor | None, causal: bool = False,
                 cache: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
         """Self-attention of ``x`` over keys ``j < key_lengths[b]`` (all if None; also ``j <= i`` if
         ``causal``); with ``cache`` the new keys/values are appended to it and returned."""
-        q, k, v = self.qkv(x)
-        q_bias, kv_bias = self.biases()
-        new_cache = None
-        if cache is not None:  # the cache holds finished keys and values: the biases are added here
-            if kv_bias is not None:
-                k, v = (t + F.unsqueeze(F.unsqueeze(b, 0), 2) for t, b in zip((k, v), kv_bias))
-            k, v = F.concat([cache[0], k], 2), F.concat([cache[1], v], 2)
-            new_cache, kv_bias = (k, v), None
-        out = F.attention(q, k, v, key_lengths, scale=1 / math.sqrt(self.d_k), causal=causal, q_bias=q_bias,
-                          kv_bias=kv_bias)
-        return self.linear_out(self.merge_heads(out, x)), new_cache
+        scale = 1 / math.sqrt(self.d_k)
+        if cache is None:
+            q_bias, kv_bias = self.biases()
+            out = F.attention(*self.qkv(x, bias=False), key_lengths, scale=scale, causal=causal, q_bias=q_bias,
+                              kv_bias=kv_bias)
+            return self.linear_out(self.merge_heads(out, x)), None
+        q, k, v = self.qkv(x)  # the cache holds finished keys and values
+        k, v = F.concat([cache[0], k], 2), F.concat([cache[1], v], 2)
+        out = F.attention(q, k, v, key_lengths, scale=scale, causal=causal)
+        return self.linear_out(self.merge_heads(out, x)), (k, v)
 
 
 class MultiHeadedCrossAttention(MultiHeadedAttention):
@@ -90,7 +89,7 @@ class RelPositionMultiHeadedAttention(MultiHeadedAttention):
         self.pos_bias_v = Parameter((n_head, n_feat // n_head), dtype)
 
     def forward(self, x: Tensor, key_lengths: Tensor, pos_emb: Tensor) -> Tensor:
-        q, k, v = self.qkv(x)
+        q, k, v = self.qkv(x, bias=False)
         q_bias, kv_bias = self.biases()
         # the table's projection is a build-time constant; its first T rows are the keys' (1, H, T, d_k)
         p = self.heads(F.slice(self.linear_pos(pos_emb), 1, 0, F.shape(x, 1)))

@@ -9,8 +9,9 @@ import torch
 
 try:
     import triton
+    import triton.language as tl
 except ImportError:  # CPU-only installs: the fused ops' decompositions serve
-    triton = None
+    triton = tl = None
 
 
 def register_op(name: str, fn: Callable, fake: Callable):

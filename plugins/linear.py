@@ -11,13 +11,7 @@ from __future__ import annotations
 import torch
 
 from core.composite import run_decomposition
-from plugins import kernel_available, launchable, register_op
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # CPU-only installs: the decomposition serves
-    triton = None
+from plugins import kernel_available, launchable, register_op, tl, triton
 
 if triton is not None:
 

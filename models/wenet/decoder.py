@@ -48,8 +48,12 @@ class TransformerDecoder(Module):
         self.after_norm = LayerNorm(d, config.norm_eps)
         self.output_layer = Linear(d, vocab_size, dtype=DataType.float32)  # fp32-accurate logits, as CTC's
 
+    def normed(self, x: Tensor) -> Tensor:
+        """The last layer's output through ``after_norm``, in fp32: what the output layer reads."""
+        return self.after_norm(F.cast(x, DataType.float32))
+
     def logits(self, x: Tensor) -> Tensor:
-        return fp32_accurate_linear(self.after_norm(F.cast(x, DataType.float32)), self.output_layer, x.dtype)
+        return fp32_accurate_linear(self.normed(x), self.output_layer, x.dtype)
 
     def forward(self, tokens: Tensor, targets: Tensor, lengths: Tensor, memory: list[KV],
                 memory_lengths: Tensor) -> Tensor:
@@ -58,8 +62,7 @@ class TransformerDecoder(Module):
         x, _ = self.embed[1](self.embed[0](tokens))
         for layer, kv in zip(self.decoders, memory):
             x, _ = layer(x, lengths, kv, memory_lengths)
-        return fp32_accurate_token_log_probs(self.after_norm(F.cast(x, DataType.float32)), self.output_layer,
-                                             targets, x.dtype)
+        return fp32_accurate_token_log_probs(self.normed(x), self.output_layer, targets, x.dtype)
 
     def step(self, tokens: Tensor, cache: list[KV], memory: list[KV],
              memory_lengths: Tensor) -> tuple[Tensor, list[KV]]:
