@@ -1,4 +1,5 @@
-"""Custom kernels (Triton) registered as torch ops that the fused ops of the network-definition API lower to."""
+"""Custom kernels (Triton): those registered as torch ops that the fused ops of the network-definition API lower to, and
+the runtime's CTC prefix beam search."""
 
 from __future__ import annotations
 

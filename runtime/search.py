@@ -12,6 +12,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from plugins import ctc_prefix_beam_search as gpu_search
 from runtime.native import NativeBuildError, usable_cpus
 from runtime.native import load as load_native
 from runtime.session import copy_to_host
@@ -156,6 +157,33 @@ def frame_candidates(log_probs: torch.Tensor, beam_size: int) -> FrameCandidates
     memory, without waiting for the copy (nor for the work queued before it)."""
     host, ready = copy_to_host(*log_probs.float().topk(beam_size, dim=-1))
     return FrameCandidates(*host, ready)
+
+
+class PendingNBest:
+    """A batch's CTC prefix beam search, started: ``result()`` gives its ``NBest``. On a GPU (with Triton) the search
+    runs there, queued behind the encoder, and only its n-best is copied back without waiting; elsewhere the top-k
+    candidates are copied back and ``result()`` runs the native search (host work that releases the GIL)."""
+
+    def __init__(self, log_probs: torch.Tensor, lengths: torch.Tensor, beam_size: int, blank: int = 0):
+        """``lengths``: (B,) on the log-probs' device (the GPU search reads them there)."""
+        self.beam_size, self.blank = beam_size, blank
+        if gpu_search.runs_on(log_probs.device):
+            top_logp, top_ids = log_probs.float().topk(beam_size, dim=-1)
+            self.host, self.ready = copy_to_host(*gpu_search.prefix_beam_search(top_logp, top_ids, lengths,
+                                                                                beam_size, blank))
+            self.candidates = None
+        else:
+            self.candidates, self.lengths = frame_candidates(log_probs, beam_size), lengths
+
+    @property
+    def on_device(self) -> bool:
+        return self.candidates is None
+
+    def result(self) -> NBest:
+        if self.candidates is not None:
+            return prefix_search_on_host(self.candidates, self.lengths, self.beam_size, self.blank)
+        self.ready.synchronize()
+        return NBest(*(t.numpy() for t in self.host))
 
 
 def prefix_search_on_host(candidates: FrameCandidates, lengths: torch.Tensor, beam_size: int,

@@ -20,15 +20,17 @@ import torch
 
 from layers.subsampling import subsampled_length
 from models.wenet.config import ModelConfig
+from plugins import ctc_prefix_beam_search as gpu_search
 from runtime.audio import AudioError, duration, load_audio
 from runtime.decoding import RescoringScores, WeNetDecoding
 from runtime.encoding import WeNetEncoding
 from runtime.frontend import fbank_batch, num_frames
 from runtime.native import usable_cpus
-from runtime.search import DecodeResult, FrameCandidates, NBest, ctc_greedy_search, frame_candidates, prefix_search_on_host
+from runtime.search import DecodeResult, NBest, PendingNBest, ctc_greedy_search
 from runtime.session import EngineDir, ProfileError
 
-# Readers: more would take CPUs from the prefix search (H200, 16 CPUs: 4 readers 15,100x end to end, 16 readers 11,000x).
+# Readers: more would take CPUs from the host work (H200, 16 CPUs, prefix search on the host: 4 readers 15,100x end to
+# end, 16 readers 11,000x).
 READ_THREADS = max(1, min(4, usable_cpus() // 4))
 READ_AHEAD = 4  # batches whose files are being read (and uploaded) while earlier ones decode
 MODES = ("ctc_greedy_search", "ctc_prefix_beam_search", "attention", "attention_rescoring")
@@ -58,7 +60,7 @@ class Encoded(NamedTuple):
     """A batch after its device work (``Transcriber.encode``): what the prefix search and rescoring need."""
 
     lens: torch.Tensor  # encoder lengths, host
-    candidates: FrameCandidates | None
+    search: PendingNBest | None  # the CTC prefix beam search, started
     encoder_out: torch.Tensor | None  # for the rescoring
     results: dict[str, list[DecodeResult]]  # modes decoded on the device already
 
@@ -197,9 +199,10 @@ class Transcriber:
             batches = [[(key, path) for _, _, key, path in ordered[s:s + batch_size]]
                        for s in range(0, len(ordered), batch_size)]
             # Batches overlap. This thread, the only one that queues compute, queues batch i's fbank, encoder and
-            # top-k, then batch i-1's rescoring, then reads batch i-2's scores; the worker thread meanwhile runs
-            # batch i's prefix search (host work; the native search releases the GIL). So the GPU always has work
-            # queued while this thread waits. Timed stages do not overlap.
+            # prefix search (on a GPU; elsewhere its top-k), then batch i-1's rescoring, then reads batch i-2's
+            # scores; the worker thread meanwhile waits for batch i's n-best (or runs the native search, which
+            # releases the GIL) and makes its rescoring inputs. So the GPU always has work queued while this thread
+            # waits. Timed stages do not overlap.
             reads: deque[list[tuple[str, Future]]] = deque()
             searching = rescoring = None  # the batches before: prefix search under way; rescoring queued
             for j in range(len(batches) + 2):
@@ -266,10 +269,10 @@ class Transcriber:
         return self.rescore(encoded, *self.prefix_search(encoded, options), options)
 
     def encode(self, feats: list[torch.Tensor], options: DecodingOptions) -> Encoded:
-        """A batch's device work up to the prefix search: encoder, greedy search, the prefix search's frame
-        candidates, attention beam search. The prefix search and rescoring need no wait for the device here (the
-        encoder lengths are known on the host). What outlives the next batch is owned: a compiled engine's outputs
-        are CUDA-graph buffers that its next call overwrites."""
+        """A batch's device work: encoder, greedy search, the prefix search started (on a GPU the search itself,
+        elsewhere its frame candidates), attention beam search. The prefix search and rescoring need no wait for the
+        device here (the encoder lengths are known on the host). What outlives the next batch is owned: a compiled
+        engine's outputs are CUDA-graph buffers that its next call overwrites."""
         model, stage = self.engine.model, self.times.stage
         modes = options.modes
         with stage("encoder+ctc"):
@@ -280,10 +283,10 @@ class Transcriber:
         if "ctc_greedy_search" in modes:
             with stage("ctc greedy search"):
                 out["ctc_greedy_search"] = ctc_greedy_search(enc.ctc_log_probs, lens, model.blank_id)
-        candidates = None
+        search = None
         if "ctc_prefix_beam_search" in modes or "attention_rescoring" in modes:
-            with stage("ctc top-k"):
-                candidates = frame_candidates(enc.ctc_log_probs, options.beam_size)
+            with stage("ctc prefix beam search" if gpu_search.runs_on(self.engine.device) else "ctc top-k"):
+                search = PendingNBest(enc.ctc_log_probs, enc.encoder_lens, options.beam_size, model.blank_id)
         if "attention" in modes:
             with stage("attention beam search"):
                 out["attention"] = self.decoding.attention_beam_search(enc, self.decoding.cross_kv(enc),
@@ -291,17 +294,16 @@ class Transcriber:
         encoder_out = None
         if "attention_rescoring" in modes:
             encoder_out = enc.encoder_out.clone() if self.engine.reuses_outputs else enc.encoder_out
-        return Encoded(lens, candidates, encoder_out, out)
+        return Encoded(lens, search, encoder_out, out)
 
     def prefix_search(self, encoded: Encoded,
                       options: DecodingOptions) -> tuple[NBest | None, dict[str, torch.Tensor] | None]:
-        """Host work: the CTC prefix beam search of an encoded batch, and the rescoring's host inputs made from its
-        n-best (each None where no mode needs it)."""
-        if encoded.candidates is None:
+        """Host work: the n-best of an encoded batch's CTC prefix beam search (waited for, or searched here), and the
+        rescoring's host inputs made from it (each None where no mode needs it)."""
+        if encoded.search is None:
             return None, None
         with self.times.stage("ctc prefix beam search"):
-            nbest = prefix_search_on_host(encoded.candidates, encoded.lens, options.beam_size,
-                                          self.engine.model.blank_id)
+            nbest = encoded.search.result()
         if "attention_rescoring" not in options.modes:
             return nbest, None
         return nbest, self.decoding.rescoring_inputs(nbest, *options.weights(self.engine.model))

@@ -1,24 +1,71 @@
-"""The native CTC prefix beam search against the Python one: identical n-best, scores and tie order."""
+"""The CTC prefix beam searches: native (C++) against the Python one, and the GPU one (Triton; under its interpreter on
+the CPU) against the native one: identical n-best, scores and tie order."""
+
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from runtime.search import ctc_prefix_beam_search, prefix_beam_search
+from runtime.search import ctc_prefix_beam_search, frame_candidates, prefix_beam_search, prefix_search_on_host
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LENGTHS = [60, 1, 33, 47, 0, 8]
+
+
+def log_probs(quantize: bool) -> torch.Tensor:
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(len(LENGTHS), 60, 30, generator=g) * 3
+    logits[..., 0] += 2.0  # blank-heavy, as CTC outputs are
+    if quantize:  # coarse values create exact ties, to check the tie order
+        logits = torch.round(logits)
+    return torch.log_softmax(logits, -1)
 
 
 @pytest.mark.parametrize("quantize", [False, True])
 def test_native_prefix_search_is_identical_to_python(quantize):
-    g = torch.Generator().manual_seed(3)
-    logits = torch.randn(5, 60, 30, generator=g) * 3
-    logits[..., 0] += 2.0  # blank-heavy, as CTC outputs are
-    if quantize:  # coarse values create exact ties, to check the tie order
-        logits = torch.round(logits)
-    log_probs = torch.log_softmax(logits, -1)
-    lengths = torch.tensor([60, 1, 33, 47, 8])
+    lengths = torch.tensor(LENGTHS)
     for beam in (1, 4, 10):
-        native = ctc_prefix_beam_search(log_probs, lengths, beam)
-        top_logp, top_ids = log_probs.topk(beam, -1)
-        for b, n in enumerate(lengths.tolist()):
+        native = ctc_prefix_beam_search(log_probs(quantize), lengths, beam)
+        top_logp, top_ids = log_probs(quantize).topk(beam, -1)
+        for b, n in enumerate(LENGTHS):
             python = prefix_beam_search(top_logp[b, :n].tolist(), top_ids[b, :n].tolist(), beam, 0)
             assert native[b].nbest == python.nbest
             assert native[b].nbest_scores == python.nbest_scores  # bit for bit
+
+
+def gpu_search_differences(device: str) -> list[str]:
+    """Where the GPU search's n-best arrays differ from the native search's (its scores by more than 1e-12: exp and
+    log come from another math library)."""
+    from plugins.ctc_prefix_beam_search import prefix_beam_search as gpu_prefix_beam_search
+
+    differences = []
+    for quantize, beam in ((False, 10), (True, 4), (True, 1)):  # beam 10 takes the interpreter ~40 s
+        lp, lengths = log_probs(quantize), torch.tensor(LENGTHS)
+        native = prefix_search_on_host(frame_candidates(lp, beam), lengths, beam)
+        # the native search's own candidates: a GPU top-k may order tied log-probs differently
+        top_logp, top_ids = (t.to(device) for t in lp.topk(beam, -1))
+        got = [t.cpu() for t in gpu_prefix_beam_search(top_logp, top_ids, lengths.to(device), beam)]
+        want = [torch.from_numpy(a) for a in (native.tokens, native.lengths, native.scores, native.count)]
+        for name, g, w in zip(("tokens", "lengths", "scores", "count"), got, want):
+            same = g.shape == w.shape and (torch.allclose(g, w, rtol=1e-12, atol=0) if name == "scores" else g.equal(w))
+            if not same:
+                differences.append(f"quantize={quantize} beam={beam}: {name}")
+    return differences
+
+
+def test_gpu_prefix_search_is_identical_to_native_under_the_interpreter():
+    pytest.importorskip("triton")
+    code = "import json, tests.test_search as t; print(json.dumps(t.gpu_search_differences('cpu')))"
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_prefix_search_is_identical_to_native_on_the_gpu():
+    pytest.importorskip("triton")
+    assert gpu_search_differences("cuda") == []
