@@ -15,9 +15,11 @@ class AudioError(ValueError):
 
 
 def duration(path: str) -> float:
-    """Seconds of audio from the file's header, without decoding it."""
+    """Seconds of audio from the file's header, without decoding it (an open file's frame count: ``soundfile.info``
+    also reads the header's log text, which made it ~5x slower)."""
     try:
-        return soundfile.info(path).duration
+        with soundfile.SoundFile(path) as f:
+            return f.frames / f.samplerate
     except (soundfile.LibsndfileError, OSError, RuntimeError, TypeError) as e:
         raise AudioError(f"{path}: cannot read audio ({e})") from e
 

@@ -29,8 +29,8 @@ from runtime.native import usable_cpus
 from runtime.search import DecodeResult, NBest, PendingNBest, ctc_greedy_search
 from runtime.session import EngineDir, ProfileError
 
-# Readers: more would take CPUs from the host work (H200, 16 CPUs, prefix search on the host: 4 readers 15,100x end to
-# end, 16 readers 11,000x).
+# Readers: more contend for the GIL with the thread that queues the GPU work (H200 machine, 16 CPUs: 4 readers 15,100x
+# end to end, 16 readers 11,000x with the prefix search on the host; 8 readers ~10 % slower than 4 with it on the GPU).
 READ_THREADS = max(1, min(4, usable_cpus() // 4))
 READ_AHEAD = 4  # batches whose files are being read (and uploaded) while earlier ones decode
 MODES = ("ctc_greedy_search", "ctc_prefix_beam_search", "attention", "attention_rescoring")
@@ -140,6 +140,10 @@ class Transcriber:
         self.times = StageTimes(self.engine.device)
         # the readers' uploads run on a stream of their own, so that they wait for no queued compute
         self.uploads = torch.cuda.Stream(self.engine.device) if self.engine.device.type == "cuda" else None
+        # the file readers and the thread that waits for each batch's n-best live as long as this object: a single
+        # file's latency would otherwise include starting them
+        self.readers = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="reader")
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="search")
 
     def check(self, options: DecodingOptions) -> None:
         """Options the built engines cannot serve fail here, before any audio is read."""
@@ -184,40 +188,40 @@ class Transcriber:
     def transcribe(self, items: Iterable[tuple[str, str]], options: DecodingOptions) -> Iterator[Result | Failure]:
         self.check(options)
         items = list(items)
-        with ThreadPoolExecutor(max_workers=READ_THREADS) as readers, ThreadPoolExecutor(max_workers=1) as worker:
-            # Batches are made from the files' header durations, longest first (little padding); a thread pool
-            # reads (and uploads) the files of the next READ_AHEAD batches while earlier batches decode.
-            durations = [readers.submit(duration, path) for _, path in items]
-            ordered = []
-            for (key, path), seconds in zip(items, durations):
-                try:
-                    ordered.append((-seconds.result(), len(ordered), key, path))
-                except AudioError as e:
-                    yield Failure(key, str(e))
-            ordered.sort()
-            batch_size = max(1, min(options.batch_size, self.encoding.max_batch_size))
-            batches = [[(key, path) for _, _, key, path in ordered[s:s + batch_size]]
-                       for s in range(0, len(ordered), batch_size)]
-            # Batches overlap. This thread, the only one that queues compute, queues batch i's fbank, encoder and
-            # prefix search (on a GPU; elsewhere its top-k), then batch i-1's rescoring, then reads batch i-2's
-            # scores; the worker thread meanwhile waits for batch i's n-best (or runs the native search, which
-            # releases the GIL) and makes its rescoring inputs. So the GPU always has work queued while this thread
-            # waits. Timed stages do not overlap.
-            reads: deque[list[tuple[str, Future]]] = deque()
-            searching = rescoring = None  # the batches before: prefix search under way; rescoring queued
-            for j in range(len(batches) + 2):
-                while len(reads) < READ_AHEAD and j + len(reads) < len(batches):
-                    reads.append([(key, readers.submit(self.audio, path)) for key, path in batches[j + len(reads)]])
-                started = None
-                if reads:
-                    failures, started = self._start(reads.popleft(), worker, options)
-                    yield from failures
-                queued = self._queue_rescoring(*searching, options) if searching is not None else None
-                if rescoring is not None:
-                    yield from self._results(*rescoring, options)
-                searching, rescoring = started, queued
+        # Batches are made from the files' header durations, longest first (little padding); a thread pool
+        # reads (and uploads) the files of the next READ_AHEAD batches while earlier batches decode. The headers are
+        # read here: that is mostly Python work under the GIL, which the reader threads made 3-5x slower (H200
+        # machine, 1,000 files: 20 ms in one thread, 60-110 ms on 4 or 8).
+        ordered = []
+        for key, path in items:
+            try:
+                ordered.append((-duration(path), len(ordered), key, path))
+            except AudioError as e:
+                yield Failure(key, str(e))
+        ordered.sort()
+        batch_size = max(1, min(options.batch_size, self.encoding.max_batch_size))
+        batches = [[(key, path) for _, _, key, path in ordered[s:s + batch_size]]
+                   for s in range(0, len(ordered), batch_size)]
+        # Batches overlap. This thread, the only one that queues compute, queues batch i's fbank, encoder and
+        # prefix search (on a GPU; elsewhere its top-k), then batch i-1's rescoring, then reads batch i-2's
+        # scores; the worker thread meanwhile waits for batch i's n-best (or runs the native search, which
+        # releases the GIL) and makes its rescoring inputs. So the GPU always has work queued while this thread
+        # waits. Timed stages do not overlap.
+        reads: deque[list[tuple[str, Future]]] = deque()
+        searching = rescoring = None  # the batches before: prefix search under way; rescoring queued
+        for j in range(len(batches) + 2):
+            while len(reads) < READ_AHEAD and j + len(reads) < len(batches):
+                reads.append([(key, self.readers.submit(self.audio, path)) for key, path in batches[j + len(reads)]])
+            started = None
+            if reads:
+                failures, started = self._start(reads.popleft(), options)
+                yield from failures
+            queued = self._queue_rescoring(*searching, options) if searching is not None else None
+            if rescoring is not None:
+                yield from self._results(*rescoring, options)
+            searching, rescoring = started, queued
 
-    def _start(self, reads: list[tuple[str, Future]], worker: ThreadPoolExecutor,
+    def _start(self, reads: list[tuple[str, Future]],
                options: DecodingOptions) -> tuple[list[Failure], tuple[list[str], Encoded, Future] | None]:
         """A batch's device work queued and its prefix search started: (failed files, what ``_queue_rescoring``
         needs)."""
@@ -238,7 +242,7 @@ class Transcriber:
             encoded = self.encode(feats, options)
         except (ProfileError, RuntimeError) as e:  # one bad batch must not end the run
             return failed + [Failure(key, f"decoding failed: {e}") for key in keys], None
-        search = worker.submit(self.prefix_search, encoded, options)
+        search = self.worker.submit(self.prefix_search, encoded, options)
         if self.times.enabled:
             wait([search])
         return failed, (keys, encoded, search)
