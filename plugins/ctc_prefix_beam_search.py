@@ -14,7 +14,9 @@ last label, an extension from its parent), so the order of the log-adds does not
 Keys that extend prefix i by a label already ending a beam prefix m whose parent is i merge into m's slot; every other
 extension is a new prefix. The best ``BEAM`` keys are picked by total score, ties by first insertion (the position of
 the key's first touch in the host loop: candidate, then prefix, then the repeat branch's two touches). Prefixes are
-nodes of a per-utterance trie in global memory (parent, label), read back once at the end.
+nodes of a per-utterance trie in global memory (parent, label), read back once at the end; they are matched by content
+(length and a 64-bit hash of their labels), not by node, because a prefix that left the beam and comes back is a new
+node (a hash collision between two live prefixes of one length would merge them; at 2^-64 a pair, not guarded).
 """
 
 from __future__ import annotations
@@ -33,13 +35,23 @@ if triton is not None:
         return tl.where(b == float("-inf"), a, tl.where(a == float("-inf"), b, out))
 
     @triton.jit
+    def _extend_hash(h, label):
+        """The identity of a prefix extended by ``label``, from its own (a 64-bit mix: prefixes are told apart by
+        content, since a prefix that left the beam comes back as a new trie node)."""
+        x = (h ^ (label.to(tl.uint64) + 1)) * 0x1E3779B97F4A7C15
+        x = x ^ (x >> 29)
+        x = x * 0x3F58476D1CE4E5B9
+        return x ^ (x >> 32)
+
+    @triton.jit
     def _better(score_a, order_a, score_b, order_b):
         """The better of two keys: the higher score, on a tie the earlier first touch."""
         a_first = (score_a > score_b) | ((score_a == score_b) & (order_a < order_b))
         return tl.where(a_first, score_a, score_b), tl.where(a_first, order_a, order_b)
 
     @triton.jit
-    def _prefix_beam_search_kernel(LOGP, IDS, LENGTHS, TOKENS, TOKEN_LENGTHS, SCORES, COUNT, TRIE, SLOTS_I, SLOTS_F,
+    def _prefix_beam_search_kernel(LOGP, IDS, LENGTHS, TOKENS, TOKEN_LENGTHS, SCORES, COUNT, TRIE, SLOTS_I, SLOTS_H,
+                                   SLOTS_F,
                                    T, BLANK: tl.constexpr, K: tl.constexpr, BEAM: tl.constexpr,
                                    R: tl.constexpr, BP: tl.constexpr):
         # The keys of a frame as one (R, BP) grid: row j < K, column i is the extension of slot i's prefix by
@@ -56,13 +68,15 @@ if triton is not None:
         nodes = 1 + T * BEAM
         trie_parent = TRIE + b.to(tl.int64) * 2 * nodes
         trie_label = trie_parent + nodes
-        slots_i = SLOTS_I + b * 4 * BP
+        slots_i = SLOTS_I + b * 3 * BP
+        slots_h = SLOTS_H + b * 2 * BP
         slots_f = SLOTS_F + b * 3 * BP
-        # the beam, a slot per prefix: its trie node (0: empty), the node's parent, last label, length and scores
+        # the beam, a slot per prefix: its trie node (0: empty), identity and its parent's, last label, length, scores
         count = tl.sum((ms < 1).to(tl.int32), 0)  # live slots (a tensor: the frame loop changes it)
         valid = ms < count
-        node = tl.where(valid, 0, -2)
-        parent = tl.where(valid, -1, -3)
+        node = tl.zeros([BP], tl.int32)
+        ident = tl.zeros([BP], tl.uint64)
+        parent_ident = tl.zeros([BP], tl.uint64)
         last = tl.full([BP], -1, tl.int32)
         depth = tl.zeros([BP], tl.int32)
         s = tl.where(valid, 0.0, neg).to(tl.float64)
@@ -86,7 +100,8 @@ if triton is not None:
             has_rep = tl.max(rep_hit.to(tl.int32), 1) > 0
             j_rep = tl.min(tl.where(rep_hit, js[None, :], R), 1)
             p_rep = tl.max(tl.where(rep_hit, p[None, :], neg), 1)
-            src_hit = valid[:, None] & valid[None, :] & (node[None, :] == parent[:, None])  # (m, i)
+            src_hit = (valid[:, None] & valid[None, :] & (depth[None, :] + 1 == depth[:, None])
+                       & (ident[None, :] == parent_ident[:, None]))  # (m, i): slot i holds m's prefix minus its last label
             has_ext = has_rep & (tl.max(src_hit.to(tl.int32), 1) > 0)
             i_src = tl.min(tl.where(src_hit, ms[None, :], BP), 1)
             s_src = tl.max(tl.where(src_hit, s[None, :], neg), 1)
@@ -124,18 +139,21 @@ if triton is not None:
             tl.store(trie_parent + child, node[None, :] + 0 * rank, mask=new)
             tl.store(trie_label + child, lab[:, None] + 0 * rank, mask=new)
             tl.store(slots_i + rank, tl.where(own, node[None, :], child), mask=keep)
-            tl.store(slots_i + BP + rank, tl.where(own, parent[None, :], node[None, :]), mask=keep)
-            tl.store(slots_i + 2 * BP + rank, tl.where(own, last[None, :], lab[:, None]), mask=keep)
-            tl.store(slots_i + 3 * BP + rank, depth[None, :] + (~own).to(tl.int32), mask=keep)
+            tl.store(slots_i + BP + rank, tl.where(own, last[None, :], lab[:, None]), mask=keep)
+            tl.store(slots_i + 2 * BP + rank, depth[None, :] + (~own).to(tl.int32), mask=keep)
+            tl.store(slots_h + rank, tl.where(own, ident[None, :], _extend_hash(ident[None, :], lab[:, None])),
+                     mask=keep)
+            tl.store(slots_h + BP + rank, tl.where(own, parent_ident[None, :], ident[None, :]), mask=keep)
             tl.store(slots_f + rank, tl.where(own, s_own[None, :], neg), mask=keep)
             tl.store(slots_f + BP + rank, tl.where(own, ns_own[None, :], score), mask=keep)
             tl.store(slots_f + 2 * BP + rank, score, mask=keep)
             tl.debug_barrier()
             valid = ms < count
-            node = tl.load(slots_i + ms, mask=valid, other=-2)
-            parent = tl.load(slots_i + BP + ms, mask=valid, other=-3)
-            last = tl.load(slots_i + 2 * BP + ms, mask=valid, other=-1)
-            depth = tl.load(slots_i + 3 * BP + ms, mask=valid, other=0)
+            node = tl.load(slots_i + ms, mask=valid, other=0)
+            last = tl.load(slots_i + BP + ms, mask=valid, other=-1)
+            depth = tl.load(slots_i + 2 * BP + ms, mask=valid, other=0)
+            ident = tl.load(slots_h + ms, mask=valid, other=0)
+            parent_ident = tl.load(slots_h + BP + ms, mask=valid, other=0)
             s = tl.load(slots_f + ms, mask=valid, other=neg)
             ns = tl.load(slots_f + BP + ms, mask=valid, other=neg)
             total = tl.load(slots_f + 2 * BP + ms, mask=valid, other=neg)
@@ -177,10 +195,11 @@ def prefix_beam_search(top_logp: torch.Tensor, top_ids: torch.Tensor, lengths: t
     count = torch.zeros(batch, dtype=torch.int64, device=device)
     rows, bp = triton.next_power_of_2(k + 1), triton.next_power_of_2(beam_size)
     trie = torch.empty((batch, 2, 1 + frames * beam_size), dtype=torch.int32, device=device)
-    slots_i = torch.empty((batch, 4, bp), dtype=torch.int32, device=device)
+    slots_i = torch.empty((batch, 3, bp), dtype=torch.int32, device=device)
+    slots_h = torch.empty((batch, 2, bp), dtype=torch.uint64, device=device)
     slots_f = torch.empty((batch, 3, bp), dtype=torch.float64, device=device)
     _prefix_beam_search_kernel[(batch,)](
         top_logp.contiguous(), top_ids.contiguous(), lengths.to(device=device, dtype=torch.int32), tokens,
-        token_lengths, scores, count, trie, slots_i, slots_f, frames, BLANK=blank, K=k, BEAM=beam_size, R=rows, BP=bp,
+        token_lengths, scores, count, trie, slots_i, slots_h, slots_f, frames, BLANK=blank, K=k, BEAM=beam_size, R=rows, BP=bp,
         num_warps=num_warps)
     return tokens, token_lengths, scores, count
