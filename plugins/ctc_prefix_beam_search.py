@@ -51,8 +51,7 @@ if triton is not None:
 
     @triton.jit
     def _prefix_beam_search_kernel(LOGP, IDS, LENGTHS, TOKENS, TOKEN_LENGTHS, SCORES, COUNT, TRIE, SLOTS_I, SLOTS_H,
-                                   SLOTS_F,
-                                   T, BLANK: tl.constexpr, K: tl.constexpr, BEAM: tl.constexpr,
+                                   SLOTS_F, T, BLANK: tl.constexpr, K: tl.constexpr, BEAM: tl.constexpr,
                                    R: tl.constexpr, BP: tl.constexpr):
         # The keys of a frame as one (R, BP) grid: row j < K, column i is the extension of slot i's prefix by
         # candidate j; row K, column m is slot m's own prefix. Loops are `while` loops, whose bounds Triton's
@@ -200,6 +199,6 @@ def prefix_beam_search(top_logp: torch.Tensor, top_ids: torch.Tensor, lengths: t
     slots_f = torch.empty((batch, 3, bp), dtype=torch.float64, device=device)
     _prefix_beam_search_kernel[(batch,)](
         top_logp.contiguous(), top_ids.contiguous(), lengths.to(device=device, dtype=torch.int32), tokens,
-        token_lengths, scores, count, trie, slots_i, slots_h, slots_f, frames, BLANK=blank, K=k, BEAM=beam_size, R=rows, BP=bp,
-        num_warps=num_warps)
+        token_lengths, scores, count, trie, slots_i, slots_h, slots_f, frames,
+        BLANK=blank, K=k, BEAM=beam_size, R=rows, BP=bp, num_warps=num_warps)
     return tokens, token_lengths, scores, count

@@ -175,10 +175,6 @@ class PendingNBest:
         else:
             self.candidates, self.lengths = frame_candidates(log_probs, beam_size), lengths
 
-    @property
-    def on_device(self) -> bool:
-        return self.candidates is None
-
     def result(self) -> NBest:
         if self.candidates is not None:
             return prefix_search_on_host(self.candidates, self.lengths, self.beam_size, self.blank)

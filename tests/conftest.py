@@ -1,4 +1,7 @@
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -13,6 +16,17 @@ def sample_flacs(n: int) -> list[str]:
     files = sorted(os.listdir(folder))
     step = max(1, len(files) // n)
     return [os.path.join(folder, f) for f in files[::step][:n]]
+
+
+def under_triton_interpreter(expression: str, module: str):
+    """The JSON value of ``expression`` evaluated in a child process with ``TRITON_INTERPRET=1``, where ``module`` (a
+    test module) is imported as ``t``: the interpreter must be set before Triton compiles anything, so the CPU runs of
+    the Triton kernels cannot share this process."""
+    code = f"import json, {module} as t; print(json.dumps({expression}))"
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="session")

@@ -6,17 +6,13 @@ set before Triton compiles anything, so those cases run in a child process. On a
 the same cases also run on the GPU in this process.
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
+from tests.conftest import under_triton_interpreter
+
 pytest.importorskip("triton")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # name: (batch, heads, queries, keys, head dim, lengths, causal, rel-pos, projection biases added inside)
 CASES = {
@@ -108,11 +104,7 @@ def errors(device: str) -> dict:
 
 @pytest.fixture(scope="module")
 def interpreted():
-    code = "import json, tests.test_plugins as t; print(json.dumps(t.errors('cpu')))"
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return under_triton_interpreter("t.errors('cpu')", "tests.test_plugins")
 
 
 def _check(results: dict):

@@ -1,17 +1,12 @@
 """The CTC prefix beam searches: native (C++) against the Python one, and the GPU one (Triton; under its interpreter on
 the CPU) against the native one: identical n-best, scores and tie order."""
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from runtime.search import ctc_prefix_beam_search, frame_candidates, prefix_beam_search, prefix_search_on_host
+from tests.conftest import under_triton_interpreter
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LENGTHS = [60, 1, 33, 47, 0, 8]
 
 
@@ -58,11 +53,7 @@ def gpu_search_differences(device: str) -> list[str]:
 
 def test_gpu_prefix_search_is_identical_to_native_under_the_interpreter():
     pytest.importorskip("triton")
-    code = "import json, tests.test_search as t; print(json.dumps(t.gpu_search_differences('cpu')))"
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+    assert under_triton_interpreter("t.gpu_search_differences('cpu')", "tests.test_search") == []
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
