@@ -27,14 +27,21 @@ def duration(path: str) -> float:
 def load_audio(path: str, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Mono float32 samples on the int16 scale (what Kaldi fbank expects), at ``sample_rate``."""
     try:
-        data, rate = soundfile.read(path, dtype="float32", always_2d=True)
+        with soundfile.SoundFile(path) as f:
+            # 16-bit PCM read as integers is the float read times 2^15 exactly, and ~5x faster to decode
+            pcm16 = f.subtype == "PCM_16"
+            data, rate = f.read(dtype="int16" if pcm16 else "float32", always_2d=True), f.samplerate
     except soundfile.LibsndfileError as e:
         raise AudioError(f"{path}: cannot decode audio ({e.error_string if hasattr(e, 'error_string') else e})") from e
     except (OSError, RuntimeError, TypeError) as e:
         raise AudioError(f"{path}: cannot read audio ({e})") from e
     if data.size == 0:
         raise AudioError(f"{path}: empty audio (0 samples)")
-    if not np.isfinite(data).all():
+    if pcm16:
+        data = data.astype(np.float32)
+    elif np.isfinite(data).all():
+        data *= np.float32(1 << 15)
+    else:
         raise AudioError(f"{path}: audio contains NaN or infinite samples")
     samples = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if rate != sample_rate:
@@ -42,4 +49,4 @@ def load_audio(path: str, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
 
         g = math.gcd(rate, sample_rate)
         samples = resample_poly(samples, sample_rate // g, rate // g).astype(np.float32)
-    return samples * np.float32(1 << 15)
+    return samples

@@ -44,6 +44,15 @@ def test_audio_is_int16_scale_mono_16k(tmp_path):
     np.testing.assert_allclose(down[1000:1100] / (0.75 * samples[1000:1100] + 1e-9), 1.0, atol=0.6)
 
 
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "FLOAT"])
+def test_audio_is_the_float_read_times_2_15(tmp_path, subtype):
+    """16-bit PCM is read as integers (faster); every subtype gives WeNet's float read x 2^15, bit for bit."""
+    samples = soundfile.read(WAVS[0], dtype="float32")[0]
+    soundfile.write(tmp_path / "a.wav", samples, 16000, subtype=subtype)
+    want = soundfile.read(tmp_path / "a.wav", dtype="float32")[0] * np.float32(1 << 15)
+    assert np.array_equal(load_audio(str(tmp_path / "a.wav")), want)
+
+
 @pytest.mark.parametrize("content, message", [
     (b"", "cannot decode|cannot read"),
     (b"RIFF\x00\x00\x00\x00WAVEfmt garbage" * 3, "cannot decode|cannot read"),
