@@ -31,14 +31,28 @@ def test_native_prefix_search_is_identical_to_python(quantize):
             assert native[b].nbest_scores == python.nbest_scores  # bit for bit
 
 
+def reentering(seed: int, vocab: int, scale: float) -> torch.Tensor:
+    """(1, 12, vocab) log-probs where a prefix leaves the beam while its extension stays, and comes back (as a new
+    trie node, whose extension must merge with the one in the beam): found by a search over seeds."""
+    logits = torch.randn(12, vocab, generator=torch.Generator().manual_seed(seed)) * scale
+    return torch.log_softmax(logits, -1)[None]
+
+
+def search_cases() -> list[tuple[str, torch.Tensor, torch.Tensor, int]]:
+    """(name, log-probs, lengths, beam) of the GPU search's checks."""
+    lengths = torch.tensor(LENGTHS)
+    return [("random", log_probs(False), lengths, 10), ("ties", log_probs(True), lengths, 4),
+            ("ties", log_probs(True), lengths, 1), ("re-entering", reentering(0, 3, 2.0), torch.tensor([12]), 3),
+            ("re-entering", reentering(101, 4, 1.0), torch.tensor([12]), 4)]
+
+
 def gpu_search_differences(device: str) -> list[str]:
     """Where the GPU search's n-best arrays differ from the native search's (its scores by more than 1e-12: exp and
     log come from another math library)."""
     from plugins.ctc_prefix_beam_search import prefix_beam_search as gpu_prefix_beam_search
 
     differences = []
-    for quantize, beam in ((False, 10), (True, 4), (True, 1)):  # beam 10 takes the interpreter ~40 s
-        lp, lengths = log_probs(quantize), torch.tensor(LENGTHS)
+    for case, lp, lengths, beam in search_cases():
         native = prefix_search_on_host(frame_candidates(lp, beam), lengths, beam)
         # the native search's own candidates: a GPU top-k may order tied log-probs differently
         top_logp, top_ids = (t.to(device) for t in lp.topk(beam, -1))
@@ -47,7 +61,7 @@ def gpu_search_differences(device: str) -> list[str]:
         for name, g, w in zip(("tokens", "lengths", "scores", "count"), got, want):
             same = g.shape == w.shape and (torch.allclose(g, w, rtol=1e-12, atol=0) if name == "scores" else g.equal(w))
             if not same:
-                differences.append(f"quantize={quantize} beam={beam}: {name}")
+                differences.append(f"{case} beam={beam}: {name}")
     return differences
 
 
