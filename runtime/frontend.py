@@ -61,16 +61,18 @@ def fbank_batch(waves: list[np.ndarray | torch.Tensor], num_mel_bins: int = 80, 
                 frame_shift_ms: int = 10, sample_rate: int = 16000,
                 device: str | torch.device | None = None) -> list[torch.Tensor]:
     """Fbank of several utterances at once, on ``device`` (default: where the first wave is): the frames of all
-    utterances go through one FFT and one mel projection."""
+    utterances go through one FFT and one mel projection. Waves may be int16 (converted once, after framing)."""
     length = int(sample_rate * frame_length_ms / 1000)
     shift = int(sample_rate * frame_shift_ms / 1000)
-    waves = [torch.as_tensor(w, dtype=torch.float32) for w in waves]
+    waves = [torch.as_tensor(w) for w in waves]
+    if len({w.dtype for w in waves}) > 1:
+        waves = [w.float() for w in waves]
     device = torch.device(device) if device is not None else waves[0].device
     counts = [num_frames(w.numel(), length, shift) for w in waves]
     framed = [w.to(device).as_strided((n, length), (shift, 1)) for w, n in zip(waves, counts) if n]
     if not framed:
         return [torch.zeros(0, num_mel_bins, device=device) for _ in waves]
-    frames = torch.cat(framed)
+    frames = torch.cat(framed).float()
     frames = frames - frames.mean(dim=1, keepdim=True)
     previous = torch.cat([frames[:, :1], frames[:, :-1]], dim=1)  # replicate-padded shift for x[0]
     frames = (frames - 0.97 * previous) * povey_window(length, device)

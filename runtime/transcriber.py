@@ -21,7 +21,7 @@ import torch
 from layers.subsampling import subsampled_length
 from models.wenet.config import ModelConfig
 from plugins import ctc_prefix_beam_search as gpu_search
-from runtime.audio import AudioError, duration, load_audio
+from runtime.audio import AudioError, duration, read_audio
 from runtime.decoding import RescoringScores, WeNetDecoding
 from runtime.encoding import WeNetEncoding
 from runtime.frontend import fbank_batch, num_frames
@@ -50,7 +50,8 @@ class Result:
 
 
 class Upload(NamedTuple):
-    """One file's samples on the engines' device, usable once ``ready`` (a CUDA event; None: now) has passed."""
+    """One file's samples (int16 or float32, ``read_audio``'s) on the engines' device, usable once ``ready`` (a CUDA
+    event; None: now) has passed."""
 
     samples: torch.Tensor
     ready: torch.cuda.Event | None
@@ -153,7 +154,7 @@ class Transcriber:
     def audio(self, path: str) -> Upload:
         """The samples of one file, checked against the encoder's frame profile, on the engines' device."""
         model = self.engine.model
-        samples = load_audio(path, model.sample_rate)
+        samples = read_audio(path, model.sample_rate)
         frames = num_frames(len(samples), model.sample_rate * model.frame_length // 1000,
                             model.sample_rate * model.frame_shift // 1000)
         seconds = len(samples) / model.sample_rate

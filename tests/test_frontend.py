@@ -5,7 +5,7 @@ import pytest
 import soundfile
 import torch
 
-from runtime.audio import AudioError, load_audio
+from runtime.audio import AudioError, load_audio, read_audio
 from runtime.frontend import fbank
 from tests.conftest import WAVS, sample_flacs
 
@@ -85,6 +85,11 @@ def test_batched_fbank_equals_one_by_one():
     assert batched[-1].shape == (0, 80)
     for b, w in zip(batched, waves):
         torch.testing.assert_close(b, fbank(w), atol=1e-4, rtol=1e-5)
+    # the pipeline's int16 samples (16-bit PCM files), alone and mixed with float ones: the same features
+    ints = [read_audio(p) for p in WAVS + sample_flacs(2)]
+    assert {w.dtype for w in ints} == {np.dtype(np.int16)}
+    for got in (fbank_batch(ints), fbank_batch(ints[:1] + waves[1:])):
+        assert all(torch.equal(g, b) for g, b in zip(got, batched))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
