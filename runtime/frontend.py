@@ -61,12 +61,11 @@ def fbank_batch(waves: list[np.ndarray | torch.Tensor], num_mel_bins: int = 80, 
                 frame_shift_ms: int = 10, sample_rate: int = 16000,
                 device: str | torch.device | None = None) -> list[torch.Tensor]:
     """Fbank of several utterances at once, on ``device`` (default: where the first wave is): the frames of all
-    utterances go through one FFT and one mel projection. Waves may be int16 (converted once, after framing)."""
+    utterances go through one FFT and one mel projection. Waves may be int16, alone or mixed with float ones: they are
+    converted once, after framing (``cat`` promotes)."""
     length = int(sample_rate * frame_length_ms / 1000)
     shift = int(sample_rate * frame_shift_ms / 1000)
     waves = [torch.as_tensor(w) for w in waves]
-    if len({w.dtype for w in waves}) > 1:
-        waves = [w.float() for w in waves]
     device = torch.device(device) if device is not None else waves[0].device
     counts = [num_frames(w.numel(), length, shift) for w in waves]
     framed = [w.to(device).as_strided((n, length), (shift, 1)) for w, n in zip(waves, counts) if n]
