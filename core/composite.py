@@ -21,16 +21,17 @@ from core.network import Dim, Network, net_guard
 from core.tensor import Tensor
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None = None, pos: Tensor | None = None,
-              pos_bias_u: Tensor | None = None, pos_bias_v: Tensor | None = None, q_bias: Tensor | None = None,
-              k_bias: Tensor | None = None, v_bias: Tensor | None = None, *, scale: float,
-              causal: bool = False) -> Tensor:
+def attention(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None = None, key_ends: Tensor | None = None,
+              pos: Tensor | None = None, pos_bias_u: Tensor | None = None, pos_bias_v: Tensor | None = None,
+              q_bias: Tensor | None = None, k_bias: Tensor | None = None, v_bias: Tensor | None = None, *,
+              scale: float, causal: bool = False) -> Tensor:
     """softmax(scores * scale) · v over (B, H, M, D) queries and (B, H, N, D) keys, softmax in fp32.
 
     q, k and v first get their projections' biases (H, D) where given. scores = q·kᵀ, or with ``pos``
     (WeNet's relative-position attention, no rel_shift) (q + u)·kᵀ + (q + pos_bias_v)·posᵀ. Key j of row b is
-    attended where j < key_lengths[b] and, if ``causal``, j <= i + N - M for query i. Rows with no key attended
-    give zeros, as WeNet.
+    attended where j < key_lengths[b]; if ``causal``, j <= i + N - M for query i; with ``key_ends`` (B, N) int32
+    (a tree in pre-order, M = N), j <= i < key_ends[b, j]: query i sees the keys whose subtree holds it, its
+    ancestors. Rows with no key attended give zeros, as WeNet.
     """
     q = q + F.unsqueeze(F.unsqueeze(q_bias, 0), 2) if q_bias is not None else q
     if k_bias is not None:
@@ -45,10 +46,13 @@ def attention(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None = None
     mask = None
     if key_lengths is not None:
         mask = F.unsqueeze(F.unsqueeze(F.unsqueeze(keys, 0) < F.unsqueeze(key_lengths, 1), 1), 1)  # (B, 1, 1, N)
-    if causal:
+    if causal or key_ends is not None:
         queries = F.slice(keys, 0, F.shape(k, 2) - F.shape(q, 2), F.shape(q, 2))  # i + N - M
         allowed = F.unsqueeze(F.unsqueeze(F.unsqueeze(keys, 0) < F.unsqueeze(queries + 1, 1), 0), 0)  # (1, 1, M, N)
         mask = allowed if mask is None else mask & allowed
+    if key_ends is not None:  # (B, 1, M, N): i < key_ends[b, j]
+        inside = F.unsqueeze(F.unsqueeze(F.unsqueeze(queries, 1), 0) < F.unsqueeze(key_ends, 1), 1)
+        mask = mask & inside
     if mask is None:
         return F.matmul(F.cast(F.softmax(scores, -1), v.dtype), v)
     attn = F.where(mask, F.softmax(F.where(mask, scores, float("-inf")), -1), 0.0)
@@ -73,7 +77,7 @@ def token_log_probs(x: Tensor, weight: Tensor, bias: Tensor, targets: Tensor) ->
 DECOMPOSITIONS: dict[str, Callable[..., Tensor]] = {"attention": attention, "linear_act": linear_act,
                                                     "token_log_probs": token_log_probs}
 # per op: the decomposition's arguments that a node's inputs always fill, then the optional ones by their flag
-INPUT_NAMES = {"attention": (["q", "k", "v"], [("has_lengths", ["key_lengths"]),
+INPUT_NAMES = {"attention": (["q", "k", "v"], [("has_lengths", ["key_lengths"]), ("has_key_ends", ["key_ends"]),
                                                ("has_pos", ["pos", "pos_bias_u", "pos_bias_v"]),
                                                ("has_q_bias", ["q_bias"]), ("has_kv_bias", ["k_bias", "v_bias"])]),
                "linear_act": (["x", "weight"], [("has_bias", ["bias"])]),

@@ -170,18 +170,21 @@ def matmul(a: Tensor, b: Tensor, transpose_b: bool = False, out_dtype: DataType 
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None = None, *, scale: float,
-              causal: bool = False, pos: Tensor | None = None, pos_bias_u: Tensor | None = None,
-              pos_bias_v: Tensor | None = None, q_bias: Tensor | None = None,
+              causal: bool = False, key_ends: Tensor | None = None, pos: Tensor | None = None,
+              pos_bias_u: Tensor | None = None, pos_bias_v: Tensor | None = None, q_bias: Tensor | None = None,
               kv_bias: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Fused multi-head attention, one node (``core.composite.attention`` defines it; ``plugins.attention``
-    runs it): q (B, H, M, D), k/v (B, H, N, D), key_lengths (B,) int32 -> (B, H, M, Dv); ``q_bias`` and
+    runs it): q (B, H, M, D), k/v (B, H, N, D), key_lengths (B,) int32 -> (B, H, M, Dv); ``key_ends`` (B, N)
+    int32: a tree mask over nodes in pre-order (query i sees key j where j <= i < key_ends[b, j]); ``q_bias`` and
     ``kv_bias`` (H, D): the projections' biases, added to q, k and v first."""
-    inputs = [q, k, v] + ([key_lengths] if key_lengths is not None else [])
+    inputs = [q, k, v] + ([key_lengths] if key_lengths is not None else []) + (
+        [key_ends] if key_ends is not None else [])
     if pos is not None:
         inputs += [pos, pos_bias_u, pos_bias_v]
     inputs += ([q_bias] if q_bias is not None else []) + (list(kv_bias) if kv_bias is not None else [])
     return _one("attention", inputs, scale=float(scale), causal=causal, has_lengths=key_lengths is not None,
-                has_pos=pos is not None, has_q_bias=q_bias is not None, has_kv_bias=kv_bias is not None)
+                has_key_ends=key_ends is not None, has_pos=pos is not None, has_q_bias=q_bias is not None,
+                has_kv_bias=kv_bias is not None)
 
 
 def linear_act(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str) -> Tensor:
@@ -299,6 +302,16 @@ def gather(x: Tensor, indices: Tensor, dim: int = 0) -> Tensor:
 
 def gather_elements(x: Tensor, indices: Tensor, dim: int) -> Tensor:
     return _one("gather_elements", [x, indices], dim=dim)
+
+
+def gather_rows(x: Tensor, indices: Tensor) -> Tensor:
+    """``x[b, indices[b, ...]]`` per batch row: x (B, M, *rest), indices (B, R, ...) int32 -> (B, R, ...,
+    *rest). One gather over the flattened rows, each row's indices offset by b * M."""
+    batch, rows = shape(x, 0), shape(x, 1)
+    offsets = slice(view(arange(batch * rows, indices.dtype), [batch, rows]), 1, 0, 1)  # (B, 1): b * M
+    for _ in range(indices.ndim - 2):
+        offsets = unsqueeze(offsets, 2)
+    return gather(view(x, [-1, *x.shape[2:]]), indices + offsets, 0)
 
 
 def arange(n: Tensor, dtype: DataType | str = DataType.int32) -> Tensor:

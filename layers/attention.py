@@ -50,14 +50,16 @@ class MultiHeadedAttention(Module):
         return self.heads(q), self.heads(k), self.heads(v)
 
     def forward(self, x: Tensor, key_lengths: Tensor | None, causal: bool = False,
-                cache: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+                cache: tuple[Tensor, Tensor] | None = None,
+                key_ends: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
         """Self-attention of ``x`` over keys ``j < key_lengths[b]`` (all if None; also ``j <= i`` if
-        ``causal``); with ``cache`` the new keys/values are appended to it and returned."""
+        ``causal``; only its ancestors if ``x`` is a tree's nodes in pre-order with subtree ends ``key_ends``);
+        with ``cache`` the new keys/values are appended to it and returned."""
         scale = 1 / math.sqrt(self.d_k)
         if cache is None:
             q_bias, kv_bias = self.biases()
-            out = F.attention(*self.qkv(x, bias=False), key_lengths, scale=scale, causal=causal, q_bias=q_bias,
-                              kv_bias=kv_bias)
+            out = F.attention(*self.qkv(x, bias=False), key_lengths, scale=scale, causal=causal, key_ends=key_ends,
+                              q_bias=q_bias, kv_bias=kv_bias)
             return self.linear_out(self.merge_heads(out, x)), None
         q, k, v = self.qkv(x)  # the cache holds finished keys and values
         k, v = F.concat([cache[0], k], 2), F.concat([cache[1], v], 2)
@@ -66,10 +68,9 @@ class MultiHeadedAttention(Module):
 
 
 class MultiHeadedCrossAttention(MultiHeadedAttention):
-    """Attention over memory K/V computed once per utterance and shared by its N hypotheses.
-
-    Queries (B*N, L, D) are regrouped to (B, H, N*L, d_k) against K/V (B, H, T, d_k), so the
-    memory is never repeated per hypothesis.
+    """Attention over memory K/V computed once per utterance and shared by its queries: (B, L, D), a trie of
+    its hypotheses' tokens, or (B*N, L, D), its N hypotheses, regrouped to (B, H, N*L, d_k). The memory is never
+    repeated per hypothesis.
     """
 
     def forward(self, x: Tensor, key: Tensor, value: Tensor, memory_lengths: Tensor) -> Tensor:

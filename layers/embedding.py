@@ -58,9 +58,10 @@ class PositionalEncoding(Module):
         """(1, length, dim) rows of the table starting at ``offset``."""
         return F.unsqueeze(F.slice(self.table(), 0, offset, length), 0)
 
-    def forward(self, x: Tensor, offset: int | Tensor = 0) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, offset: int | Tensor = 0, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``positions`` (B, T) int32: each entry's own row of the table (a trie's depths) instead of ``offset``."""
         x = x * math.sqrt(self.dim)
         if not self.add:
             return x, F.unsqueeze(self.table(), 0)
-        pos = self.positions(offset, F.shape(x, 1))
+        pos = F.gather(self.table(), positions, 0) if positions is not None else self.positions(offset, F.shape(x, 1))
         return x + pos, pos

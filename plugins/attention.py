@@ -1,13 +1,16 @@
 """``wenet_trt::attention``: fused multi-head attention as one Triton kernel.
 
 What it computes is ``core.composite.attention`` (plain, causal, or WeNet's relative-position
-scores (q+u)·kᵀ + (q+v)·posᵀ; a key-length mask; softmax in fp32). The kernel makes one pass over
+scores (q+u)·kᵀ + (q+v)·posᵀ; a key-length mask, or a tree mask for hypotheses as a prefix tree; softmax in
+fp32). The kernel makes one pass over
 the keys per block of queries with an online softmax (flash attention): scores never reach
 memory, and the relative-position term costs a second dot product per key block instead of two
 (B, H, T, T) tensors. Cross-attention needs nothing special: the N hypotheses' queries of an
 utterance are rows of one (B, H, N*L, D) query tensor against that utterance's K/V. The Q/K/V
 projections' biases are added as the tiles load, so Q, K and V arrive as strided views of one
-bias-free GEMM output: a separate bias add wrote each of them out again in the heads layout.
+bias-free GEMM output: a separate bias add wrote each of them out again in the heads layout. Under a
+tree mask, a block of keys none of whose subtrees holds a query of the block is skipped: a query sees
+only its ancestors, a few blocks of a trie of thousands of nodes.
 
 Registered with ``torch.library.triton_op``, so torch.export and Inductor see the kernel itself
 and compile it into the engines. Where no kernel can run (CPU without ``TRITON_INTERPRET=1``, or
@@ -24,12 +27,13 @@ from plugins import kernel_available, launchable, register_op, tl, triton
 if triton is not None:
 
     @triton.jit
-    def _attention_kernel(Q, K, V, P, BIAS_U, BIAS_V, Q_BIAS, K_BIAS, V_BIAS, LENGTHS, OUT,
+    def _attention_kernel(Q, K, V, P, BIAS_U, BIAS_V, Q_BIAS, K_BIAS, V_BIAS, LENGTHS, KEY_ENDS, OUT,
                           stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                           stride_vb, stride_vh, stride_vn, stride_pb, stride_ph, stride_pn,
-                          stride_ob, stride_oh, stride_om,
+                          stride_ob, stride_oh, stride_om, stride_eb,
                           heads, M, N, scale,
-                          HAS_LENGTHS: tl.constexpr, HAS_POS: tl.constexpr, CAUSAL: tl.constexpr,
+                          HAS_LENGTHS: tl.constexpr, HAS_KEY_ENDS: tl.constexpr, HAS_POS: tl.constexpr,
+                          CAUSAL: tl.constexpr,
                           HAS_Q_BIAS: tl.constexpr, HAS_KV_BIAS: tl.constexpr,
                           D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
@@ -56,7 +60,7 @@ if triton is not None:
         n_end = N
         if HAS_LENGTHS:
             n_end = tl.minimum(tl.load(LENGTHS + b), N)
-        if CAUSAL:  # no key beyond the block's last query (offset N - M) is ever attended
+        if CAUSAL or HAS_KEY_ENDS:  # no key beyond the block's last query (offset N - M) is ever attended
             n_end = tl.minimum(n_end, (block_m + 1) * BLOCK_M + N - M)
         row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
         row_sum = tl.zeros([BLOCK_M], tl.float32)
@@ -64,37 +68,44 @@ if triton is not None:
         start = 0
         while start < n_end:  # (a while loop: the interpreter cannot range() over a runtime bound)
             cols = start + tl.arange(0, BLOCK_N)
-            k = tl.load(K + b * stride_kb + h * stride_kh + cols[None, :] * stride_kn + d[:, None],
-                        mask=(cols[None, :] < n_end) & (d[:, None] < D), other=0.0)
-            if HAS_KV_BIAS:
-                k = (k.to(tl.float32) + k_bias[:, None]).to(q.dtype)
-            s = tl.dot(q_u, k, input_precision=PRECISION)
-            if HAS_POS:
-                p = tl.load(P + b * stride_pb + h * stride_ph + cols[None, :] * stride_pn + d[:, None],
+            visible = True
+            if HAS_KEY_ENDS:  # skip a block whose subtrees all end before the block's first query
+                ends = tl.load(KEY_ENDS + b * stride_eb + cols, mask=cols < n_end, other=0)
+                visible = tl.max(ends, 0) > block_m * BLOCK_M
+            if visible:
+                k = tl.load(K + b * stride_kb + h * stride_kh + cols[None, :] * stride_kn + d[:, None],
                             mask=(cols[None, :] < n_end) & (d[:, None] < D), other=0.0)
-                s += tl.dot(q_v, p, input_precision=PRECISION)
-            keep = cols[None, :] < n_end
-            if CAUSAL:
-                keep = keep & (cols[None, :] <= rows[:, None] + N - M)
-            s = tl.where(keep, s * scale, float("-inf")).to(tl.float32)  # scale may arrive as an fp64 constant
-            new_max = tl.maximum(row_max, tl.max(s, 1))
-            shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # rows with nothing attended yet
-            weights = tl.exp(s - shift[:, None])
-            correction = tl.exp(row_max - shift)
-            row_sum = row_sum * correction + tl.sum(weights, 1)
-            v = tl.load(V + b * stride_vb + h * stride_vh + cols[:, None] * stride_vn + dv[None, :],
-                        mask=(cols[:, None] < n_end) & (dv[None, :] < DV), other=0.0)
-            if HAS_KV_BIAS:
-                v = (v.to(tl.float32) + v_bias[None, :]).to(q.dtype)
-            acc = acc * correction[:, None] + tl.dot(weights.to(v.dtype), v, input_precision=PRECISION)
-            row_max = new_max
+                if HAS_KV_BIAS:
+                    k = (k.to(tl.float32) + k_bias[:, None]).to(q.dtype)
+                s = tl.dot(q_u, k, input_precision=PRECISION)
+                if HAS_POS:
+                    p = tl.load(P + b * stride_pb + h * stride_ph + cols[None, :] * stride_pn + d[:, None],
+                                mask=(cols[None, :] < n_end) & (d[:, None] < D), other=0.0)
+                    s += tl.dot(q_v, p, input_precision=PRECISION)
+                keep = cols[None, :] < n_end
+                if CAUSAL:
+                    keep = keep & (cols[None, :] <= rows[:, None] + N - M)
+                if HAS_KEY_ENDS:  # ancestors: j <= i < ends[j]
+                    keep = keep & (cols[None, :] <= rows[:, None]) & (rows[:, None] < ends[None, :])
+                s = tl.where(keep, s * scale, float("-inf")).to(tl.float32)  # scale may arrive as an fp64 constant
+                new_max = tl.maximum(row_max, tl.max(s, 1))
+                shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # rows with nothing attended yet
+                weights = tl.exp(s - shift[:, None])
+                correction = tl.exp(row_max - shift)
+                row_sum = row_sum * correction + tl.sum(weights, 1)
+                v = tl.load(V + b * stride_vb + h * stride_vh + cols[:, None] * stride_vn + dv[None, :],
+                            mask=(cols[:, None] < n_end) & (dv[None, :] < DV), other=0.0)
+                if HAS_KV_BIAS:
+                    v = (v.to(tl.float32) + v_bias[None, :]).to(q.dtype)
+                acc = acc * correction[:, None] + tl.dot(weights.to(v.dtype), v, input_precision=PRECISION)
+                row_max = new_max
             start += BLOCK_N
         out = tl.where(row_sum[:, None] > 0, acc / tl.where(row_sum > 0, row_sum, 1.0)[:, None], 0.0)
         tl.store(OUT + b * stride_ob + h * stride_oh + rows[:, None] * stride_om + dv[None, :],
                  out.to(OUT.dtype.element_ty), mask=(rows[:, None] < M) & (dv[None, :] < DV))
 
 
-def _launch(q, k, v, key_lengths, pos, pos_bias_u, pos_bias_v, q_bias, k_bias, v_bias, scale, causal):
+def _launch(q, k, v, key_lengths, key_ends, pos, pos_bias_u, pos_bias_v, q_bias, k_bias, v_bias, scale, causal):
     # No Python branch on a size here: under torch.export and Inductor sizes are symbols, and a
     # branch would specialize the compiled engine to the traced size.
     batch, heads, m, d = q.shape
@@ -108,40 +119,41 @@ def _launch(q, k, v, key_lengths, pos, pos_bias_u, pos_bias_v, q_bias, k_bias, v
     launchable(_attention_kernel)[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), batch * heads)](
         q, k, v, p, pos_bias_u if has_pos else q, pos_bias_v if has_pos else q,
         q_bias if q_bias is not None else q, k_bias if k_bias is not None else q, v_bias if v_bias is not None else q,
-        key_lengths if key_lengths is not None else q, out,
+        key_lengths if key_lengths is not None else q, key_ends if key_ends is not None else q, out,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), p.stride(0), p.stride(1), p.stride(2),
-        out.stride(0), out.stride(1), out.stride(2),
+        out.stride(0), out.stride(1), out.stride(2), key_ends.stride(0) if key_ends is not None else 0,
         heads, m, n, scale,
-        HAS_LENGTHS=key_lengths is not None, HAS_POS=has_pos, CAUSAL=causal, HAS_Q_BIAS=q_bias is not None,
-        HAS_KV_BIAS=k_bias is not None, D=d, DV=dv,
+        HAS_LENGTHS=key_lengths is not None, HAS_KEY_ENDS=key_ends is not None, HAS_POS=has_pos, CAUSAL=causal,
+        HAS_Q_BIAS=q_bias is not None, HAS_KV_BIAS=k_bias is not None, D=d, DV=dv,
         BLOCK_D=block_d, BLOCK_DV=block_dv, BLOCK_M=64, BLOCK_N=block_n,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
     return out
 
 
 def decomposed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_lengths: torch.Tensor | None,
-               pos: torch.Tensor | None, pos_bias_u: torch.Tensor | None, pos_bias_v: torch.Tensor | None,
-               q_bias: torch.Tensor | None, k_bias: torch.Tensor | None, v_bias: torch.Tensor | None,
-               scale: float, causal: bool) -> torch.Tensor:
+               key_ends: torch.Tensor | None, pos: torch.Tensor | None, pos_bias_u: torch.Tensor | None,
+               pos_bias_v: torch.Tensor | None, q_bias: torch.Tensor | None, k_bias: torch.Tensor | None,
+               v_bias: torch.Tensor | None, scale: float, causal: bool) -> torch.Tensor:
     """The op through its decomposition (``core.composite.attention``), on any device."""
-    inputs = [q, k, v] + ([key_lengths] if key_lengths is not None else []) + (
-        [pos, pos_bias_u, pos_bias_v] if pos is not None else []) + ([q_bias] if q_bias is not None else []) + (
-        [k_bias, v_bias] if k_bias is not None else [])
+    # the op's inputs in order, the optional ones where given (pos with its biases, k_bias with v_bias)
+    inputs = [t for t in (q, k, v, key_lengths, key_ends, pos, pos_bias_u, pos_bias_v, q_bias, k_bias, v_bias)
+              if t is not None]
     return run_decomposition("attention", inputs, {"scale": scale, "causal": causal,
-                                                   "has_lengths": key_lengths is not None, "has_pos": pos is not None,
+                                                   "has_lengths": key_lengths is not None,
+                                                   "has_key_ends": key_ends is not None, "has_pos": pos is not None,
                                                    "has_q_bias": q_bias is not None, "has_kv_bias": k_bias is not None})
 
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_lengths: torch.Tensor | None,
-               pos: torch.Tensor | None, pos_bias_u: torch.Tensor | None, pos_bias_v: torch.Tensor | None,
-               q_bias: torch.Tensor | None, k_bias: torch.Tensor | None, v_bias: torch.Tensor | None,
-               scale: float, causal: bool) -> torch.Tensor:
+               key_ends: torch.Tensor | None, pos: torch.Tensor | None, pos_bias_u: torch.Tensor | None,
+               pos_bias_v: torch.Tensor | None, q_bias: torch.Tensor | None, k_bias: torch.Tensor | None,
+               v_bias: torch.Tensor | None, scale: float, causal: bool) -> torch.Tensor:
     launch = _launch if kernel_available(q.device) else decomposed
-    return launch(q, k, v, key_lengths, pos, pos_bias_u, pos_bias_v, q_bias, k_bias, v_bias, scale, causal)
+    return launch(q, k, v, key_lengths, key_ends, pos, pos_bias_u, pos_bias_v, q_bias, k_bias, v_bias, scale, causal)
 
 
-def _fake(q, k, v, key_lengths, pos, pos_bias_u, pos_bias_v, q_bias, k_bias, v_bias, scale, causal):
+def _fake(q, k, v, key_lengths, key_ends, pos, pos_bias_u, pos_bias_v, q_bias, k_bias, v_bias, scale, causal):
     return q.new_empty((q.shape[0], q.shape[2], q.shape[1], v.shape[3])).transpose(1, 2)
 
 

@@ -1,8 +1,9 @@
 """``WeNetDecoding``: attention rescoring and attention beam search over the decoder networks.
 
 The cross-attention K/V are computed once per utterance and shared by all of its hypotheses: inside
-the ``decoder`` network for rescoring (all hypotheses of all utterances of a batch in one call), by
-the ``cross_kv`` network for the step-by-step attention beam search.
+the ``decoder`` network for rescoring (all hypotheses of all utterances of a batch in one call, as
+tries: a prefix the hypotheses share is decoded once, ``runtime.trie``), by the ``cross_kv`` network
+for the step-by-step attention beam search.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from models.wenet.networks import TRIE_INPUTS
 from runtime.encoding import EncoderOutput
 from runtime.search import DecodeResult, NBest, NBestResult
 from runtime.session import EngineDir, copy_to_host
+from runtime.trie import build_trie
 
 
 class RescoringScores(NamedTuple):
@@ -46,7 +49,7 @@ class WeNetDecoding:
         self.decoder = sessions["decoder"]
         self.step = sessions["decoder_step"]
         self.beam_limit = self.decoder.profile("hyps").max
-        self.bidirectional = "r_hyps_pad_sos_eos" in self.decoder.inputs
+        self.bidirectional = "r_hyps_path" in self.decoder.inputs
 
     def cross_kv(self, enc: EncoderOutput) -> dict[str, torch.Tensor]:
         return self.cross_kv_session.run({"encoder_out": enc.encoder_out})
@@ -64,31 +67,21 @@ class WeNetDecoding:
                                      encoder_lens).results()
 
     def rescoring_inputs(self, nbest: NBest, ctc_weight: float, reverse_weight: float) -> dict[str, torch.Tensor]:
-        """The decoder's host inputs for an n-best: hypotheses padded as [sos] hyp [eos] both ways, their lengths,
-        CTC scores and the weights. Host work only, so a search thread can make them."""
-        sos, eos = self.model.sos, self.model.eos
-        batch, n = len(nbest.count), int(nbest.count.max())
+        """The decoder's host inputs for an n-best: its tries both ways (``runtime.trie``), each hypothesis' path
+        and step count, CTC scores and the weights. Host work only, so a search thread can make them."""
+        n = int(nbest.count.max())
         self.check_beam(n)
-        # Whole-array numpy operations on the search's arrays: a Python step per token would cost more than the
-        # decoder. Padding hypotheses (beyond an utterance's count) are empty: [sos, eos].
-        real = np.arange(n) < nbest.count[:, None]  # (B, n)
-        hyp_lens = np.where(real, nbest.lengths[:, :n], 0)
-        width = int(hyp_lens.max(initial=0))
-        tokens = nbest.tokens[:, :n, :width]
-        valid = np.arange(width) < hyp_lens[..., None]  # (B, n, width)
-        hyps = np.full((batch, n, width + 2), eos, dtype=np.int32)
-        hyps[..., 0] = sos
-        r_hyps = hyps.copy()
-        b_i, h_i, t_i = np.nonzero(valid)
-        picked = tokens[b_i, h_i, t_i]
-        hyps[b_i, h_i, 1 + t_i] = picked
-        r_hyps[b_i, h_i, hyp_lens[b_i, h_i] - t_i] = picked
-        inputs = {"hyps_pad_sos_eos": torch.from_numpy(hyps),
-                  "hyps_lens_sos": torch.from_numpy((hyp_lens + 1).astype(np.int32)),
-                  "ctc_scores": torch.from_numpy(np.where(real, nbest.scores[:, :n], 0.0).astype(np.float32)),
+        lengths = np.where(np.arange(n) < nbest.count[:, None], nbest.lengths[:, :n], -1)  # absent hypotheses: 0 steps
+        inputs = {"hyps_lens_sos": torch.from_numpy((lengths + 1).astype(np.int32)),
+                  "ctc_scores": torch.from_numpy(np.where(lengths >= 0, nbest.scores[:, :n], 0.0).astype(np.float32)),
                   "ctc_weight": torch.tensor([ctc_weight])}
+        for prefix, reverse in (("", False), ("r_", True))[:1 + self.bidirectional]:
+            trie = build_trie(nbest.tokens[:, :n], nbest.lengths[:, :n], nbest.count, self.model.sos, self.model.eos,
+                              reverse)
+            inputs.update({f"{prefix}trie_{name}": torch.from_numpy(getattr(trie, name)) for name in TRIE_INPUTS})
+            inputs[f"{prefix}hyps_path"] = torch.from_numpy(trie.paths)
         if self.bidirectional:
-            inputs.update({"r_hyps_pad_sos_eos": torch.from_numpy(r_hyps), "reverse_weight": torch.tensor([reverse_weight])})
+            inputs["reverse_weight"] = torch.tensor([reverse_weight])
         return inputs
 
     def launch_rescoring(self, nbest: NBest, inputs: dict[str, torch.Tensor], encoder_out: torch.Tensor,

@@ -14,16 +14,30 @@ from tests.conftest import under_triton_interpreter
 pytest.importorskip("triton")
 
 
-# name: (batch, heads, queries, keys, head dim, lengths, causal, rel-pos, projection biases added inside)
+# name: (batch, heads, queries, keys, head dim, lengths, causal, rel-pos, projection biases added inside, tree mask:
+# the real nodes of each row, the rest padding)
 CASES = {
-    "rel_pos": (3, 2, 37, 37, 16, [37, 20, 1], False, True, "qkv"),
-    "plain_no_lengths": (2, 2, 70, 70, 16, None, False, False, ""),
-    "causal_with_lengths": (4, 2, 23, 23, 16, [23, 5, 1, 17], True, False, "qkv"),
-    "causal_offset_cache": (2, 2, 3, 40, 16, None, True, False, "q"),
-    "cross_grouped_queries": (2, 2, 5 * 9, 66, 16, [66, 31], False, False, "q"),
-    "head_dim_not_power_of_two": (2, 3, 19, 19, 12, [19, 7], False, True, "qkv"),
-    "empty_key_row_gives_zeros": (2, 2, 8, 8, 16, [8, 0], False, False, ""),
+    "rel_pos": (3, 2, 37, 37, 16, [37, 20, 1], False, True, "qkv", None),
+    "plain_no_lengths": (2, 2, 70, 70, 16, None, False, False, "", None),
+    "causal_with_lengths": (4, 2, 23, 23, 16, [23, 5, 1, 17], True, False, "qkv", None),
+    "causal_offset_cache": (2, 2, 3, 40, 16, None, True, False, "q", None),
+    "cross_grouped_queries": (2, 2, 5 * 9, 66, 16, [66, 31], False, False, "q", None),
+    "head_dim_not_power_of_two": (2, 3, 19, 19, 12, [19, 7], False, True, "qkv", None),
+    "empty_key_row_gives_zeros": (2, 2, 8, 8, 16, [8, 0], False, False, "", None),
+    "tree_blocks_skipped": (3, 2, 300, 300, 16, None, False, False, "qkv", [300, 171, 2]),
 }
+
+
+def random_tree_ends(nodes: int, size: int, g: torch.Generator) -> torch.Tensor:
+    """Subtree ends of a random tree of ``nodes`` in pre-order, mostly long chains (as hypotheses' tries), then
+    padding up to ``size`` (end 0: attends to nothing). A depth sequence with depth[i] <= depth[i-1] + 1 is a
+    pre-order walk; node j's subtree ends at the first later node no deeper than it."""
+    depth = [0]
+    for _ in range(1, nodes):
+        back = torch.rand(1, generator=g).item() < 0.05
+        depth.append(int(torch.randint(1, depth[-1] + 1, (1,), generator=g)) if back else depth[-1] + 1)
+    ends = [next((i for i in range(j + 1, nodes) if depth[i] <= depth[j]), nodes) for j in range(nodes)]
+    return torch.tensor(ends + [0] * (size - nodes), dtype=torch.int32)
 # name: (x shape (..., K), N, activation, bias): partial tiles in rows and columns, K below and above a tile
 LINEAR_CASES = {
     "swish_ffn": ((2, 37, 64), 200, "swish", True),
@@ -40,7 +54,7 @@ TOKEN_CASES = {
 
 
 def make_inputs(case: str, dtype: torch.dtype, device: str = "cpu"):
-    batch, heads, m, n, d, lengths, causal, rel_pos, biases = CASES[case]
+    batch, heads, m, n, d, lengths, causal, rel_pos, biases, tree = CASES[case]
     g = torch.Generator().manual_seed(len(case))
 
     def rand(*shape):
@@ -49,10 +63,11 @@ def make_inputs(case: str, dtype: torch.dtype, device: str = "cpu"):
     q = rand(batch, m, heads, d).transpose(1, 2)  # the layers' (B, T, H, D) -> (B, H, T, D) view
     k, v = rand(batch, heads, n, d), rand(batch, heads, n, d)
     key_lengths = torch.tensor(lengths, dtype=torch.int32, device=device) if lengths is not None else None
+    key_ends = torch.stack([random_tree_ends(nodes, n, g) for nodes in tree]).to(device) if tree else None
     pos = (rand(1, heads, n, d), rand(heads, d), rand(heads, d)) if rel_pos else (None, None, None)
     q_bias = rand(heads, d) if "q" in biases else None
     kv_bias = (rand(heads, d), rand(heads, d)) if "kv" in biases else (None, None)
-    return (q, k, v, key_lengths, *pos, q_bias, *kv_bias, 1 / d**0.5, causal)
+    return (q, k, v, key_lengths, key_ends, *pos, q_bias, *kv_bias, 1 / d**0.5, causal)
 
 
 def decomposed(args) -> torch.Tensor:
@@ -131,14 +146,35 @@ def test_fully_masked_rows_are_zero_and_others_are_not():
 
 def test_decomposition_is_the_unfused_math():
     """Held against torch's own attention (scaled_dot_product_attention with a boolean mask)."""
-    q, k, v, key_lengths, pos, u, bias_v, q_bias, k_bias, v_bias, scale, causal = make_inputs("rel_pos", torch.float32)
-    got = decomposed((q, k, v, key_lengths, pos, u, bias_v, q_bias, k_bias, v_bias, scale, causal))
+    q, k, v, key_lengths, _, pos, u, bias_v, q_bias, k_bias, v_bias, scale, causal = make_inputs("rel_pos",
+                                                                                               torch.float32)
+    got = decomposed((q, k, v, key_lengths, None, pos, u, bias_v, q_bias, k_bias, v_bias, scale, causal))
     q, k, v = (t + b[None, :, None] for t, b in ((q, q_bias), (k, k_bias), (v, v_bias)))
     q_cat = torch.cat([q + u[None, :, None], q + bias_v[None, :, None]], -1)
     k_cat = torch.cat([k, pos.expand_as(k)], -1)
     mask = (torch.arange(k.shape[2])[None, :] < key_lengths[:, None].long())[:, None, None, :]
     want = torch.nn.functional.scaled_dot_product_attention(q_cat, k_cat, v, attn_mask=mask, scale=scale)
     assert (got - want).abs().max() < 1e-5
+
+
+def test_tree_mask_attends_to_ancestors_only():
+    """The tree mask against ancestors found by walking up parents (the nearest earlier node one level up)."""
+    q, k, v, _, key_ends, *_, scale, _ = make_inputs("tree_blocks_skipped", torch.float32)
+    got = decomposed((q, k, v, None, key_ends, None, None, None, None, None, None, scale, False))
+    for b, nodes in enumerate(CASES["tree_blocks_skipped"][-1]):
+        ends = key_ends[b, :nodes].tolist()
+        depth = [sum(j < i < ends[j] for j in range(i)) for i in range(nodes)]  # ancestors counted by the ends
+        parent = [max((j for j in range(i) if depth[j] == depth[i] - 1), default=-1) for i in range(nodes)]
+        mask = torch.zeros(nodes, nodes, dtype=torch.bool)
+        for i in range(nodes):
+            j = i
+            while j >= 0:
+                mask[i, j], j = True, parent[j]
+        want = torch.nn.functional.scaled_dot_product_attention(q[b, :, :nodes], k[b, :, :nodes], v[b, :, :nodes],
+                                                                attn_mask=mask, scale=scale)
+        assert (got[b, :, :nodes] - want).abs().max() < 1e-5
+        assert got[b, :, nodes:].abs().sum() == 0  # padding nodes attend to nothing
+        assert mask.sum() < nodes * (nodes + 1) // 2 or nodes < 3  # a tree, not a chain
 
 
 def test_linear_act_decomposition_is_the_unfused_math():

@@ -26,10 +26,11 @@ class DecoderLayer(Module):
         self.norm2 = LayerNorm(d, config.norm_eps)
         self.norm3 = LayerNorm(d, config.norm_eps)
 
-    def forward(self, x: Tensor, lengths: Tensor | None, memory: KV, memory_lengths: Tensor,
+    def forward(self, x: Tensor, memory: KV, memory_lengths: Tensor, key_ends: Tensor | None = None,
                 cache: KV | None = None) -> tuple[Tensor, KV | None]:
-        """Causal self-attention over the first ``lengths`` tokens (all cached ones if ``cache``)."""
-        a, new_cache = self.self_attn(self.norm1(x), lengths, causal=cache is None, cache=cache)
+        """Self-attention of a trie's nodes over their ancestors (``key_ends``), or of the next token over all
+        ``cache``d ones."""
+        a, new_cache = self.self_attn(self.norm1(x), None, cache=cache, key_ends=key_ends)
         x = x + a
         x = x + self.src_attn(self.norm2(x), memory[0], memory[1], memory_lengths)
         x = x + self.feed_forward(self.norm3(x))
@@ -37,8 +38,9 @@ class DecoderLayer(Module):
 
 
 class TransformerDecoder(Module):
-    """``embed.0`` token embedding, ``embed.1`` absolute positions. Teacher-forced (``forward``) it returns only the
-    log-probabilities of the given next tokens, all that attention rescoring needs; a ``step`` returns logits."""
+    """``embed.0`` token embedding, ``embed.1`` absolute positions. Teacher-forced (``forward``) over a trie of
+    hypotheses (``runtime.trie``) it returns only the log-probabilities of the trie's tokens, all that attention
+    rescoring needs; a ``step`` returns logits."""
 
     def __init__(self, vocab_size: int, d: int, config: DecoderConfig, num_blocks: int, max_len: int,
                  dtype: DataType):
@@ -55,14 +57,17 @@ class TransformerDecoder(Module):
     def logits(self, x: Tensor) -> Tensor:
         return fp32_accurate_linear(self.normed(x), self.output_layer, x.dtype)
 
-    def forward(self, tokens: Tensor, targets: Tensor, lengths: Tensor, memory: list[KV],
+    def forward(self, tokens: Tensor, positions: Tensor, ends: Tensor, parents: Tensor, memory: list[KV],
                 memory_lengths: Tensor) -> Tensor:
-        """tokens and targets (B*N, L) int32, of which the first ``lengths`` (B*N,) count -> log p(targets[:, t] |
-        tokens[:, :t+1]) (B*N, L) fp32, the vocabulary logits never written (``F.token_log_probs``)."""
-        x, _ = self.embed[1](self.embed[0](tokens))
+        """A trie's nodes in pre-order, (B, M) int32 each: tokens, depths, subtree ends, parents -> log p(token of
+        node i | its ancestors' tokens) (B, M) fp32, read from its parent's output (the vocabulary logits never
+        written: ``F.token_log_probs``). A node's output depends only on its ancestors, as a token's on its prefix
+        in a causal decoder, so a hypothesis' log-probs are those of its path's nodes."""
+        x, _ = self.embed[1](self.embed[0](tokens), positions=positions)
         for layer, kv in zip(self.decoders, memory):
-            x, _ = layer(x, lengths, kv, memory_lengths)
-        return fp32_accurate_token_log_probs(self.normed(x), self.output_layer, targets, x.dtype)
+            x, _ = layer(x, kv, memory_lengths, key_ends=ends)
+        return fp32_accurate_token_log_probs(self.normed(F.gather_rows(x, parents)), self.output_layer, tokens,
+                                             x.dtype)
 
     def step(self, tokens: Tensor, cache: list[KV], memory: list[KV],
              memory_lengths: Tensor) -> tuple[Tensor, list[KV]]:
@@ -71,7 +76,7 @@ class TransformerDecoder(Module):
         x, _ = self.embed[1](self.embed[0](tokens), offset)
         new_cache = []
         for layer, kv, layer_cache in zip(self.decoders, memory, cache):
-            x, c = layer(x, None, kv, memory_lengths, layer_cache)
+            x, c = layer(x, kv, memory_lengths, cache=layer_cache)
             new_cache.append(c)
         return F.squeeze(self.logits(x), 1), new_cache
 

@@ -2,8 +2,9 @@
 
 encoder       speech (B,T,80) fp32, speech_lengths (B,) -> encoder_out (B,T',D), encoder_out_lens, ctc_log_probs
 cross_kv      encoder_out -> per decoder layer K and V (B,H,T',d_k) (for decoder_step)
-decoder       hyps (B,N,L) [sos] hyp [eos], lens, [reversed hyps], CTC scores, weights, encoder_out
-              -> scores (B,N), left_scores, right_scores (attention rescoring, its K/V computed inside)
+decoder       the tries of the N hypotheses (B,M) [and of the reversed ones], each hypothesis' path (B,N,S) and
+              steps, CTC scores, weights, encoder_out -> scores (B,N), left_scores, right_scores (attention
+              rescoring, its K/V computed inside)
 decoder_step  last tokens (B*N,1), self-attn caches (B*N,H,S,d_k), K/V -> log_probs (B*N,V), caches (S+1)
 
 The cross K/V are computed once per utterance and broadcast over its N hypotheses.
@@ -30,6 +31,15 @@ def seconds_to_frames(seconds: float, sample_rate: int = 16000) -> int:
     return max(0, 1 + (samples - FRAME_LENGTH_SAMPLES) // FRAME_SHIFT_SAMPLES)
 
 
+def finely_spaced(most: int) -> list[int]:
+    """Sizes up to ``most`` at most 1/16 apart (steps of 8 below 128): a size padded to the next wastes <= 6 %."""
+    sizes, n = [], 8
+    while n < most:
+        sizes.append(n)
+        n += max(8, 1 << max(0, n.bit_length() - 5))
+    return sizes + [most]
+
+
 @dataclass
 class Profiles:
     """The shape ranges the engines are built for (TensorRT optimization profiles)."""
@@ -47,19 +57,30 @@ class Profiles:
         max_frames = seconds_to_frames(self.max_seconds)
         return Dim("frames", min_frames, min(seconds_to_frames(self.opt_seconds), max_frames), max_frames)
 
+    def trie_nodes(self, encoder_frames: int, right: bool, opt_encoder_frames: int) -> Dim:
+        """Nodes of one utterance's trie of hypotheses: the root, then at most a hypothesis' tokens and its eos
+        per hypothesis. At the opt: the left trie about one hypothesis, the right one about half of them apart."""
+        most = 1 + self.beam_size * (encoder_frames + 1)
+        opt = (self.beam_size // 2 if right else 1) * (opt_encoder_frames // 2) + self.beam_size
+        return Dim("r_trie_nodes" if right else "trie_nodes", 2, min(opt, most), most)
+
     def to_json(self) -> dict:
         return asdict(self)
 
     def buckets(self, input_layer: str) -> dict[str, list[int]]:
         """The shape buckets of the compiled engines' CUDA graphs, per dynamic dim: inputs are padded up to
         the next bucket. Batch: powers of two; audio: steps of 1.28 s; hypotheses: always the beam;
-        tokens: steps of 8. The encoder frames of an audio bucket are the buckets of the encoder output."""
+        tokens: steps of 8; trie nodes: at most 1/16 apart. The encoder frames of an audio bucket are the buckets
+        of the encoder output."""
         frames = self.frames(input_layer)
         batch = sorted({min(2**i, self.max_batch_size) for i in range(self.max_batch_size.bit_length() + 1)})
         audio = sorted({min(n, frames.max) for n in range(128, frames.max + 128, 128)})
-        tokens_max = subsampled_length(frames.max, input_layer) + 2
+        encoder_max = subsampled_length(frames.max, input_layer)
+        tokens_max = encoder_max + 1
+        nodes = finely_spaced(1 + self.beam_size * tokens_max)
         return {"batch": batch, "frames": audio, "encoder_frames": [subsampled_length(n, input_layer) for n in audio],
-                "hyps": [self.beam_size], "hyp_tokens": sorted({min(n, tokens_max) for n in range(8, tokens_max + 8, 8)})}
+                "hyps": [self.beam_size], "hyp_tokens": sorted({min(n, tokens_max) for n in range(8, tokens_max + 8, 8)}),
+                "trie_nodes": nodes, "r_trie_nodes": nodes}
 
 
 def _encoder_frames(model: WeNetModel, profiles: Profiles) -> Dim:
@@ -111,42 +132,42 @@ def cross_kv_network(model: WeNetModel, profiles: Profiles) -> Network:
     return net
 
 
+TRIE_INPUTS = ("tokens", "positions", "ends", "parents")  # per node of a trie of hypotheses (``runtime.trie``)
+
+
 def decoder_network(model: WeNetModel, profiles: Profiles) -> Network:
-    """Attention rescoring: the scores of N hypotheses per utterance, both directions, in one call. The cross K/V
-    are computed inside, so one call takes the encoder output as it is."""
+    """Attention rescoring: the scores of N hypotheses per utterance, both directions, in one call. Each direction
+    runs over the trie of the utterance's hypotheses (reversed for the right-to-left decoder; ``runtime.trie``), so
+    a shared prefix is computed once; ``hyps_path`` names the trie node of each scored step (tokens, then eos) of
+    each hypothesis. The cross K/V are computed inside, so one call takes the encoder output as it is."""
     net = Network("decoder")
     with net_guard(net):
         batch, frames = _batch(profiles), _encoder_frames(model, profiles)
         hyps_dim = Dim("hyps", 1, profiles.beam_size, profiles.beam_size)
-        tokens_dim = Dim("hyp_tokens", 2, min(32, frames.max + 2), frames.max + 2)
-        hyps = net.add_input("hyps_pad_sos_eos", DataType.int32, [batch, hyps_dim, tokens_dim])
-        hyps_lens = net.add_input("hyps_lens_sos", DataType.int32, [batch, hyps_dim])
+        steps_dim = Dim("hyp_tokens", 1, min(32, frames.max + 1), frames.max + 1)  # a hypothesis' tokens + eos
+        hyps_lens = net.add_input("hyps_lens_sos", DataType.int32, [batch, hyps_dim])  # its steps
         ctc_scores = net.add_input("ctc_scores", DataType.float32, [batch, hyps_dim])
         ctc_weight = net.add_input("ctc_weight", DataType.float32, [1])
         encoder_out = net.add_input("encoder_out", model.dtype, [batch, frames, model.config.d_model])
         encoder_lens = net.add_input("encoder_out_lens", DataType.int32, [batch])
         decoders = model.decoders()
         memory = model.cross_kv(encoder_out)
-        r_hyps = net.add_input("r_hyps_pad_sos_eos", DataType.int32, [batch, hyps_dim, tokens_dim]) \
-            if "right" in decoders else None
 
-        lens = F.view(hyps_lens, [-1])  # (B*N,) = len(hyp) + 1
+        def direction_scores(direction: str, prefix: str) -> Tensor:
+            nodes = profiles.trie_nodes(frames.max, direction == "right", frames.opt)
+            trie = [net.add_input(f"{prefix}trie_{name}", DataType.int32, [batch, nodes]) for name in TRIE_INPUTS]
+            path = net.add_input(f"{prefix}hyps_path", DataType.int32, [batch, hyps_dim, steps_dim])
+            node_log_probs = decoders[direction](*trie, memory[direction], encoder_lens)  # (B, M)
+            steps = F.gather_rows(node_log_probs, path)  # (B, N, S)
+            valid = F.unsqueeze(F.unsqueeze(F.arange(F.shape(path, 2)), 0), 0) < F.unsqueeze(hyps_lens, 2)
+            return F.sum(F.where(valid, steps, 0.0), [2])
 
-        def direction_scores(direction: str, padded: Tensor) -> Tensor:
-            flat = F.view(padded, [-1, F.shape(padded, 2)])  # (B*N, L+1): [sos] hyp [eos] pad
-            steps = F.shape(flat, 1) - 1
-            inputs, targets = F.slice(flat, 1, 0, steps), F.slice(flat, 1, 1, steps)
-            valid = F.make_valid_mask(lens, steps)
-            token_logp = decoders[direction](inputs, targets, lens, memory[direction], encoder_lens)
-            per_hyp = F.sum(F.where(valid, token_logp, 0.0), [1])
-            return F.view(per_hyp, [F.shape(hyps, 0), F.shape(hyps, 1)])
-
-        left = direction_scores("left", hyps)
+        left = direction_scores("left", "")
         net.mark_output(left, "left_scores")
         scores = left
-        if r_hyps is not None:
+        if "right" in decoders:
             reverse_weight = net.add_input("reverse_weight", DataType.float32, [1])
-            right = direction_scores("right", r_hyps)
+            right = direction_scores("right", "r_")
             net.mark_output(right, "right_scores")
             scores = left * (1.0 - reverse_weight) + right * reverse_weight
         net.mark_output(scores + ctc_scores * ctc_weight, "scores")
