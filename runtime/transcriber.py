@@ -6,10 +6,11 @@ profiles) yields a ``Failure`` naming it; the rest of the run goes on.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import torch
 from layers.subsampling import subsampled_length
 from models.wenet.config import ModelConfig
 from plugins import ctc_prefix_beam_search as gpu_search
-from runtime.audio import AudioError, duration, read_audio
+from runtime.audio import AudioError, PcmWavs, duration, pcm_wavs, read_audio
 from runtime.decoding import RescoringScores, WeNetDecoding
 from runtime.encoding import WeNetEncoding
 from runtime.frontend import fbank_batch, num_frames
@@ -151,29 +152,80 @@ class Transcriber:
         if {"ctc_prefix_beam_search", "attention", "attention_rescoring"} & set(options.modes):
             self.decoding.check_beam(options.beam_size)
 
-    def audio(self, path: str) -> Upload:
-        """The samples of one file, checked against the encoder's frame profile, on the engines' device."""
+    def check_length(self, path: str, samples: int) -> None:
+        """A file's sample count against the encoder's frame profile."""
         model = self.engine.model
-        samples = read_audio(path, model.sample_rate)
-        frames = num_frames(len(samples), model.sample_rate * model.frame_length // 1000,
+        frames = num_frames(samples, model.sample_rate * model.frame_length // 1000,
                             model.sample_rate * model.frame_shift // 1000)
-        seconds = len(samples) / model.sample_rate
+        seconds = samples / model.sample_rate
+        if samples == 0:
+            raise AudioError(f"{path}: empty audio (0 samples)")
         if subsampled_length(frames, model.encoder.input_layer) < 1:
             raise AudioError(f"{path}: too short to transcribe ({seconds:.3f} s of frames; at least "
                              f"{self.encoding.frames.min} frames are needed)")
         if frames > self.encoding.frames.max:
             raise AudioError(f"{path}: {seconds:.1f} s is longer than the engines were built for "
                              f"({self.encoding.frames.max} frames); rebuild with a larger --max_seconds")
-        return self.upload(samples)
 
-    def upload(self, samples: np.ndarray) -> Upload:
+    def audio(self, path: str) -> Upload:
+        """The samples of one file through libsndfile, checked against the encoder's frame profile, on the engines'
+        device."""
+        samples = read_audio(path, self.engine.model.sample_rate)
+        self.check_length(path, len(samples))
+        return self.upload(torch.from_numpy(samples))
+
+    def read_wavs(self, files: list[tuple[int, str]], layout: PcmWavs) -> list[Upload | AudioError | None]:
+        """Plain 16-bit PCM WAV files (index in ``layout``, path) read natively into one page-locked buffer and
+        uploaded by one copy; per file its upload, the error that rules it out, or None where libsndfile is to
+        read it (a file that changed or was cut short since its header was read)."""
+        out: list[Upload | AudioError | None] = []
+        index, positions, total = [], [], 0
+        for i, path in files:
+            try:
+                self.check_length(path, int(layout.samples[i]))
+            except AudioError as e:
+                out.append(e)
+                continue
+            out.append(None)
+            index.append(i)
+            positions.append(total)
+            total += int(layout.samples[i])
+        if not index:
+            return out
+        host = torch.empty(total, dtype=torch.int16, pin_memory=self.uploads is not None)
+        ok = layout.read(np.array(index), host.numpy(), np.array(positions))
+        buffer = self.upload(host)
+        slots = iter(zip(index, positions, ok))
+        for n, entry in enumerate(out):
+            if entry is None:
+                i, at, read = next(slots)
+                out[n] = Upload(buffer.samples[at:at + int(layout.samples[i])], buffer.ready) if read else None
+        return out
+
+    def upload(self, samples: torch.Tensor) -> Upload:
+        """Host samples on the engines' device, copied on the uploads stream (without waiting, from page-locked
+        memory)."""
         if self.uploads is None:
-            return Upload(torch.from_numpy(samples), None)
+            return Upload(samples, None)
         with torch.cuda.stream(self.uploads):
-            tensor = torch.from_numpy(samples).to(self.engine.device, non_blocking=True)
+            tensor = samples.to(self.engine.device, non_blocking=True)
             ready = torch.cuda.Event()
             ready.record()
         return Upload(tensor, ready)
+
+    def read(self, batch: list[tuple[str, str, int]], layout: PcmWavs | None) -> list[tuple[str, Callable[[], Upload]]]:
+        """A batch's files being read: per file (key, a call that returns its upload or raises its AudioError). The
+        plain PCM WAVs (``layout`` index >= 0) in one task, the others one task each, on the reader threads."""
+        native = [(i, path) for _, path, i in batch if i >= 0]
+        wavs = self.readers.submit(self.read_wavs, native, layout) if native else None
+        reads, n = [], 0
+        for key, path, i in batch:
+            if i >= 0:
+                reads.append((key, functools.partial(_native_upload, wavs, n, path, self)))
+                n += 1
+            else:
+                reads.append((key, self.readers.submit(self.audio, path).result))
+        return reads
 
     def features(self, waves: list[Upload]) -> list[torch.Tensor]:
         """Fbank of a batch at once, on the engines' device."""
@@ -193,26 +245,31 @@ class Transcriber:
         # reads (and uploads) the files of the next READ_AHEAD batches while earlier batches decode. The headers are
         # read here: that is mostly Python work under the GIL, which the reader threads made 3-5x slower (H200
         # machine, 1,000 files: 20 ms in one thread, 60-110 ms on 4 or 8).
+        rate = self.engine.model.sample_rate
+        layout = pcm_wavs([path for _, path in items], rate)  # the native reader's files: durations known
         ordered = []
-        for key, path in items:
+        for n, (key, path) in enumerate(items):
+            native = layout is not None and layout.samples[n] >= 0
             try:
-                ordered.append((-duration(path), len(ordered), key, path))
+                seconds = layout.samples[n] / rate if native else duration(path)
             except AudioError as e:
                 yield Failure(key, str(e))
+                continue
+            ordered.append((-seconds, n, key, path, n if native else -1))
         ordered.sort()
         batch_size = max(1, min(options.batch_size, self.encoding.max_batch_size))
-        batches = [[(key, path) for _, _, key, path in ordered[s:s + batch_size]]
+        batches = [[(key, path, native) for _, _, key, path, native in ordered[s:s + batch_size]]
                    for s in range(0, len(ordered), batch_size)]
         # Batches overlap. This thread, the only one that queues compute, queues batch i's fbank, encoder and
         # prefix search (on a GPU; elsewhere its top-k), then batch i-1's rescoring, then reads batch i-2's
         # scores; the worker thread meanwhile waits for batch i's n-best (or runs the native search, which
         # releases the GIL) and makes its rescoring inputs. So the GPU always has work queued while this thread
         # waits. Timed stages do not overlap.
-        reads: deque[list[tuple[str, Future]]] = deque()
+        reads: deque[list[tuple[str, Callable[[], Upload]]]] = deque()
         searching = rescoring = None  # the batches before: prefix search under way; rescoring queued
         for j in range(len(batches) + 2):
             while len(reads) < READ_AHEAD and j + len(reads) < len(batches):
-                reads.append([(key, self.readers.submit(self.audio, path)) for key, path in batches[j + len(reads)]])
+                reads.append(self.read(batches[j + len(reads)], layout))
             started = None
             if reads:
                 failures, started = self._start(reads.popleft(), options)
@@ -222,7 +279,7 @@ class Transcriber:
                 yield from self._results(*rescoring, options)
             searching, rescoring = started, queued
 
-    def _start(self, reads: list[tuple[str, Future]],
+    def _start(self, reads: list[tuple[str, Callable[[], Upload]]],
                options: DecodingOptions) -> tuple[list[Failure], tuple[list[str], Encoded, Future] | None]:
         """A batch's device work queued and its prefix search started: (failed files, what ``_queue_rescoring``
         needs)."""
@@ -230,7 +287,7 @@ class Transcriber:
         with self.times.stage("read audio"):  # waiting for the readers
             for key, read in reads:
                 try:
-                    batch.append((key, read.result()))
+                    batch.append((key, read()))
                 except AudioError as e:
                     failed.append(Failure(key, str(e)))
         if not batch:
@@ -325,3 +382,11 @@ class Transcriber:
                 scores = self.decoding.launch_rescoring(prefix, inputs, encoded.encoder_out, encoded.lens)
                 out["attention_rescoring"] = scores.results() if block or self.times.enabled else scores
         return {mode: out[mode] for mode in options.modes}
+
+
+def _native_upload(wavs: Future, n: int, path: str, transcriber: Transcriber) -> Upload:
+    """File ``n`` of a native read (``Transcriber.read_wavs``): its upload, its error, or libsndfile's read of it."""
+    entry = wavs.result()[n]
+    if isinstance(entry, AudioError):
+        raise entry
+    return entry if entry is not None else transcriber.audio(path)

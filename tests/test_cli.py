@@ -140,3 +140,22 @@ def test_overlapped_batches_decode_as_one_batch(random_models):
     tr.times.enabled = True
     assert run_all(3) == one_batch
     assert {"encoder+ctc", "ctc prefix beam search", "rescoring", "attention beam search"} <= set(tr.times.seconds)
+
+
+def test_a_wav_cut_after_its_header_was_read_goes_to_libsndfile(tmp_path, random_models):
+    from runtime.audio import pcm_wavs, read_audio
+    from runtime.transcriber import Transcriber, _native_upload
+
+    tr = Transcriber(random_models["u2pp"][1], "cpu")
+    path = str(tmp_path / "a.wav")
+    shutil.copy(WAVS[0], path)
+    layout = pcm_wavs([path])
+    if layout is None:
+        pytest.skip("no C++ compiler: every file goes through libsndfile")
+    with open(path, "rb") as f:
+        cut = f.read()[:-1000]
+    with open(path, "wb") as f:
+        f.write(cut)
+    assert tr.read_wavs([(0, path)], layout) == [None]
+    upload = _native_upload(tr.readers.submit(tr.read_wavs, [(0, path)], layout), 0, path, tr)
+    assert np.array_equal(upload.samples.numpy(), read_audio(path))

@@ -5,7 +5,7 @@ import pytest
 import soundfile
 import torch
 
-from runtime.audio import AudioError, load_audio, read_audio
+from runtime.audio import AudioError, load_audio, pcm_wavs, read_audio
 from runtime.frontend import fbank
 from tests.conftest import WAVS, sample_flacs
 
@@ -74,6 +74,45 @@ def test_nan_and_empty_audio_are_rejected(tmp_path):
     with pytest.raises(AudioError, match="empty"):
         load_audio(str(tmp_path / "empty.wav"))
     assert fbank(torch.zeros(399)).shape == (0, 80)
+
+
+def write_with_chunk_before_data(path, samples: np.ndarray) -> None:
+    """A 16-bit mono WAV with a LIST chunk of odd size (padded to even) between fmt and data."""
+    fmt = (1).to_bytes(2, "little") + (1).to_bytes(2, "little") + (16000).to_bytes(4, "little") + \
+        (32000).to_bytes(4, "little") + (2).to_bytes(2, "little") + (16).to_bytes(2, "little")
+    data = samples.astype("<i2").tobytes()
+    chunks = b"fmt " + len(fmt).to_bytes(4, "little") + fmt + b"LIST" + (3).to_bytes(4, "little") + b"abc\x00" + \
+        b"data" + len(data).to_bytes(4, "little") + data
+    path.write_bytes(b"RIFF" + (4 + len(chunks)).to_bytes(4, "little") + b"WAVE" + chunks)
+
+
+def test_native_wav_reader_reads_what_libsndfile_reads_and_leaves_it_the_rest(tmp_path):
+    """Plain 16-bit mono PCM WAVs at 16 kHz (also WAVE_FORMAT_EXTENSIBLE, chunks before the data) are read natively,
+    sample for sample as libsndfile reads them; every other file is left to libsndfile (-1)."""
+    samples = soundfile.read(WAVS[0], dtype="int16")[0]
+    handled = {"plain.wav": {}, "extensible.wav": {"format": "WAVEX"}}
+    others = {"pcm24.wav": {"subtype": "PCM_24"}, "float.wav": {"subtype": "FLOAT"}, "a.flac": {},
+              "stereo.wav": {}, "8k.wav": {}}
+    for name, kwargs in {**handled, **others}.items():
+        data = np.stack([samples, samples], 1) if name == "stereo.wav" else samples
+        soundfile.write(tmp_path / name, data, 8000 if name == "8k.wav" else 16000, **kwargs)
+    write_with_chunk_before_data(tmp_path / "list_chunk.wav", samples[:777])
+    (tmp_path / "cut.wav").write_bytes((tmp_path / "plain.wav").read_bytes()[:-100])  # header claims more
+    names = [*handled, "list_chunk.wav", *others, "cut.wav", "missing.wav"]
+    layout = pcm_wavs([str(tmp_path / n) for n in names])
+    if layout is None:
+        pytest.skip("no C++ compiler: every file goes through libsndfile")
+    native = len(handled) + 1
+    assert (layout.samples[native:] == -1).all() and (layout.samples[:native] > 0).all()
+    index = np.arange(native)
+    positions = np.concatenate([[0], np.cumsum(layout.samples[:native])[:-1]])
+    out = np.full(int(layout.samples[:native].sum()), 7, dtype=np.int16)
+    assert layout.read(index, out, positions).all()
+    for i, at in zip(index, positions):
+        want = read_audio(str(tmp_path / names[i]))
+        assert want.dtype == np.int16 and np.array_equal(out[at:at + len(want)], want), names[i]
+    (tmp_path / "plain.wav").write_bytes((tmp_path / "plain.wav").read_bytes()[:-100])  # cut after its header read
+    assert not layout.read(index[:1], out, positions[:1]).any()
 
 
 def test_batched_fbank_equals_one_by_one():
