@@ -4,24 +4,25 @@
 import numpy as np
 import pytest
 
-from runtime.trie import build_trie
+from runtime.trie import build_trie, build_trie_numpy
 
 SOS, EOS = 2, 3
 
 
 def random_nbest(seed: int, batch: int = 5, n: int = 6):
     """Hypotheses that share prefixes and suffixes (edits of one base each), some utterances with fewer than n,
-    one with an empty hypothesis, one a prefix of another."""
+    one with an empty hypothesis, one a prefix of another; eos may occur inside one (a CTC output of random
+    weights can be any unit), making a hypothesis' [sos] h [eos] a prefix of another's."""
     rng = np.random.default_rng(seed)
     hyps = []
     for b in range(batch):
-        base = list(rng.integers(4, 9, size=rng.integers(0, 12)))
+        base = list(rng.integers(EOS, 9, size=rng.integers(0, 12)))
         nbest = {tuple(base)}
         while len(nbest) < rng.integers(1, n + 1):
             h = list(base)
             for _ in range(rng.integers(1, 3)):
                 at = int(rng.integers(0, len(h) + 1))
-                h[at:at + int(rng.integers(0, 2))] = list(rng.integers(4, 9, size=rng.integers(0, 2)))
+                h[at:at + int(rng.integers(0, 2))] = list(rng.integers(EOS, 9, size=rng.integers(0, 2)))
             nbest.add(tuple(h))
         if b == 0:
             nbest |= {(), tuple(base[:3])}
@@ -35,11 +36,12 @@ def random_nbest(seed: int, batch: int = 5, n: int = 6):
     return hyps, tokens, lengths, np.array([len(u) for u in hyps])
 
 
+@pytest.mark.parametrize("build", [build_trie, build_trie_numpy], ids=["native", "numpy"])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("seed", range(6))
-def test_trie_is_the_prefix_tree_of_the_nbest(seed, reverse):
+def test_trie_is_the_prefix_tree_of_the_nbest(seed, reverse, build):
     hyps, tokens, lengths, count = random_nbest(seed)
-    trie = build_trie(tokens, lengths, count, SOS, EOS, reverse)
+    trie = build(tokens, lengths, count, SOS, EOS, reverse)
     for b, nbest in enumerate(hyps):
         sequences = [[SOS] + (h[::-1] if reverse else h) + [EOS] for h in nbest]
         prefixes = {tuple(s[:d + 1]) for s in sequences for d in range(len(s))}
