@@ -30,8 +30,9 @@ from runtime.native import usable_cpus
 from runtime.search import DecodeResult, NBest, PendingNBest, ctc_greedy_search
 from runtime.session import EngineDir, ProfileError
 
-# Readers: more contend for the GIL with the thread that queues the GPU work (H200 machine, 16 CPUs: 4 readers 15,100x
-# end to end, 16 readers 11,000x with the prefix search on the host; 8 readers ~10 % slower than 4 with it on the GPU).
+# Readers: a batch's plain PCM WAVs are one native read (no GIL held); other files go through libsndfile's Python layer
+# one by one, and each such reader holds the GIL that the thread queuing the GPU work needs (H200 machine, 16 CPUs,
+# files read through libsndfile: 1 / 2 / 4 / 8 readers 32,500 / 31,300 / 24,100-28,100 / 23,900x end to end).
 READ_THREADS = max(1, min(4, usable_cpus() // 4))
 READ_AHEAD = 4  # batches whose files are being read (and uploaded) while earlier ones decode
 MODES = ("ctc_greedy_search", "ctc_prefix_beam_search", "attention", "attention_rescoring")
@@ -243,8 +244,8 @@ class Transcriber:
         items = list(items)
         # Batches are made from the files' header durations, longest first (little padding); a thread pool
         # reads (and uploads) the files of the next READ_AHEAD batches while earlier batches decode. The headers are
-        # read here: that is mostly Python work under the GIL, which the reader threads made 3-5x slower (H200
-        # machine, 1,000 files: 20 ms in one thread, 60-110 ms on 4 or 8).
+        # read here, natively for plain PCM WAVs; through libsndfile that is mostly Python work under the GIL, which
+        # the reader threads made 3-5x slower (H200 machine, 1,000 files: 20 ms in one thread, 60-110 ms on 4 or 8).
         rate = self.engine.model.sample_rate
         layout = pcm_wavs([path for _, path in items], rate)  # the native reader's files: durations known
         ordered = []
