@@ -164,13 +164,22 @@ class PendingNBest:
     runs there, queued behind the encoder, and only its n-best is copied back without waiting; elsewhere the top-k
     candidates are copied back and ``result()`` runs the native search (host work that releases the GIL)."""
 
-    def __init__(self, log_probs: torch.Tensor, lengths: torch.Tensor, beam_size: int, blank: int = 0):
-        """``lengths``: (B,) on the log-probs' device (the GPU search reads them there)."""
+    def __init__(self, log_probs: torch.Tensor, lengths: torch.Tensor, beam_size: int, blank: int = 0,
+                 stream: torch.cuda.Stream | None = None):
+        """``lengths``: (B,) on the log-probs' device (the GPU search reads them there). ``stream``: where the GPU
+        search runs, after the work queued so far on the current stream: its one program per utterance leaves most of
+        the GPU idle, so on a stream of its own it overlaps the next batches' work."""
         self.beam_size, self.blank = beam_size, blank
         if gpu_search.runs_on(log_probs.device):
             top_logp, top_ids = log_probs.float().topk(beam_size, dim=-1)
-            self.host, self.ready = copy_to_host(*gpu_search.prefix_beam_search(top_logp, top_ids, lengths,
-                                                                                beam_size, blank))
+            lengths = lengths.clone()  # a CUDA graph's output buffer is overwritten by its next replay
+            stream = stream or torch.cuda.current_stream(log_probs.device)
+            stream.wait_stream(torch.cuda.current_stream(log_probs.device))
+            with torch.cuda.stream(stream):
+                for t in (top_logp, top_ids, lengths):
+                    t.record_stream(stream)  # their memory is not reused before the search has read them
+                self.host, self.ready = copy_to_host(*gpu_search.prefix_beam_search(top_logp, top_ids, lengths,
+                                                                                    beam_size, blank))
             self.candidates = None
         else:
             self.candidates, self.lengths = frame_candidates(log_probs, beam_size), lengths

@@ -143,6 +143,8 @@ class Transcriber:
         self.times = StageTimes(self.engine.device)
         # the readers' uploads run on a stream of their own, so that they wait for no queued compute
         self.uploads = torch.cuda.Stream(self.engine.device) if self.engine.device.type == "cuda" else None
+        # the GPU prefix search on a stream of its own, so that it overlaps the next batches' work
+        self.searches = torch.cuda.Stream(self.engine.device) if self.engine.device.type == "cuda" else None
         # the file readers and the thread that waits for each batch's n-best live as long as this object: a single
         # file's latency would otherwise include starting them
         self.readers = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="reader")
@@ -349,7 +351,8 @@ class Transcriber:
         search = None
         if "ctc_prefix_beam_search" in modes or "attention_rescoring" in modes:
             with stage("ctc prefix beam search" if gpu_search.runs_on(self.engine.device) else "ctc top-k"):
-                search = PendingNBest(enc.ctc_log_probs, enc.encoder_lens, options.beam_size, model.blank_id)
+                search = PendingNBest(enc.ctc_log_probs, enc.encoder_lens, options.beam_size, model.blank_id,
+                                      self.searches)
         if "attention" in modes:
             with stage("attention beam search"):
                 out["attention"] = self.decoding.attention_beam_search(enc, self.decoding.cross_kv(enc),
