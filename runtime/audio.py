@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 import soundfile
 
-from runtime.native import NativeBuildError, usable_cpus
+from runtime.native import NativeBuildError, pointer, usable_cpus
 from runtime.native import load as load_native
 
 SAMPLE_RATE = 16000
@@ -85,8 +85,8 @@ class PcmWavs(NamedTuple):
         ok = np.zeros(len(index), dtype=np.int32)
         offsets, counts = (np.ascontiguousarray(a[index]) for a in (self.offsets, self.samples))
         positions = np.ascontiguousarray(positions, dtype=np.int64)
-        _native_reader().wav_pcm16_read(paths, _ptr(offsets), _ptr(counts), _ptr(positions), len(index),
-                                        usable_cpus(), _ptr(out), _ptr(ok))
+        _native_reader().wav_pcm16_read(paths, pointer(offsets), pointer(counts), pointer(positions), len(index),
+                                        usable_cpus(), pointer(out), pointer(ok))
         return ok.astype(bool)
 
 
@@ -98,16 +98,12 @@ def pcm_wavs(paths: list[str], sample_rate: int = SAMPLE_RATE) -> PcmWavs | None
     except NativeBuildError:
         return None
     offsets, samples = np.zeros(len(paths), dtype=np.int64), np.zeros(len(paths), dtype=np.int64)
-    reader.wav_pcm16_layout(_c_paths(paths), len(paths), sample_rate, usable_cpus(), _ptr(offsets), _ptr(samples))
+    reader.wav_pcm16_layout(_c_paths(paths), len(paths), sample_rate, usable_cpus(), pointer(offsets), pointer(samples))
     return PcmWavs(list(paths), offsets, samples)
 
 
 def _c_paths(paths: list[str]):
     return (ctypes.c_char_p * len(paths))(*(p.encode() for p in paths))
-
-
-def _ptr(a: np.ndarray) -> ctypes.c_void_p:
-    return ctypes.c_void_p(a.ctypes.data)
 
 
 @functools.cache

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from plugins import ctc_prefix_beam_search as gpu_search
-from runtime.native import NativeBuildError, usable_cpus
+from runtime.native import NativeBuildError, pointer, usable_cpus
 from runtime.native import load as load_native
 from runtime.session import copy_to_host
 
@@ -208,13 +208,9 @@ def prefix_search_on_host(candidates: FrameCandidates, lengths: torch.Tensor, be
     scores = np.zeros((batch, beam_size), dtype=np.float64)
     count = np.zeros(batch, dtype=np.int64)
     top_logp, top_ids, lengths = top_logp.contiguous(), top_ids.contiguous(), lengths.contiguous()
-    search(_ptr(top_logp), _ptr(top_ids), _ptr(lengths), batch, frames, k, beam_size, blank, THREADS,
+    search(pointer(top_logp), pointer(top_ids), pointer(lengths), batch, frames, k, beam_size, blank, THREADS,
            *(a.ctypes.data_as(ctypes.c_void_p) for a in (tokens, token_lengths, scores, count)))
     return NBest(tokens, token_lengths, scores, count)
-
-
-def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
-    return ctypes.c_void_p(t.data_ptr())
 
 
 @functools.lru_cache(maxsize=1)

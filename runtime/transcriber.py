@@ -181,29 +181,32 @@ class Transcriber:
         """Plain 16-bit PCM WAV files (index in ``layout``, path) read natively into one page-locked buffer and
         uploaded by one copy; per file its upload, the error that rules it out, or None where libsndfile is to
         read it (a file that changed or was cut short since its header was read)."""
-        out: list[Upload | AudioError | None] = []
-        index, positions, total = [], [], 0
-        for i, path in files:
+        out: list[Upload | AudioError | None] = [None] * len(files)
+        wanted = []  # (position in files, index in layout)
+        for n, (i, path) in enumerate(files):
             try:
                 self.check_length(path, int(layout.samples[i]))
+                wanted.append((n, i))
             except AudioError as e:
-                out.append(e)
-                continue
-            out.append(None)
-            index.append(i)
-            positions.append(total)
-            total += int(layout.samples[i])
-        if not index:
+                out[n] = e
+        if not wanted:
             return out
-        host = torch.empty(total, dtype=torch.int16, pin_memory=self.uploads is not None)
-        ok = layout.read(np.array(index), host.numpy(), np.array(positions))
+        counts = np.array([layout.samples[i] for _, i in wanted])
+        positions = np.cumsum(counts) - counts
+        host = torch.empty(int(counts.sum()), dtype=torch.int16, pin_memory=self.uploads is not None)
+        ok = layout.read(np.array([i for _, i in wanted]), host.numpy(), positions)
         buffer = self.upload(host)
-        slots = iter(zip(index, positions, ok))
-        for n, entry in enumerate(out):
-            if entry is None:
-                i, at, read = next(slots)
-                out[n] = Upload(buffer.samples[at:at + int(layout.samples[i])], buffer.ready) if read else None
+        for (n, _), at, count, read in zip(wanted, positions, counts, ok):
+            if read:
+                out[n] = Upload(buffer.samples[at:at + count], buffer.ready)
         return out
+
+    def native_upload(self, wavs: Future, n: int, path: str) -> Upload:
+        """File ``n`` of a native read (``read_wavs``): its upload, its error, or libsndfile's read of it."""
+        entry = wavs.result()[n]
+        if isinstance(entry, AudioError):
+            raise entry
+        return entry if entry is not None else self.audio(path)
 
     def upload(self, samples: torch.Tensor) -> Upload:
         """Host samples on the engines' device, copied on the uploads stream (without waiting, from page-locked
@@ -224,7 +227,7 @@ class Transcriber:
         reads, n = [], 0
         for key, path, i in batch:
             if i >= 0:
-                reads.append((key, functools.partial(_native_upload, wavs, n, path, self)))
+                reads.append((key, functools.partial(self.native_upload, wavs, n, path)))
                 n += 1
             else:
                 reads.append((key, self.readers.submit(self.audio, path).result))
@@ -387,10 +390,3 @@ class Transcriber:
                 out["attention_rescoring"] = scores.results() if block or self.times.enabled else scores
         return {mode: out[mode] for mode in options.modes}
 
-
-def _native_upload(wavs: Future, n: int, path: str, transcriber: Transcriber) -> Upload:
-    """File ``n`` of a native read (``Transcriber.read_wavs``): its upload, its error, or libsndfile's read of it."""
-    entry = wavs.result()[n]
-    if isinstance(entry, AudioError):
-        raise entry
-    return entry if entry is not None else transcriber.audio(path)

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from runtime.native import NativeBuildError
+from runtime.native import NativeBuildError, pointer
 from runtime.native import load as load_native
 
 
@@ -56,15 +56,15 @@ def build_trie(tokens: np.ndarray, lengths: np.ndarray, count: np.ndarray, sos: 
     batch, n = lengths.shape
     tokens, lengths = np.ascontiguousarray(tokens, dtype=np.int32), np.ascontiguousarray(lengths, dtype=np.int64)
     count = np.ascontiguousarray(count, dtype=np.int64)
-    args = [_ptr(tokens), _ptr(lengths), _ptr(count), batch, n, tokens.shape[2], sos, eos, int(reverse)]
+    args = [pointer(tokens), pointer(lengths), pointer(count), batch, n, tokens.shape[2], sos, eos, int(reverse)]
     nodes = np.zeros(batch, dtype=np.int64)
-    native.hypothesis_trie_sizes(*args, _ptr(nodes))
+    native.hypothesis_trie_sizes(*args, pointer(nodes))
     real = np.arange(n) < count[:, None]
     steps = int(np.where(real, lengths, 0).max(initial=0)) + 1
     out = {name: np.zeros((batch, int(nodes.max(initial=1))), dtype=np.int32)
            for name in ("tokens", "positions", "ends", "parents")}
     paths = np.zeros((batch, n, steps), dtype=np.int32)
-    native.hypothesis_tries(*args, out["tokens"].shape[1], steps, *(_ptr(a) for a in out.values()), _ptr(paths))
+    native.hypothesis_tries(*args, out["tokens"].shape[1], steps, *(pointer(a) for a in out.values()), pointer(paths))
     return Trie(**out, paths=paths)
 
 
@@ -130,10 +130,6 @@ def build_trie_numpy(tokens: np.ndarray, lengths: np.ndarray, count: np.ndarray,
     steps = np.arange(width - 1) <= lens.ravel()[rank].reshape(batch, n, 1)
     paths = np.where(steps & (np.arange(n) < count[:, None])[..., None], paths, 0)
     return Trie(**out, paths=paths)
-
-
-def _ptr(a: np.ndarray) -> ctypes.c_void_p:
-    return ctypes.c_void_p(a.ctypes.data)
 
 
 @functools.cache

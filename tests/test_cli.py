@@ -150,18 +150,36 @@ def test_overlapped_batches_decode_as_one_batch(random_models):
 
 def test_a_wav_cut_after_its_header_was_read_goes_to_libsndfile(tmp_path, random_models):
     from runtime.audio import pcm_wavs, read_audio
-    from runtime.transcriber import Transcriber, _native_upload
+    from runtime.transcriber import Transcriber
 
     tr = Transcriber(random_models["u2pp"][1], "cpu")
     path = str(tmp_path / "a.wav")
     shutil.copy(WAVS[0], path)
-    layout = pcm_wavs([path])
-    if layout is None:
-        pytest.skip("no C++ compiler: every file goes through libsndfile")
+    layout = pcm_wavs([path])  # the native reader is built here (the test environment has a C++ compiler)
     with open(path, "rb") as f:
         cut = f.read()[:-1000]
     with open(path, "wb") as f:
         f.write(cut)
     assert tr.read_wavs([(0, path)], layout) == [None]
-    upload = _native_upload(tr.readers.submit(tr.read_wavs, [(0, path)], layout), 0, path, tr)
+    upload = tr.native_upload(tr.readers.submit(tr.read_wavs, [(0, path)], layout), 0, path)
     assert np.array_equal(upload.samples.numpy(), read_audio(path))
+
+
+def test_without_the_native_reader_files_go_through_libsndfile(random_models, monkeypatch):
+    """Where no C++ compiler builds the WAV reader, the same files give the same transcripts through libsndfile."""
+    import runtime.audio
+    from runtime.native import NativeBuildError
+    from runtime.transcriber import DecodingOptions, Transcriber
+
+    tr = Transcriber(random_models["u2pp"][1], "cpu")
+    items = [(os.path.basename(w), w) for w in WAVS]
+    options = DecodingOptions(["ctc_greedy_search"], 4, batch_size=len(items))
+    native = {r.key: r.result.tokens for r in tr.transcribe(items, options)}
+
+    def no_compiler():
+        raise NativeBuildError("no C++ compiler found")
+
+    monkeypatch.setattr(runtime.audio, "_native_reader", no_compiler)
+    assert runtime.audio.pcm_wavs([WAVS[0]]) is None
+    fallback = {r.key: r.result.tokens for r in tr.transcribe(items, options)}
+    assert len(fallback) == len(items) and fallback == native

@@ -29,6 +29,11 @@ def usable_cpus() -> int:
     return max(1, min(cpus, limit))
 
 
+def pointer(array) -> ctypes.c_void_p:
+    """The data address of a contiguous numpy array or torch tensor, for a native call."""
+    return ctypes.c_void_p(array.data_ptr() if hasattr(array, "data_ptr") else array.ctypes.data)
+
+
 class NativeBuildError(RuntimeError):
     """A native piece could not be built here (no compiler, a compile error, no writable folder)."""
 
