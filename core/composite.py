@@ -1,10 +1,10 @@
 """Fused ops and their decompositions.
 
-A fused op (``attention``, ``linear_act``, ``token_log_probs``) is one node of a network. Its PyTorch lowering is
-a plugin: a Triton kernel registered as a torch custom op (``plugins/``). Its TensorRT lowering, and the plugin's
-path where no kernel runs (the CPU), use its decomposition: the same math in primitive ops of
-``core.functional``, recorded into a small network on demand. The math is written once in our
-API; the kernel is held to it by tests.
+A fused op (``attention``, ``linear_act``, ``token_log_probs``, ``top_k_log_probs``) is one node of a network. Its
+PyTorch lowering is a plugin: a Triton kernel registered as a torch custom op (``plugins/``). Its TensorRT lowering,
+and the plugin's path where no kernel runs (the CPU), use its decomposition: the same math in primitive ops of
+``core.functional``, recorded into a small network on demand. The math is written once in our API; the kernel is held
+to it by tests.
 """
 
 from __future__ import annotations
@@ -74,14 +74,24 @@ def token_log_probs(x: Tensor, weight: Tensor, bias: Tensor, targets: Tensor) ->
     return F.squeeze(F.gather_elements(log_probs, F.unsqueeze(targets, targets.ndim), x.ndim - 1), x.ndim - 1)
 
 
-DECOMPOSITIONS: dict[str, Callable[..., Tensor]] = {"attention": attention, "linear_act": linear_act,
-                                                    "token_log_probs": token_log_probs}
+def top_k_log_probs(x: Tensor, bias: Tensor, *, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` largest entries of ``log_softmax(x[..., :V] + bias)`` per row, largest first, and their labels:
+    fp32 x (..., R) of which the first V = len(bias) columns count, fp32 bias (V,) -> fp32 (..., k), int32 (..., k).
+    Exactly tied entries may come in either order."""
+    logits = F.slice(x, x.ndim - 1, 0, F.shape(bias, 0)) + bias
+    return F.topk(F.log_softmax(logits, -1), k, -1)
+
+
+DECOMPOSITIONS: dict[str, Callable[..., Tensor | tuple[Tensor, ...]]] = {
+    "attention": attention, "linear_act": linear_act, "token_log_probs": token_log_probs,
+    "top_k_log_probs": top_k_log_probs}
 # per op: the decomposition's arguments that a node's inputs always fill, then the optional ones by their flag
 INPUT_NAMES = {"attention": (["q", "k", "v"], [("has_lengths", ["key_lengths"]), ("has_key_ends", ["key_ends"]),
                                                ("has_pos", ["pos", "pos_bias_u", "pos_bias_v"]),
                                                ("has_q_bias", ["q_bias"]), ("has_kv_bias", ["k_bias", "v_bias"])]),
                "linear_act": (["x", "weight"], [("has_bias", ["bias"])]),
-               "token_log_probs": (["x", "weight", "bias", "targets"], [])}
+               "token_log_probs": (["x", "weight", "bias", "targets"], []),
+               "top_k_log_probs": (["x", "bias"], [])}
 
 
 def _input_names(op: str, attrs: dict) -> list[str]:
@@ -101,13 +111,15 @@ def _decomposition(op: str, specs: tuple[tuple[DataType, tuple[int, ...]], ...],
             dims = [Dim(f"{name}.{axis}", 0, 0, 2**31 - 1) if d == -1 else d for axis, d in enumerate(shape)]
             inputs[name] = net.add_input(f"input{i}", dtype, dims)
         flags = {k: v for k, v in attrs.items() if not k.startswith("has_")}
-        net.mark_output(DECOMPOSITIONS[op](**inputs, **flags), "output")
+        outputs = DECOMPOSITIONS[op](**inputs, **flags)
+        for i, output in enumerate(outputs if isinstance(outputs, tuple) else (outputs,)):
+            net.mark_output(output, f"output{i}")
     return net
 
 
 def decomposition(op: str, specs: list[tuple[DataType, tuple[int, ...]]], attrs: dict) -> Network:
     """The network that computes fused op ``op`` from primitive ops, for inputs of ``specs``
-    (inputs ``input0``, ``input1``, ...; output ``output``)."""
+    (inputs ``input0``, ``input1``, ...; outputs ``output0``, ...)."""
     return _decomposition(op, tuple((d, tuple(s)) for d, s in specs), tuple(sorted(attrs.items())))
 
 
@@ -119,8 +131,11 @@ def _engine(network: Network, device: torch.device):
         return TorchEngine(network, device)
 
 
-def run_decomposition(op: str, inputs: list[torch.Tensor], attrs: dict) -> torch.Tensor:
-    """Fused op ``op`` on torch tensors through its decomposition's PyTorch lowering."""
+def run_decomposition(op: str, inputs: list[torch.Tensor], attrs: dict) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """Fused op ``op`` on torch tensors through its decomposition's PyTorch lowering: its output, or a tuple of
+    them for an op with several."""
     specs = [(DataType.from_torch(t.dtype), tuple(-1 for _ in t.shape)) for t in inputs]
-    engine = _engine(decomposition(op, specs, attrs), inputs[0].device)
-    return engine({f"input{i}": t for i, t in enumerate(inputs)})["output"]
+    network = decomposition(op, specs, attrs)
+    out = _engine(network, inputs[0].device)({f"input{i}": t for i, t in enumerate(inputs)})
+    outputs = tuple(out[f"output{i}"] for i in range(len(network.outputs)))
+    return outputs if len(outputs) > 1 else outputs[0]

@@ -852,6 +852,38 @@ class LinearAct:
 
 
 @register
+class TopKLogProbs:
+    """The ``k`` largest entries of ``log_softmax(x[..., :V] + bias)`` per row and their labels
+    (``core.composite.top_k_log_probs`` says what it computes). Inputs: fp32 x (..., R) with R >= V, fp32 bias (V,).
+    PyTorch lowering: the ``wenet_trt::top_k_log_probs`` plugin (a Triton kernel) on CUDA, else the decomposition.
+    TensorRT lowering: ``composite`` -- the decomposition (a softmax and an ITopKLayer).
+    """
+
+    name = "top_k_log_probs"
+    composite = True
+
+    @staticmethod
+    def infer(x, bias, *, k: int) -> list[Spec]:
+        _require(x.dtype == bias.dtype == DataType.float32, "top_k_log_probs: fp32 x and bias")
+        _require(bias.ndim == 1 and x.ndim >= 1, f"top_k_log_probs: x (..., R), bias (V,), got {x.shape}, {bias.shape}")
+        _require(-1 in (x.shape[-1], bias.shape[0]) or x.shape[-1] >= bias.shape[0],
+                 "top_k_log_probs: x needs at least one column per bias entry")
+        _require(0 < k and (bias.shape[0] == -1 or k <= bias.shape[0]), f"top_k_log_probs: k={k} outside 1..V")
+        shape = (*x.shape[:-1], k)
+        return [(DataType.float32, shape), (DataType.int32, shape)]
+
+    @staticmethod
+    def torch(x, bias, *, k: int):
+        from plugins import kernel_available
+        from plugins.top_k_log_probs import decomposed, top_k_log_probs
+
+        # without a kernel the decomposition runs inline, so that export and Inductor see plain ops
+        return (top_k_log_probs if kernel_available(x.device) else decomposed)(x, bias, k)
+
+    tensorrt = None
+
+
+@register
 class TokenLogProbs:
     """``log_softmax(x·Wᵀ + b)[target]`` per row, fp32 (``core.composite.token_log_probs`` says what it computes).
     Inputs: x (..., K), weight (R, K) with R >= V, bias (V,) fp32, targets (...) int32.

@@ -161,7 +161,7 @@ def lower_nodes(ctx: LoweringContext, prefix: str = "") -> None:
             sub.keep_alive = ctx.keep_alive
             sub.values = {f"input{i}": value for i, value in enumerate(inputs)}
             lower_nodes(sub, prefix=f"{prefix}{node.outputs[0]}/")
-            result = sub.value(sub.graph.outputs["output"])
+            result = tuple(sub.value(sub.graph.outputs[f"output{i}"]) for i in range(len(sub.graph.outputs)))
         else:
             ctx._specs = specs
             result = op.tensorrt(ctx, *inputs, **node.attrs)

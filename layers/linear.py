@@ -73,22 +73,37 @@ def fp32_accurate_linear(x: Tensor, linear: Linear, dtype: DataType) -> Tensor:
     (relative error near 2^-22 in fp16 where a plain fp16 GEMM has 2^-11, near 2^-16 in bf16; with a half x,
     x_lo is zero and dropped). The weight parts are constants, folded at build time, their rows padded to a
     multiple of 64 so that an odd vocabulary still gets an aligned GEMM."""
-    if dtype == DataType.float32:
-        return linear(F.cast(x, DataType.float32))
-    x_parts, weight_parts = _split_operands(x, linear, dtype)
-    y = F.matmul(x_parts, weight_parts, transpose_b=True, out_dtype=DataType.float32)
-    if linear.out_features % 64:
+    y = _fp32_accurate_product(x, linear, dtype)
+    if y.shape[-1] != linear.out_features:
         y = F.slice(y, x.ndim - 1, 0, linear.out_features)
     return y + linear.bias.value if linear.bias is not None else y
+
+
+def _fp32_accurate_product(x: Tensor, linear: Linear, dtype: DataType) -> Tensor:
+    """x·Wᵀ of ``fp32_accurate_linear``, fp32, without the bias; its columns beyond ``out_features`` pad the GEMM."""
+    if dtype == DataType.float32:
+        return F.matmul(F.cast(x, DataType.float32), linear.weight.value, transpose_b=True)
+    x_parts, weight_parts = _split_operands(x, linear, dtype)
+    return F.matmul(x_parts, weight_parts, transpose_b=True, out_dtype=DataType.float32)
+
+
+def _bias_or_zeros(linear: Linear) -> Tensor:
+    return linear.bias.value if linear.bias is not None else F.constant(torch.zeros(linear.out_features))
 
 
 def fp32_accurate_token_log_probs(x: Tensor, linear: Linear, targets: Tensor, dtype: DataType) -> Tensor:
     """``log_softmax(fp32_accurate_linear(x, linear, dtype))`` at each row's ``targets`` entry, as one fused op
     that never writes the logits (``F.token_log_probs``)."""
-    bias = linear.bias.value if linear.bias is not None else F.constant(torch.zeros(linear.out_features))
+    bias = _bias_or_zeros(linear)
     if dtype == DataType.float32:
         return F.token_log_probs(F.cast(x, DataType.float32), linear.weight.value, bias, targets)
     return F.token_log_probs(*_split_operands(x, linear, dtype), bias, targets)
+
+
+def fp32_accurate_top_k_log_probs(x: Tensor, linear: Linear, k: int, dtype: DataType) -> tuple[Tensor, Tensor]:
+    """The ``k`` best (log-prob, label) per row of ``log_softmax(fp32_accurate_linear(x, linear, dtype))``: the
+    GEMM, then one fused op that never writes the log-probs (``F.top_k_log_probs``)."""
+    return F.top_k_log_probs(_fp32_accurate_product(x, linear, dtype), _bias_or_zeros(linear), k)
 
 
 class WeightOnlyInt8Linear(Module):

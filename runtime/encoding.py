@@ -1,4 +1,5 @@
-"""``WeNetEncoding``: padded fbank batches through the encoder network (encoder output + CTC log-probs)."""
+"""``WeNetEncoding``: padded fbank batches through the encoder network (encoder output + each frame's top CTC
+log-probs)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from runtime.session import EngineDir
 class EncoderOutput:
     encoder_out: torch.Tensor  # (B, T', D), engine dtype
     encoder_lens: torch.Tensor  # (B,) int32
-    ctc_log_probs: torch.Tensor  # (B, T', V) fp32
+    ctc_top_log_probs: torch.Tensor  # (B, T', k) fp32, each frame's best first
+    ctc_top_labels: torch.Tensor  # (B, T', k) int32
 
 
 class WeNetEncoding:
@@ -29,4 +31,5 @@ class WeNetEncoding:
         lengths = torch.tensor([f.shape[0] for f in feats], dtype=torch.int32)
         speech = torch.nn.utils.rnn.pad_sequence([f.to(device) for f in feats], batch_first=True)
         out = self.session.run({"speech": speech, "speech_lengths": lengths})
-        return EncoderOutput(out["encoder_out"], out["encoder_out_lens"], out["ctc_log_probs"])
+        return EncoderOutput(out["encoder_out"], out["encoder_out_lens"], out["ctc_top_log_probs"],
+                             out["ctc_top_labels"])

@@ -76,9 +76,11 @@ class NBestResult(DecodeResult):
         return [self.tokens] + [self._source.hypothesis(self._b, r) for r in self._order[1:]]
 
 
-def ctc_greedy_search(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int = 0) -> list[DecodeResult]:
-    """Best label per frame, runs collapsed, blanks dropped; score = the best path's log-prob."""
-    best_logp, best = (t.cpu() for t in log_probs.float().max(-1))  # on the device; only the best path moves
+def ctc_greedy_search(top_log_probs: torch.Tensor, top_labels: torch.Tensor, lengths: torch.Tensor,
+                      blank: int = 0) -> list[DecodeResult]:
+    """Best label per frame (the first of each frame's top-k (B, T, k), best first), runs collapsed, blanks dropped;
+    score = the best path's log-prob."""
+    best_logp, best = top_log_probs[..., 0].cpu(), top_labels[..., 0].cpu()  # only the best path moves
     results = []
     for b, length in enumerate(lengths.tolist()):
         path = best[b, :length]
@@ -133,8 +135,8 @@ def prefix_beam_search(top_logp: list[list[float]], top_ids: list[list[int]], be
 
 def ctc_prefix_beam_search(log_probs: torch.Tensor, lengths: torch.Tensor, beam_size: int,
                            blank: int = 0) -> list[DecodeResult]:
-    """The batch through the native search (same arithmetic and tie order as ``prefix_beam_search``),
-    or through ``prefix_beam_search`` where no C++ compiler is available."""
+    """A batch of full log-probs (B, T, V) (a reference model's) through the native search (same arithmetic and tie
+    order as ``prefix_beam_search``), or through ``prefix_beam_search`` where no C++ compiler is available."""
     return prefix_search_on_host(frame_candidates(log_probs, beam_size), lengths, beam_size, blank).results()
 
 
@@ -143,7 +145,7 @@ class FrameCandidates(NamedTuple):
     they are being copied until ``ready`` (a CUDA event) has passed: ``wait`` first."""
 
     top_logp: torch.Tensor  # (B, T, k) float32
-    top_ids: torch.Tensor  # (B, T, k) int64
+    top_labels: torch.Tensor  # (B, T, k) int32
     ready: torch.cuda.Event | None = None
 
     def wait(self) -> FrameCandidates:
@@ -153,9 +155,15 @@ class FrameCandidates(NamedTuple):
 
 
 def frame_candidates(log_probs: torch.Tensor, beam_size: int) -> FrameCandidates:
-    """The top-k runs where the log-probs are, so only (B, T, beam) values move; from a GPU into page-locked
-    memory, without waiting for the copy (nor for the work queued before it)."""
-    host, ready = copy_to_host(*log_probs.float().topk(beam_size, dim=-1))
+    """Each frame's top ``beam_size`` of full log-probs (B, T, V), taken where they are."""
+    top_logp, top_ids = log_probs.float().topk(beam_size, dim=-1)
+    return host_candidates(top_logp, top_ids.int())
+
+
+def host_candidates(top_logp: torch.Tensor, top_labels: torch.Tensor) -> FrameCandidates:
+    """Frame candidates on the host; from a GPU into page-locked memory, without waiting for the copy (nor for the
+    work queued before it)."""
+    host, ready = copy_to_host(top_logp.contiguous(), top_labels.contiguous())
     return FrameCandidates(*host, ready)
 
 
@@ -164,25 +172,29 @@ class PendingNBest:
     runs there, queued behind the encoder, and only its n-best is copied back without waiting; elsewhere the top-k
     candidates are copied back and ``result()`` runs the native search (host work that releases the GIL)."""
 
-    def __init__(self, log_probs: torch.Tensor, lengths: torch.Tensor, beam_size: int, blank: int = 0,
-                 stream: torch.cuda.Stream | None = None):
-        """``lengths``: (B,) on the log-probs' device (the GPU search reads them there). ``stream``: where the GPU
-        search runs, after the work queued so far on the current stream: its one program per utterance leaves most of
-        the GPU idle, so on a stream of its own it overlaps the next batches' work."""
+    def __init__(self, top_logp: torch.Tensor, top_labels: torch.Tensor, lengths: torch.Tensor, beam_size: int,
+                 blank: int = 0, stream: torch.cuda.Stream | None = None):
+        """Each frame's top k >= ``beam_size`` (log-probs, labels) (B, T, k), best first, and ``lengths`` (B,), on one
+        device (the GPU search reads them there). ``stream``: where the GPU search runs, after the work queued so far
+        on the current stream: its one program per utterance leaves most of the GPU idle, so on a stream of its own it
+        overlaps the next batches' work."""
         self.beam_size, self.blank = beam_size, blank
-        if gpu_search.runs_on(log_probs.device):
-            top_logp, top_ids = log_probs.float().topk(beam_size, dim=-1)
-            lengths = lengths.clone()  # a CUDA graph's output buffer is overwritten by its next replay
-            stream = stream or torch.cuda.current_stream(log_probs.device)
-            stream.wait_stream(torch.cuda.current_stream(log_probs.device))
+        # the widest beam's candidates, the first beam_size of them (they are ordered best first)
+        top_logp, top_labels = top_logp[..., :beam_size], top_labels[..., :beam_size]
+        if gpu_search.runs_on(top_logp.device):
+            device = top_logp.device
+            # copies: a CUDA graph's output buffers are overwritten by its next replay
+            top_logp, top_labels, lengths = top_logp.contiguous(), top_labels.contiguous(), lengths.clone()
+            stream = stream or torch.cuda.current_stream(device)
+            stream.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(stream):
-                for t in (top_logp, top_ids, lengths):
+                for t in (top_logp, top_labels, lengths):
                     t.record_stream(stream)  # their memory is not reused before the search has read them
-                self.host, self.ready = copy_to_host(*gpu_search.prefix_beam_search(top_logp, top_ids, lengths,
+                self.host, self.ready = copy_to_host(*gpu_search.prefix_beam_search(top_logp, top_labels, lengths,
                                                                                     beam_size, blank))
             self.candidates = None
         else:
-            self.candidates, self.lengths = frame_candidates(log_probs, beam_size), lengths
+            self.candidates, self.lengths = host_candidates(top_logp, top_labels), lengths
 
     def result(self) -> NBest:
         if self.candidates is not None:
@@ -194,21 +206,21 @@ class PendingNBest:
 def prefix_search_on_host(candidates: FrameCandidates, lengths: torch.Tensor, beam_size: int,
                           blank: int = 0) -> NBest:
     """``ctc_prefix_beam_search`` from ``frame_candidates``: host work only (the native search releases the GIL)."""
-    top_logp, top_ids, _ = candidates.wait()
+    top_logp, top_labels, _ = candidates.wait()
     lengths = lengths.cpu().long()
     try:
         search = _native_search()
     except NativeBuildError as e:
         _warn_once(f"native CTC prefix beam search unavailable ({e}); using the Python one")
-        return NBest.from_results([prefix_beam_search(top_logp[b, :n].tolist(), top_ids[b, :n].tolist(), beam_size,
-                                                      blank) for b, n in enumerate(lengths.tolist())])
+        return NBest.from_results([prefix_beam_search(top_logp[b, :n].tolist(), top_labels[b, :n].tolist(),
+                                                      beam_size, blank) for b, n in enumerate(lengths.tolist())])
     batch, frames, k = top_logp.shape
     tokens = np.zeros((batch, beam_size, frames), dtype=np.int32)
     token_lengths = np.zeros((batch, beam_size), dtype=np.int64)
     scores = np.zeros((batch, beam_size), dtype=np.float64)
     count = np.zeros(batch, dtype=np.int64)
-    top_logp, top_ids, lengths = top_logp.contiguous(), top_ids.contiguous(), lengths.contiguous()
-    search(pointer(top_logp), pointer(top_ids), pointer(lengths), batch, frames, k, beam_size, blank, THREADS,
+    top_logp, top_labels, lengths = top_logp.contiguous(), top_labels.int().contiguous(), lengths.contiguous()
+    search(pointer(top_logp), pointer(top_labels), pointer(lengths), batch, frames, k, beam_size, blank, THREADS,
            *(a.ctypes.data_as(ctypes.c_void_p) for a in (tokens, token_lengths, scores, count)))
     return NBest(tokens, token_lengths, scores, count)
 

@@ -350,12 +350,13 @@ class Transcriber:
         out: dict[str, list[DecodeResult]] = {}
         if "ctc_greedy_search" in modes:
             with stage("ctc greedy search"):
-                out["ctc_greedy_search"] = ctc_greedy_search(enc.ctc_log_probs, lens, model.blank_id)
+                out["ctc_greedy_search"] = ctc_greedy_search(enc.ctc_top_log_probs, enc.ctc_top_labels, lens,
+                                                             model.blank_id)
         search = None
         if "ctc_prefix_beam_search" in modes or "attention_rescoring" in modes:
-            with stage("ctc prefix beam search" if gpu_search.runs_on(self.engine.device) else "ctc top-k"):
-                search = PendingNBest(enc.ctc_log_probs, enc.encoder_lens, options.beam_size, model.blank_id,
-                                      self.searches)
+            with stage("ctc prefix beam search" if gpu_search.runs_on(self.engine.device) else "ctc candidates"):
+                search = PendingNBest(enc.ctc_top_log_probs, enc.ctc_top_labels, enc.encoder_lens,
+                                      options.beam_size, model.blank_id, self.searches)
         if "attention" in modes:
             with stage("attention beam search"):
                 out["attention"] = self.decoding.attention_beam_search(enc, self.decoding.cross_kv(enc),

@@ -76,7 +76,7 @@ def test_run_reads_wav_scp_with_relative_paths(tmp_path, random_models, capsys):
     # on a GPU (run.py's default device where there is one) the search runs there; elsewhere its top-k candidates
     # are copied back and searched natively
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    search = ["ctc prefix beam search"] if runs_on(device) else ["ctc top-k", "ctc prefix beam search"]
+    search = ["ctc prefix beam search"] if runs_on(device) else ["ctc candidates", "ctc prefix beam search"]
     assert [part.rsplit(" ", 1)[0] for part in stages.split(", ")] == ["read audio", "fbank", "encoder+ctc", *search]
     assert sorted(line.split("\t")[0] for line in out.splitlines()) == ["utt_a", "utt_b"]
 

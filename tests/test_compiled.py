@@ -16,6 +16,7 @@ from runtime.frontend import fbank
 from runtime.session import EngineDir
 from runtime.transcriber import DecodingOptions, Transcriber
 from tests.conftest import SHARED, WAVS, sample_flacs
+from tests.reference_check import assert_same_top_k
 from tests.test_models import TINY_DECODER, TINY_ENCODER, tiny_vocab
 from tools.make_random_model import write_random_model
 
@@ -44,7 +45,8 @@ def test_build_records_compiled_networks(engine_dir):
     compiled = {name: info["compiled"] for name, info in config["networks"].items() if "compiled" in info}
     assert sorted(compiled) == ["cross_kv", "decoder", "encoder"]  # decoder_step has unbucketed dims
     assert compiled["encoder"]["output_dims"] == {"encoder_out": ["batch", None, None], "encoder_out_lens": ["batch"],
-                                                  "ctc_log_probs": ["batch", None, None]}
+                                                  "ctc_top_log_probs": ["batch", None, None],
+                                                  "ctc_top_labels": ["batch", None, None]}
     assert compiled["decoder"]["output_dims"]["scores"] == ["batch", "hyps"]
     for info in compiled.values():
         assert os.path.getsize(os.path.join(engine_dir, info["program"])) > 0
@@ -64,7 +66,8 @@ def test_compiled_encoder_equals_eager_at_untraced_shapes(engine_dir):
         assert got["encoder_out"].shape[0] == batch and got["encoder_out"].shape[1] >= want["encoder_out"].shape[1]
         for i, n in enumerate(want["encoder_out_lens"].tolist()):  # beyond the lengths: bucket padding
             torch.testing.assert_close(got["encoder_out"][i, :n], want["encoder_out"][i, :n], atol=1e-4, rtol=1e-4)
-            torch.testing.assert_close(got["ctc_log_probs"][i, :n], want["ctc_log_probs"][i, :n], atol=1e-4, rtol=1e-4)
+            assert_same_top_k((got["ctc_top_log_probs"][i, :n], got["ctc_top_labels"][i, :n]),
+                              (want["ctc_top_log_probs"][i, :n], want["ctc_top_labels"][i, :n]), 1e-4)
 
 
 def check_pipeline(engine_dir: str, device: str) -> None:

@@ -1,5 +1,5 @@
-"""Plugins (Triton kernels as torch custom ops: attention, linear_act, token_log_probs) against the decompositions
-of their fused ops.
+"""Plugins (Triton kernels as torch custom ops: attention, linear_act, token_log_probs, top_k_log_probs) against the
+decompositions of their fused ops.
 
 On the CPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1``), which must be
 set before Triton compiles anything, so those cases run in a child process. On a CUDA machine
@@ -51,6 +51,50 @@ TOKEN_CASES = {
     "three_vocab_tiles_padded_weight": ((3, 37, 96), 300, 320),
     "odd_k_one_partial_tile": ((50, 40), 130, 130),
 }
+
+# name: (leading dims, columns R, vocabulary V, k, integer logits (ties)): a tail block after the largest power of
+# two, padded columns and no tail, the best labels in the tail, ties broken to the lower label, k = 1
+TOP_K_CASES = {
+    "tail_block": ((3, 7), 300, 300, 5, False),
+    "padded_columns_no_tail": ((20,), 320, 256, 8, False),
+    "best_in_tail": ((4,), 130, 130, 3, False),
+    "ties_to_lower_label": ((6,), 100, 100, 10, True),
+    "k_one": ((5,), 64, 64, 1, False),
+}
+
+
+def make_top_k_inputs(case: str, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor, int]:
+    leading, columns, vocab, k, ties = TOP_K_CASES[case]
+    g = torch.Generator().manual_seed(len(case))
+    x = torch.randint(0, 3, (*leading, columns), generator=g).float() if ties else \
+        3 * torch.randn(*leading, columns, generator=g)
+    bias = torch.zeros(vocab) if ties else torch.randn(vocab, generator=g)
+    if case == "best_in_tail":
+        bias[128:] += 8.0
+    return x.to(device), bias.to(device), k
+
+
+def top_k_failures(device: str) -> list[str]:
+    """The cases where the kernel's (values, labels) are not a top k of the log-softmax (ties: not in label order),
+    or differ from the decomposition's beyond near-ties."""
+    from plugins.top_k_log_probs import decomposed, launch
+    from tests.reference_check import assert_same_top_k, assert_top_k_of
+
+    failures = []
+    for case, (*_, vocab, k, ties) in TOP_K_CASES.items():
+        x, bias, k = make_top_k_inputs(case, device)
+        values, labels = launch(x, bias, k)
+        log_probs = torch.log_softmax(x[..., :vocab] + bias, -1)
+        try:
+            assert values.shape == labels.shape == (*x.shape[:-1], k) and labels.dtype == torch.int32
+            assert_top_k_of(values.cpu(), labels.cpu(), log_probs.cpu(), 1e-5)
+            if ties:  # a stable sort orders tied log-probs by label
+                assert torch.equal(labels.long().cpu(), torch.sort(-log_probs.cpu(), stable=True, dim=-1).indices[..., :k])
+            else:
+                assert_same_top_k((values, labels), decomposed(x, bias, k), 1e-5)
+        except AssertionError as e:
+            failures.append(f"{case}: {e}")
+    return failures
 
 
 def make_inputs(case: str, dtype: torch.dtype, device: str = "cpu"):
@@ -136,6 +180,24 @@ def test_kernels_match_decompositions_under_the_interpreter(interpreted):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_kernels_match_decompositions_on_the_gpu():
     _check(errors("cuda"))
+
+
+def test_top_k_log_probs_under_the_interpreter():
+    assert under_triton_interpreter("t.top_k_failures('cpu')", "tests.test_plugins") == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_top_k_log_probs_on_the_gpu():
+    assert top_k_failures("cuda") == []
+
+
+def test_top_k_log_probs_decomposition_is_the_unfused_math():
+    from plugins.top_k_log_probs import decomposed as top_k_decomposed
+
+    x, bias, k = make_top_k_inputs("padded_columns_no_tail")
+    values, labels = top_k_decomposed(x, bias, k)
+    want = torch.log_softmax(x[..., :len(bias)] + bias, -1).topk(k, -1)
+    assert torch.equal(labels.long(), want.indices) and (values - want.values).abs().max() < 1e-6
 
 
 def test_fully_masked_rows_are_zero_and_others_are_not():

@@ -6,7 +6,7 @@ from core import functional as F
 from core.dtype import DataType
 from core.module import Module
 from core.tensor import Tensor
-from layers.linear import Linear, fp32_accurate_linear, fused_linear
+from layers.linear import Linear, fp32_accurate_top_k_log_probs, fused_linear
 from layers.subsampling import subsampled_length
 from models.wenet.config import ModelConfig
 from models.wenet.decoder import KV, BiTransformerDecoder, TransformerDecoder
@@ -23,9 +23,10 @@ class CTC(Module):
         self.dtype = dtype
         self.ctc_lo = Linear(d, vocab_size, dtype=DataType.float32)
 
-    def log_softmax(self, x: Tensor) -> Tensor:
-        """fp32 log-probs (B, T, V)."""
-        return F.log_softmax(fp32_accurate_linear(x, self.ctc_lo, self.dtype), -1)
+    def top_k_log_probs(self, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """Each frame's ``k`` best fp32 log-probs (B, T, k), largest first, and their int32 labels: all that the CTC
+        searches read (greedy the first, prefix beam search ``beam``), so the (B, T, V) log-probs are never written."""
+        return fp32_accurate_top_k_log_probs(x, self.ctc_lo, k, self.dtype)
 
 
 class WeNetModel(Module):

@@ -1,6 +1,7 @@
 """The engine networks of a WeNet model and their shape profiles.
 
-encoder       speech (B,T,80) fp32, speech_lengths (B,) -> encoder_out (B,T',D), encoder_out_lens, ctc_log_probs
+encoder       speech (B,T,80) fp32, speech_lengths (B,) -> encoder_out (B,T',D), encoder_out_lens, each frame's
+              top k CTC log-probs (B,T',k) and labels (k: the beam)
 cross_kv      encoder_out -> per decoder layer K and V (B,H,T',d_k) (for decoder_step)
 decoder       the tries of the N hypotheses (B,M) [and of the reversed ones], each hypothesis' path (B,N,S) and
               steps, CTC scores, weights, encoder_out -> scores (B,N), left_scores, right_scores (attention
@@ -105,6 +106,12 @@ def _add_cross_kv_inputs(net: Network, model: WeNetModel, decoder: TransformerDe
             for k, v in cross_kv_names(decoder)]
 
 
+def ctc_top_k(model: WeNetModel, profiles: Profiles) -> int:
+    """Candidates per frame that the encoder keeps: the widest beam the engines serve (WeNet's prefix beam search
+    extends each prefix by the frame's top ``beam`` labels only)."""
+    return min(profiles.beam_size, model.config.vocab_size)
+
+
 def encoder_network(model: WeNetModel, profiles: Profiles) -> Network:
     net = Network("encoder")
     with net_guard(net):
@@ -115,7 +122,9 @@ def encoder_network(model: WeNetModel, profiles: Profiles) -> Network:
         encoder_out, encoder_lens = model.encoder(speech, lengths)
         net.mark_output(F.cast(encoder_out, model.dtype), "encoder_out")
         net.mark_output(encoder_lens, "encoder_out_lens")
-        net.mark_output(model.ctc.log_softmax(encoder_out), "ctc_log_probs")
+        top_log_probs, top_labels = model.ctc.top_k_log_probs(encoder_out, ctc_top_k(model, profiles))
+        net.mark_output(top_log_probs, "ctc_top_log_probs")
+        net.mark_output(top_labels, "ctc_top_labels")
     return net
 
 

@@ -113,14 +113,14 @@ class NextBeam {
   std::vector<int32_t> slot_;
 };
 
-void Search(const float* top_logp, const int64_t* top_ids, int64_t length, int64_t k, int64_t beam, int64_t blank,
+void Search(const float* top_logp, const int32_t* top_labels, int64_t length, int64_t k, int64_t beam, int64_t blank,
             int32_t* out_tokens, int64_t frames, int64_t* out_lengths, double* out_scores, int64_t* out_count) {
   Trie trie;
   NextBeam next;
   std::vector<Prefix> current = {{0, 0.0, kNegInf, 0.0, 0}};
   for (int64_t t = 0; t < length; ++t) {
     for (int64_t j = 0; j < k; ++j) {
-      const int32_t label = static_cast<int32_t>(top_ids[t * k + j]);
+      const int32_t label = top_labels[t * k + j];
       const double p = static_cast<double>(top_logp[t * k + j]);
       for (const Prefix& prefix : current) {
         if (label == blank) {
@@ -154,15 +154,15 @@ void Search(const float* top_logp, const int64_t* top_ids, int64_t length, int64
 
 extern "C" {
 
-// top_logp, top_ids: (batch, frames, k) row-major; lengths: (batch,). Outputs per utterance and rank r < beam:
+// top_logp, top_labels: (batch, frames, k) row-major; lengths: (batch,). Outputs per utterance and rank r < beam:
 // out_tokens (batch, beam, frames), out_lengths (batch, beam), out_scores (batch, beam); out_count (batch,).
 // `threads` > 1 searches that many utterances at once.
-void ctc_prefix_beam_search(const float* top_logp, const int64_t* top_ids, const int64_t* lengths, int64_t batch,
+void ctc_prefix_beam_search(const float* top_logp, const int32_t* top_labels, const int64_t* lengths, int64_t batch,
                             int64_t frames, int64_t k, int64_t beam, int64_t blank, int64_t threads,
                             int32_t* out_tokens, int64_t* out_lengths, double* out_scores, int64_t* out_count) {
   auto work = [&](int64_t first) {
     for (int64_t b = first; b < batch; b += threads) {
-      Search(top_logp + b * frames * k, top_ids + b * frames * k, lengths[b], k, beam, blank,
+      Search(top_logp + b * frames * k, top_labels + b * frames * k, lengths[b], k, beam, blank,
              out_tokens + b * beam * frames, frames, out_lengths + b * beam, out_scores + b * beam, out_count + b);
     }
   };
