@@ -48,7 +48,7 @@ def fused_linear(x: Tensor, linears: Sequence[Linear], bias: bool = True) -> lis
 
 def _split_operands(x: Tensor, linear: Linear, dtype: DataType) -> tuple[Tensor, Tensor]:
     """(x parts, weight parts) for one ``dtype`` GEMM with fp32 accumulation that computes an fp32 ``linear``'s
-    x·Wᵀ fp32-accurately (``fp32_accurate_linear``); the weight's rows padded to a multiple of 64."""
+    x·Wᵀ fp32-accurately (``fp32_accurate_product``); the weight's rows padded to a multiple of 64."""
     f32 = DataType.float32
     weight = linear.weight.value
     rows = -linear.out_features % 64
@@ -65,22 +65,15 @@ def _split_operands(x: Tensor, linear: Linear, dtype: DataType) -> tuple[Tensor,
     return F.concat(parts, -1), F.concat(weights, 1)
 
 
-def fp32_accurate_linear(x: Tensor, linear: Linear, dtype: DataType) -> Tensor:
-    """``linear(x)`` for an fp32 ``linear``, fp32-accurate, on ``dtype`` (half) tensor cores; fp32 out.
+def fp32_accurate_product(x: Tensor, linear: Linear, dtype: DataType) -> Tensor:
+    """x·Wᵀ for an fp32 ``linear`` (its bias not added), fp32-accurate, on ``dtype`` (half) tensor cores; fp32 out.
+    Its columns beyond ``linear.out_features`` pad the GEMM (the fused output ops take the bias and skip them).
 
     Each fp32 operand v is split into hi = half(v) and lo = half(v - hi); x·Wᵀ ≈ x_hi·W_hiᵀ + x_lo·W_hiᵀ +
     x_hi·W_loᵀ runs as one half GEMM over the parts concatenated along K that accumulates and returns fp32
     (relative error near 2^-22 in fp16 where a plain fp16 GEMM has 2^-11, near 2^-16 in bf16; with a half x,
     x_lo is zero and dropped). The weight parts are constants, folded at build time, their rows padded to a
     multiple of 64 so that an odd vocabulary still gets an aligned GEMM."""
-    y = _fp32_accurate_product(x, linear, dtype)
-    if y.shape[-1] != linear.out_features:
-        y = F.slice(y, x.ndim - 1, 0, linear.out_features)
-    return y + linear.bias.value if linear.bias is not None else y
-
-
-def _fp32_accurate_product(x: Tensor, linear: Linear, dtype: DataType) -> Tensor:
-    """x·Wᵀ of ``fp32_accurate_linear``, fp32, without the bias; its columns beyond ``out_features`` pad the GEMM."""
     if dtype == DataType.float32:
         return F.matmul(F.cast(x, DataType.float32), linear.weight.value, transpose_b=True)
     x_parts, weight_parts = _split_operands(x, linear, dtype)
@@ -92,8 +85,8 @@ def _bias_or_zeros(linear: Linear) -> Tensor:
 
 
 def fp32_accurate_token_log_probs(x: Tensor, linear: Linear, targets: Tensor, dtype: DataType) -> Tensor:
-    """``log_softmax(fp32_accurate_linear(x, linear, dtype))`` at each row's ``targets`` entry, as one fused op
-    that never writes the logits (``F.token_log_probs``)."""
+    """``log_softmax(x·Wᵀ + b)`` at each row's ``targets`` entry, x·Wᵀ fp32-accurate (``fp32_accurate_product``), as
+    one fused op that never writes the logits (``F.token_log_probs``)."""
     bias = _bias_or_zeros(linear)
     if dtype == DataType.float32:
         return F.token_log_probs(F.cast(x, DataType.float32), linear.weight.value, bias, targets)
@@ -101,9 +94,9 @@ def fp32_accurate_token_log_probs(x: Tensor, linear: Linear, targets: Tensor, dt
 
 
 def fp32_accurate_top_k_log_probs(x: Tensor, linear: Linear, k: int, dtype: DataType) -> tuple[Tensor, Tensor]:
-    """The ``k`` best (log-prob, label) per row of ``log_softmax(fp32_accurate_linear(x, linear, dtype))``: the
-    GEMM, then one fused op that never writes the log-probs (``F.top_k_log_probs``)."""
-    return F.top_k_log_probs(_fp32_accurate_product(x, linear, dtype), _bias_or_zeros(linear), k)
+    """The ``k`` best (log-prob, label) per row of ``log_softmax(x·Wᵀ + b)``: the fp32-accurate GEMM
+    (``fp32_accurate_product``), then one fused op that never writes the log-probs (``F.top_k_log_probs``)."""
+    return F.top_k_log_probs(fp32_accurate_product(x, linear, dtype), _bias_or_zeros(linear), k)
 
 
 class WeightOnlyInt8Linear(Module):

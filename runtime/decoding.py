@@ -116,10 +116,10 @@ class WeNetDecoding:
                 break
             out = self.step.run({"tokens": hyps[:, -1:].to(torch.int32).to(device),
                                  "encoder_out_lens": enc.encoder_lens, **memory, **cache})
-            top_logp, top_ids = out["log_probs"].cpu().topk(n)  # (B*N, N)
+            top_logp, top_ids = out["top_log_probs"][:, :n].cpu(), out["top_labels"][:, :n].long().cpu()  # (B*N, N)
             # an ended beam continues only with eos at no cost
-            top_logp[ended] = torch.tensor([0.0] + [-float("inf")] * (n - 1))
-            top_ids[ended] = eos
+            top_logp = torch.where(ended[:, None], torch.tensor([0.0] + [-float("inf")] * (n - 1)), top_logp)
+            top_ids = torch.where(ended[:, None], eos, top_ids)
             candidates, offset = (scores.unsqueeze(1) + top_logp).view(batch, n * n).topk(n)
             source = base + (offset // n).view(-1)  # beam each new beam extends
             token = top_ids.view(-1).index_select(0, base * n + offset.view(-1))

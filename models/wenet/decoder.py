@@ -9,7 +9,7 @@ from core.tensor import Tensor
 from layers.attention import MultiHeadedAttention, MultiHeadedCrossAttention
 from layers.embedding import Embedding, PositionalEncoding
 from layers.feed_forward import PositionwiseFeedForward
-from layers.linear import Linear, fp32_accurate_linear, fp32_accurate_token_log_probs
+from layers.linear import Linear, fp32_accurate_token_log_probs, fp32_accurate_top_k_log_probs
 from layers.normalization import LayerNorm
 from models.wenet.config import DecoderConfig
 
@@ -40,7 +40,7 @@ class DecoderLayer(Module):
 class TransformerDecoder(Module):
     """``embed.0`` token embedding, ``embed.1`` absolute positions. Teacher-forced (``forward``) over a trie of
     hypotheses (``runtime.trie``) it returns only the log-probabilities of the trie's tokens, all that attention
-    rescoring needs; a ``step`` returns logits."""
+    rescoring needs; a ``step`` returns the best next tokens, all that beam search needs."""
 
     def __init__(self, vocab_size: int, d: int, config: DecoderConfig, num_blocks: int, max_len: int,
                  dtype: DataType):
@@ -54,8 +54,10 @@ class TransformerDecoder(Module):
         """The last layer's output through ``after_norm``, in fp32: what the output layer reads."""
         return self.after_norm(F.cast(x, DataType.float32))
 
-    def logits(self, x: Tensor) -> Tensor:
-        return fp32_accurate_linear(self.normed(x), self.output_layer, x.dtype)
+    def top_k_log_probs(self, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """The ``k`` best next-token log-probs per row of x and their labels (the vocabulary's log-probs never
+        written: ``fp32_accurate_top_k_log_probs``)."""
+        return fp32_accurate_top_k_log_probs(self.normed(x), self.output_layer, k, x.dtype)
 
     def forward(self, tokens: Tensor, positions: Tensor, ends: Tensor, parents: Tensor, memory: list[KV],
                 memory_lengths: Tensor) -> Tensor:
@@ -69,16 +71,18 @@ class TransformerDecoder(Module):
         return fp32_accurate_token_log_probs(self.normed(F.gather_rows(x, parents)), self.output_layer, tokens,
                                              x.dtype)
 
-    def step(self, tokens: Tensor, cache: list[KV], memory: list[KV],
-             memory_lengths: Tensor) -> tuple[Tensor, list[KV]]:
-        """One token per hypothesis (B*N, 1) after ``S`` cached ones -> logits (B*N, V), caches with S+1."""
+    def step(self, tokens: Tensor, cache: list[KV], memory: list[KV], memory_lengths: Tensor,
+             k: int) -> tuple[tuple[Tensor, Tensor], list[KV]]:
+        """One token per hypothesis (B*N, 1) after ``S`` cached ones -> the ``k`` best next tokens' (log-probs,
+        labels) (B*N, k), best first (all that beam search reads), caches with S+1."""
         offset = F.shape(cache[0][0], 2)
         x, _ = self.embed[1](self.embed[0](tokens), offset)
         new_cache = []
         for layer, kv, layer_cache in zip(self.decoders, memory, cache):
             x, c = layer(x, kv, memory_lengths, cache=layer_cache)
             new_cache.append(c)
-        return F.squeeze(self.logits(x), 1), new_cache
+        values, labels = self.top_k_log_probs(F.squeeze(x, 1), k)
+        return (values, labels), new_cache
 
 
 class BiTransformerDecoder(Module):

@@ -6,7 +6,8 @@ cross_kv      encoder_out -> per decoder layer K and V (B,H,T',d_k) (for decoder
 decoder       the tries of the N hypotheses (B,M) [and of the reversed ones], each hypothesis' path (B,N,S) and
               steps, CTC scores, weights, encoder_out -> scores (B,N), left_scores, right_scores (attention
               rescoring, its K/V computed inside)
-decoder_step  last tokens (B*N,1), self-attn caches (B*N,H,S,d_k), K/V -> log_probs (B*N,V), caches (S+1)
+decoder_step  last tokens (B*N,1), self-attn caches (B*N,H,S,d_k), K/V -> the best next tokens' log-probs and
+              labels (B*N,k), caches (S+1)
 
 The cross K/V are computed once per utterance and broadcast over its N hypotheses.
 """
@@ -199,8 +200,10 @@ def decoder_step_network(model: WeNetModel, profiles: Profiles) -> Network:
         cache = [(net.add_input(f"cache.{i}.key", model.decoder_dtype, cache_dims),
                   net.add_input(f"cache.{i}.value", model.decoder_dtype, cache_dims))
                  for i in range(len(decoder.decoders))]
-        logits, new_cache = decoder.step(tokens, cache, memory, encoder_lens)
-        net.mark_output(F.log_softmax(logits, -1), "log_probs")
+        (top_log_probs, top_labels), new_cache = decoder.step(tokens, cache, memory, encoder_lens,
+                                                              min(profiles.beam_size, model.config.vocab_size))
+        net.mark_output(top_log_probs, "top_log_probs")
+        net.mark_output(top_labels, "top_labels")
         for i, (k, v) in enumerate(new_cache):
             net.mark_output(k, f"new_cache.{i}.key")
             net.mark_output(v, f"new_cache.{i}.value")
