@@ -183,8 +183,11 @@ class PendingNBest:
         top_logp, top_labels = top_logp[..., :beam_size], top_labels[..., :beam_size]
         if gpu_search.runs_on(top_logp.device):
             device = top_logp.device
-            # copies: a CUDA graph's output buffers are overwritten by its next replay
-            top_logp, top_labels, lengths = top_logp.contiguous(), top_labels.contiguous(), lengths.clone()
+            # owned copies, made on the current stream: a CUDA graph's output buffers are overwritten by its next
+            # replay, which may run before the search, on its own stream, has read them (``contiguous`` alone would
+            # return the buffer itself when the beam is the widest built)
+            top_logp, top_labels, lengths = (t.clone(memory_format=torch.contiguous_format)
+                                             for t in (top_logp, top_labels, lengths))
             stream = stream or torch.cuda.current_stream(device)
             stream.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(stream):
