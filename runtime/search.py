@@ -222,7 +222,7 @@ def prefix_search_on_host(candidates: FrameCandidates, lengths: torch.Tensor, be
     token_lengths = np.zeros((batch, beam_size), dtype=np.int64)
     scores = np.zeros((batch, beam_size), dtype=np.float64)
     count = np.zeros(batch, dtype=np.int64)
-    top_logp, top_labels, lengths = top_logp.contiguous(), top_labels.int().contiguous(), lengths.contiguous()
+    top_logp, top_labels, lengths = top_logp.contiguous(), top_labels.contiguous(), lengths.contiguous()
     search(pointer(top_logp), pointer(top_labels), pointer(lengths), batch, frames, k, beam_size, blank, THREADS,
            *(a.ctypes.data_as(ctypes.c_void_p) for a in (tokens, token_lengths, scores, count)))
     return NBest(tokens, token_lengths, scores, count)

@@ -390,4 +390,3 @@ class Transcriber:
                 scores = self.decoding.launch_rescoring(prefix, inputs, encoded.encoder_out, encoded.lens)
                 out["attention_rescoring"] = scores.results() if block or self.times.enabled else scores
         return {mode: out[mode] for mode in options.modes}
-

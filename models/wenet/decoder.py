@@ -81,8 +81,7 @@ class TransformerDecoder(Module):
         for layer, kv, layer_cache in zip(self.decoders, memory, cache):
             x, c = layer(x, kv, memory_lengths, cache=layer_cache)
             new_cache.append(c)
-        values, labels = self.top_k_log_probs(F.squeeze(x, 1), k)
-        return (values, labels), new_cache
+        return self.top_k_log_probs(F.squeeze(x, 1), k), new_cache
 
 
 class BiTransformerDecoder(Module):

@@ -107,9 +107,9 @@ def _add_cross_kv_inputs(net: Network, model: WeNetModel, decoder: TransformerDe
             for k, v in cross_kv_names(decoder)]
 
 
-def ctc_top_k(model: WeNetModel, profiles: Profiles) -> int:
-    """Candidates per frame that the encoder keeps: the widest beam the engines serve (WeNet's prefix beam search
-    extends each prefix by the frame's top ``beam`` labels only)."""
+def top_k(model: WeNetModel, profiles: Profiles) -> int:
+    """Labels per row that the CTC head (per frame) and the decoder step (per hypothesis) keep: the widest beam the
+    engines serve (WeNet's searches extend each prefix by the top ``beam`` labels only)."""
     return min(profiles.beam_size, model.config.vocab_size)
 
 
@@ -123,7 +123,7 @@ def encoder_network(model: WeNetModel, profiles: Profiles) -> Network:
         encoder_out, encoder_lens = model.encoder(speech, lengths)
         net.mark_output(F.cast(encoder_out, model.dtype), "encoder_out")
         net.mark_output(encoder_lens, "encoder_out_lens")
-        top_log_probs, top_labels = model.ctc.top_k_log_probs(encoder_out, ctc_top_k(model, profiles))
+        top_log_probs, top_labels = model.ctc.top_k_log_probs(encoder_out, top_k(model, profiles))
         net.mark_output(top_log_probs, "ctc_top_log_probs")
         net.mark_output(top_labels, "ctc_top_labels")
     return net
@@ -201,7 +201,7 @@ def decoder_step_network(model: WeNetModel, profiles: Profiles) -> Network:
                   net.add_input(f"cache.{i}.value", model.decoder_dtype, cache_dims))
                  for i in range(len(decoder.decoders))]
         (top_log_probs, top_labels), new_cache = decoder.step(tokens, cache, memory, encoder_lens,
-                                                              min(profiles.beam_size, model.config.vocab_size))
+                                                              top_k(model, profiles))
         net.mark_output(top_log_probs, "top_log_probs")
         net.mark_output(top_labels, "top_labels")
         for i, (k, v) in enumerate(new_cache):
