@@ -4,8 +4,9 @@ kernel, at the shapes the engines run it at, and a sweep of its tile sizes.
     python benchmarks/linear_act.py [--out linear_act.json]
 
 Shapes (fp16): an encoder FFN's first GEMM (256 -> 2,048, swish) at batch 1, 16 and 64 x 10 s (250, 4,000, 16,000
-rows), the decoder FFN's (relu) for 64 x 10 hypotheses of 24 tokens, and the subsampling's one-channel convolution as
-a K = 16 GEMM (relu) at batch 64 x 10 s. Each is timed as a CUDA graph of 20 calls (device time per call, no launch
+rows), the decoder FFN's (relu) for 64 x 10 hypotheses of 24 tokens, the subsampling's one-channel convolution as
+a K = 16 GEMM (relu) and the conv module's first pointwise convolution with its GLU (256 -> 512 -> 256, fp32 out)
+at batch 64 x 10 s. Each is timed as a CUDA graph of 20 calls (device time per call, no launch
 gaps), as the engines run.
 """
 
@@ -29,6 +30,7 @@ SHAPES = {  # name: (rows, N, K, activation)
     "encoder ffn w_1, b64 10 s": (16000, 2048, 256, "swish"),
     "decoder ffn w_1, 64 x 10 x 24 tokens": (15360, 2048, 256, "relu"),
     "one-channel conv, b64 10 s": (64 * 39 * 511, 256, 16, "relu"),
+    "conv module pointwise_conv1 + GLU (fp32 out), b64 10 s": (64 * 257, 512, 256, "glu"),
 }
 TILES = [dict(zip(("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"), t))
          for t in [*itertools.product((64, 128), (128, 256), (4, 8), (3,)),
@@ -63,17 +65,19 @@ def measure(name: str, m: int, n: int, k: int, act: str) -> dict:
     x = torch.randn(m, k, generator=g).half().cuda()
     w = (torch.randn(n, k, generator=g) / k**0.5).half().cuda()
     b = torch.randn(n, generator=g).half().cuda()
-    fn = {"swish": torch.nn.functional.silu, "relu": torch.relu}[act]
+    fn = {"swish": torch.nn.functional.silu, "relu": torch.relu,
+          "glu": lambda y: torch.nn.functional.glu(y.float(), -1)}[act]  # as the conv module: GLU kept in fp32
+    out_dtype = torch.float32 if act == "glu" else None
     inductor = torch.compile(lambda x, w, b: fn(x @ w.T + b), dynamic=False)
     want = inductor(x, w, b)
     cublas_ms = graph_ms(lambda: inductor(x, w, b))
     mm_ms = graph_ms(lambda: x @ w.T)
-    error = float((launch(x, w, b, act).float() - want.float()).abs().max())
-    default_ms = graph_ms(lambda: launch(x, w, b, act))
+    error = float((launch(x, w, b, act, out_dtype).float() - want.float()).abs().max())
+    default_ms = graph_ms(lambda: launch(x, w, b, act, out_dtype))
     sweep = []
     for tiles in TILES:
         try:
-            sweep.append((graph_ms(lambda tiles=tiles: launch(x, w, b, act, **tiles)), tiles))
+            sweep.append((graph_ms(lambda tiles=tiles: launch(x, w, b, act, out_dtype, **tiles)), tiles))
         except Exception as e:  # a tile too large for shared memory or registers
             sweep.append((float("inf"), {**tiles, "error": type(e).__name__}))
     best_ms, best = min(sweep, key=lambda s: s[0])
@@ -81,7 +85,8 @@ def measure(name: str, m: int, n: int, k: int, act: str) -> dict:
           f"{default_ms * 1e3:.1f} us, best {best_ms * 1e3:.1f} us {best}; max |error| {error:.2e}", flush=True)
     return {"shape": name, "rows": m, "n": n, "k": k, "activation": act, "cublas_mm_ms": mm_ms,
             "cublas_plus_inductor_epilogue_ms": cublas_ms, "plugin_default_ms": default_ms,
-            "default_tiles": config(n, k), "plugin_best_ms": best_ms, "best_tiles": best, "max_abs_error": error,
+            "default_tiles": config(n // 2 if act == "glu" else n, k, act), "plugin_best_ms": best_ms,
+            "best_tiles": best, "max_abs_error": error,
             "tflops_at_best": 2 * m * n * k / best_ms / 1e9,
             "sweep": [{"ms": ms, **tiles} for ms, tiles in sweep]}
 

@@ -59,9 +59,14 @@ def attention(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None = None
     return F.matmul(F.cast(attn, v.dtype), v)
 
 
-def linear_act(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, activation: str) -> Tensor:
-    """``activation(x·weightᵀ + bias)`` for a torch-layout (N, K) weight."""
+def linear_act(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, activation: str,
+               out_dtype: str | None = None) -> Tensor:
+    """``activation(x·weightᵀ + bias)`` for a torch-layout (N, K) weight; glu: the first half of the N columns times
+    the sigmoid of the second. With ``out_dtype``: the product in x's dtype (as a GEMM of that dtype writes it; the
+    plugin keeps it in fp32), then the bias and activation computed and returned in ``out_dtype``."""
     y = F.matmul(x, weight, transpose_b=True)
+    if out_dtype:
+        y, bias = F.cast(y, DataType(out_dtype)), F.cast(bias, DataType(out_dtype)) if bias is not None else None
     return F.activation(y + bias if bias is not None else y, activation)
 
 

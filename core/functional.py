@@ -137,11 +137,13 @@ def silu(x: Tensor) -> Tensor:
 
 
 def activation(x: Tensor, name: str) -> Tensor:
-    """An activation by its config name (WeNet's activation_type: "swish" or "relu")."""
+    """An activation by its config name (WeNet's activation_type: "swish" or "relu"), or "glu" over the last dim."""
     if name == "swish":
         return silu(x)
     if name == "relu":
         return relu(x)
+    if name == "glu":
+        return glu(x, x.ndim - 1)
     raise ValueError(f"unknown activation {name!r}")
 
 
@@ -187,11 +189,15 @@ def attention(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None = None
                 has_kv_bias=kv_bias is not None)
 
 
-def linear_act(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str) -> Tensor:
-    """``activation(x·weightᵀ + bias)`` (relu or swish), one node: a GEMM with a bias + activation epilogue
-    (``core.composite.linear_act`` defines it; ``plugins.linear`` runs it). x (..., K), weight (N, K)."""
+def linear_act(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str,
+               out_dtype: DataType | None = None) -> Tensor:
+    """``activation(x·weightᵀ + bias)`` (relu, swish, or glu over the output's halves), one node: a GEMM with a bias +
+    activation epilogue (``core.composite.linear_act`` defines it; ``plugins.linear`` runs it). x (..., K), weight
+    (N, K) -> (..., N), or (..., N / 2) for glu; ``out_dtype`` float32 with half x: the bias and activation applied
+    in fp32 and returned unrounded."""
+    attrs = {} if out_dtype is None or out_dtype == x.dtype else {"out_dtype": out_dtype.value}
     return _one("linear_act", [x, weight] + ([bias] if bias is not None else []), activation=activation,
-                has_bias=bias is not None)
+                has_bias=bias is not None, **attrs)
 
 
 def token_log_probs(x: Tensor, weight: Tensor, bias: Tensor, targets: Tensor) -> Tensor:
@@ -296,7 +302,7 @@ def slice(x: Tensor, dim: int, start: int | Tensor, size: int | Tensor) -> Tenso
 
 
 def split_half(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
-    half = x.shape[dim] // 2
+    half = x.shape[dim] // 2 if x.shape[dim] != -1 else shape(x, dim) // 2
     return slice(x, dim, 0, half), slice(x, dim, half, half)
 
 

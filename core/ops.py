@@ -816,8 +816,9 @@ class Attention:
 
 @register
 class LinearAct:
-    """``act(x·Wᵀ + b)``, a GEMM with its bias and activation (relu, swish) as epilogue (``core.composite.linear_act``
-    says what it computes). Inputs: x (..., K), weight (N, K), then bias (N,) if ``has_bias``.
+    """``act(x·Wᵀ + b)``, a GEMM with its bias and activation (relu, swish, glu) as epilogue
+    (``core.composite.linear_act`` says what it computes). Inputs: x (..., K), weight (N, K), then bias (N,) if
+    ``has_bias``; ``out_dtype`` float32 with half inputs: bias and activation applied in fp32, returned unrounded.
     PyTorch lowering: the ``wenet_trt::linear_act`` plugin (a Triton kernel) for half x on CUDA, else the
     decomposition. TensorRT lowering: ``composite`` -- the decomposition, whose epilogue TensorRT fuses itself.
     """
@@ -826,19 +827,23 @@ class LinearAct:
     composite = True
 
     @staticmethod
-    def infer(x, weight, *rest, activation: str, has_bias: bool) -> list[Spec]:
+    def infer(x, weight, *rest, activation: str, has_bias: bool, out_dtype: str | None = None) -> list[Spec]:
         dtype = _same_dtype("linear_act", x, weight, *rest)
         _require(dtype.is_float, "linear_act needs float inputs")
-        _require(activation in ("relu", "swish"), f"linear_act: unsupported activation {activation!r}")
+        _require(activation in ("relu", "swish", "glu"), f"linear_act: unsupported activation {activation!r}")
+        _require(activation != "glu" or weight.shape[0] % 2 == 0,
+                 f"linear_act: glu needs an even number of output features, got {weight.shape[0]}")
+        _require(out_dtype in (None, dtype.value, "float32"), f"linear_act: out_dtype {out_dtype} from {dtype.value}")
         _require(weight.ndim == 2 and x.ndim >= 2, f"linear_act: x (..., K) and weight (N, K), got {x.shape} and "
                                                    f"{weight.shape}")
         _require(x.shape[-1] in (weight.shape[1], -1), f"linear_act: inner dims {x.shape[-1]} and {weight.shape[1]} differ")
         _require(len(rest) == int(has_bias) and all(b.shape == (weight.shape[0],) for b in rest),
                  "linear_act: bias must be (N,) and match has_bias")
-        return [(dtype, (*x.shape[:-1], weight.shape[0]))]
+        features = weight.shape[0] // 2 if activation == "glu" else weight.shape[0]
+        return [(DataType(out_dtype) if out_dtype else dtype, (*x.shape[:-1], features))]
 
     @staticmethod
-    def torch(x, weight, *rest, activation: str, has_bias: bool):
+    def torch(x, weight, *rest, activation: str, has_bias: bool, out_dtype: str | None = None):
         from plugins import kernel_available
         from plugins.linear import decomposed, linear_act
 
@@ -846,7 +851,8 @@ class LinearAct:
         # fp32 stays on cuBLAS (Triton's fp32 dot is no faster); without a kernel the decomposition runs inline,
         # so that export and Inductor see plain ops
         fused = kernel_available(x.device) and x.dtype != torch.float32
-        return (linear_act if fused else decomposed)(x, weight, bias, activation)
+        out = getattr(torch, out_dtype) if out_dtype else None
+        return (linear_act if fused else decomposed)(x, weight, bias, activation, out)
 
     tensorrt = None
 

@@ -20,12 +20,13 @@ class Conv1d(Module):
         self.weight = Parameter((out_channels, in_channels // groups, kernel_size), dtype)
         self.bias = Parameter((out_channels,), dtype) if bias else None
 
-    def pointwise(self, x: Tensor) -> Tensor:
-        """A kernel-1 convolution on channels-last x (..., C_in) -> (..., C_out): a GEMM over all rows, as a
-        Linear. On (B, C, T) cuDNN runs it as a GEMM over an odd causal length (T + k - 1), unaligned."""
+    def pointwise(self, x: Tensor, activation: str | None = None, out_dtype: DataType | None = None) -> Tensor:
+        """A kernel-1 convolution on channels-last x (..., C_in) -> (..., C_out), then ``activation``: a GEMM over all
+        rows, as a Linear (``layers.linear.linear``). On (B, C, T) cuDNN runs it as a GEMM over an odd causal length
+        (T + k - 1), unaligned."""
         out_channels, in_channels, _ = self.weight.shape
         weight = F.view(self.weight.value, [out_channels, in_channels])
-        return linear(x, weight, self.bias.value if self.bias is not None else None)
+        return linear(x, weight, self.bias.value if self.bias is not None else None, activation, out_dtype)
 
     def depthwise(self, x: Tensor) -> Tensor:
         """A depthwise convolution on channels-last x (B, T, C) -> (B, T + padding - k + 1, C), in fp32: the sum of

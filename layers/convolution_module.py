@@ -32,16 +32,17 @@ class ConvolutionModule(Module):
         self.pointwise_conv2 = Conv1d(channels, channels, 1, dtype=dtype)
 
     def forward(self, x: Tensor, valid: Tensor) -> Tensor:
-        """x (B, T, D), valid (B, T) bool; channels last throughout. The depthwise convolution and the norm run
-        in fp32 (one rounding to the layer's dtype, before the second pointwise convolution)."""
+        """x (B, T, D), valid (B, T) bool; channels last throughout. The GLU (in the first pointwise convolution's
+        epilogue), the depthwise convolution and the norm run in fp32, rounded to the layer's dtype once, before the
+        second pointwise convolution."""
+        dtype = x.dtype
         mask = F.unsqueeze(valid, 2)  # (B, T, 1)
         x = F.where(mask, x, 0.0)
         if self.lorder:
             x = F.pad(x, 1, self.lorder, 0)
-        x = F.glu(self.pointwise_conv1.pointwise(x), 2)
+        x = self.pointwise_conv1.pointwise(x, "glu", DataType.float32)
         if not self.lorder:
             x = F.where(mask, x, 0.0)
-        dtype = x.dtype
         x = self.depthwise_conv.depthwise(x)
         x = self.norm(x, dtype) if self.norm is not None else F.cast(x, dtype)
         x = self.pointwise_conv2.pointwise(F.activation(x, self.activation))

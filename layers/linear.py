@@ -10,11 +10,12 @@ from core.module import Module, Parameter
 from core.tensor import Tensor
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None) -> Tensor:
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None,
+           out_dtype: DataType | None = None) -> Tensor:
     """``activation(x weightᵀ + bias)`` for a torch-layout (out_features, in_features) weight; with an activation
-    one fused op, a GEMM whose epilogue adds the bias and applies it."""
+    one fused op, a GEMM whose epilogue adds the bias and applies it, returned in ``out_dtype`` if given."""
     if activation is not None:
-        return F.linear_act(x, weight, bias, activation)
+        return F.linear_act(x, weight, bias, activation, out_dtype)
     y = F.matmul(x, weight, transpose_b=True)
     return y + bias if bias is not None else y
 

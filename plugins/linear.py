@@ -1,9 +1,13 @@
 """``wenet_trt::linear_act``: ``act(x·Wᵀ + b)`` as one Triton GEMM with the bias and activation in its epilogue.
 
-What it computes is ``core.composite.linear_act``. cuBLAS has no swish epilogue, so an FFN's first GEMM wrote its
-(rows, 2,048) output and a second kernel read it back for bias + swish: at batch 64 x 10 s that pass took longer
-than the GEMM (H200). Here each output tile is finished in registers and written once. The weight keeps torch's
-(N, K) layout; K and N are build-time constants, so the K loop is static and the kernel is specialised per shape.
+What it computes is ``core.composite.linear_act``, except that the product stays fp32 up to the output (the
+decomposition rounds it to x's dtype, as a separate GEMM would). cuBLAS has no swish epilogue, so an FFN's first GEMM
+wrote its (rows, 2,048) output and a second kernel read it back for bias + swish: at batch 64 x 10 s that pass took
+longer than the GEMM (H200). Here each output tile is finished in registers and written once. The conv module's first
+pointwise convolution takes glu: each program accumulates an output tile's value and gate columns side by side and
+writes their product, half the GEMM's width, once, in fp32 (Inductor had recomputed the GLU for each depthwise tap).
+The weight keeps torch's (N, K) layout; K and N are build-time constants, so the K loop is static and the kernel is
+specialised per shape.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ if triton is not None:
                            N: tl.constexpr, K: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr,
                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                            GROUP_M: tl.constexpr, PRECISION: tl.constexpr):
+        # N output columns; for glu each reads weight rows n (value) and N + n (gate), two accumulators
         # tiles in groups of GROUP_M row blocks, so that consecutive programs share weight tiles in L2
         pid = tl.program_id(0)
         blocks_m = tl.cdiv(M, BLOCK_M)
@@ -33,39 +38,53 @@ if triton is not None:
         cols = block_n * BLOCK_N + tl.arange(0, BLOCK_N)
         ks = tl.arange(0, BLOCK_K)
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        gate = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):  # static bounds: Triton pipelines the loads (num_stages)
             x = tl.load(X + rows[:, None] * stride_xm + (k0 + ks)[None, :],
                         mask=(rows[:, None] < M) & ((k0 + ks)[None, :] < K), other=0.0)
-            w = tl.load(W + cols[:, None] * K + (k0 + ks)[None, :],
-                        mask=(cols[:, None] < N) & ((k0 + ks)[None, :] < K), other=0.0)
+            w_mask = (cols[:, None] < N) & ((k0 + ks)[None, :] < K)
+            w = tl.load(W + cols[:, None] * K + (k0 + ks)[None, :], mask=w_mask, other=0.0)
             acc = tl.dot(x, tl.trans(w), acc, input_precision=PRECISION)
+            if ACT == "glu":
+                w = tl.load(W + (N + cols)[:, None] * K + (k0 + ks)[None, :], mask=w_mask, other=0.0)
+                gate = tl.dot(x, tl.trans(w), gate, input_precision=PRECISION)
         if HAS_BIAS:
             acc += tl.load(BIAS + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+            if ACT == "glu":
+                gate += tl.load(BIAS + N + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
         if ACT == "relu":
             acc = tl.maximum(acc, 0.0)
         elif ACT == "swish":
             acc = acc * tl.sigmoid(acc)
+        elif ACT == "glu":
+            acc = acc * tl.sigmoid(gate)
         tl.store(OUT + rows[:, None] * stride_om + cols[None, :], acc.to(OUT.dtype.element_ty),
                  mask=(rows[:, None] < M) & (cols[None, :] < N))
 
 
-def config(n: int, k: int) -> dict:
-    """Tile sizes from the static dims only: under torch.export and Inductor the row count is a symbol, and a
-    branch on it would specialise the engine to the traced size. 64 x 128 tiles with 4 warps were the best or
-    within 14 % of the best of 12 tilings at every shape of ``benchmarks/linear_act.py`` (H200; 250 to 1.3 M rows)."""
+def config(n: int, k: int, activation: str = "swish") -> dict:
+    """Tile sizes from the static dims only (n output columns): under torch.export and Inductor the row count is a
+    symbol, and a branch on it would specialise the engine to the traced size. 64 x 128 tiles with 4 warps were the
+    best or within 14 % of the best of 12 tilings at every shape of ``benchmarks/linear_act.py`` (H200; 250 to 1.3 M
+    rows). glu's two accumulators take 128 x 64 tiles on 8 warps (14.8 us at 16,448 x 256 -> 512, against 17.0 for
+    64 x 64 on 4 warps and 11.0 for cuBLAS's product alone)."""
     block_k = min(64, triton.next_power_of_2(k))
+    if activation == "glu":
+        return {"BLOCK_M": 128, "BLOCK_N": 64 if n >= 64 else max(16, triton.next_power_of_2(n)),
+                "BLOCK_K": block_k, "GROUP_M": 8, "num_warps": 8, "num_stages": 3}
     block_n = 128 if n >= 128 else max(16, triton.next_power_of_2(n))
     return {"BLOCK_M": 64, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": 8, "num_warps": 4, "num_stages": 3}
 
 
 def launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str,
-           **tiles) -> torch.Tensor:
+           out_dtype: torch.dtype | None = None, **tiles) -> torch.Tensor:
     """The kernel on x (..., K) with the last dim contiguous; ``tiles`` overrides ``config`` (benchmarks)."""
     n, k = weight.shape
+    n = n // 2 if activation == "glu" else n
     rows = x.reshape(-1, k)
     m = rows.shape[0]
-    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    meta = {**config(n, k), **tiles}
+    out = torch.empty((m, n), dtype=out_dtype or x.dtype, device=x.device)
+    meta = {**config(n, k, activation), **tiles}
     launchable(_linear_act_kernel)[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)](
         rows, weight, bias if bias is not None else weight, out, m, rows.stride(0), out.stride(0),
         N=n, K=k, ACT=activation, HAS_BIAS=bias is not None, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
@@ -73,19 +92,25 @@ def launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act
     return out.view(*x.shape[:-1], n)
 
 
-def decomposed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str) -> torch.Tensor:
+def decomposed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str,
+               out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """The op through its decomposition (``core.composite.linear_act``), on any device."""
     inputs = [x, weight] + ([bias] if bias is not None else [])
-    return run_decomposition("linear_act", inputs, {"activation": activation, "has_bias": bias is not None})
+    attrs = {"activation": activation, "has_bias": bias is not None}
+    if out_dtype is not None and out_dtype != x.dtype:
+        attrs["out_dtype"] = str(out_dtype).removeprefix("torch.")
+    return run_decomposition("linear_act", inputs, attrs)
 
 
-def _linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str) -> torch.Tensor:
+def _linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str,
+                out_dtype: torch.dtype | None = None) -> torch.Tensor:
     run = launch if kernel_available(x.device) else decomposed
-    return run(x.contiguous(), weight.contiguous(), bias, activation)
+    return run(x.contiguous(), weight.contiguous(), bias, activation, out_dtype)
 
 
-def _fake(x, weight, bias, activation):
-    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+def _fake(x, weight, bias, activation, out_dtype=None):
+    n = weight.shape[0] // 2 if activation == "glu" else weight.shape[0]
+    return x.new_empty((*x.shape[:-1], n), dtype=out_dtype or x.dtype)
 
 
 linear_act = register_op("linear_act", _linear_act, _fake)

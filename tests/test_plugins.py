@@ -38,12 +38,17 @@ def random_tree_ends(nodes: int, size: int, g: torch.Generator) -> torch.Tensor:
         depth.append(int(torch.randint(1, depth[-1] + 1, (1,), generator=g)) if back else depth[-1] + 1)
     ends = [next((i for i in range(j + 1, nodes) if depth[i] <= depth[j]), nodes) for j in range(nodes)]
     return torch.tensor(ends + [0] * (size - nodes), dtype=torch.int32)
-# name: (x shape (..., K), N, activation, bias): partial tiles in rows and columns, K below and above a tile
+
+
+# name: (x shape (..., K), N, activation, bias, out_dtype): partial tiles in rows and columns, K below and above a
+# tile; glu's N is the weight's rows (twice the output's columns)
 LINEAR_CASES = {
-    "swish_ffn": ((2, 37, 64), 200, "swish", True),
-    "relu_k16_4d": ((3, 5, 7, 16), 48, "relu", True),
-    "relu_odd_k_no_bias": ((19, 40), 24, "relu", False),
-    "swish_two_k_tiles": ((130, 96), 130, "swish", True),
+    "swish_ffn": ((2, 37, 64), 200, "swish", True, None),
+    "relu_k16_4d": ((3, 5, 7, 16), 48, "relu", True, None),
+    "relu_odd_k_no_bias": ((19, 40), 24, "relu", False, None),
+    "swish_two_k_tiles": ((130, 96), 130, "swish", True, None),
+    "glu_fp32_out_partial_columns": ((2, 45, 64), 192, "glu", True, torch.float32),
+    "glu_no_bias_two_k_tiles": ((70, 96), 64, "glu", False, None),
 }
 
 # name: (x shape (..., K), vocabulary V, weight rows R >= V): partial tiles in rows and vocabulary, K off a tile
@@ -121,12 +126,12 @@ def decomposed(args) -> torch.Tensor:
 
 
 def make_linear_inputs(case: str, dtype: torch.dtype, device: str = "cpu"):
-    shape, n, activation, has_bias = LINEAR_CASES[case]
+    shape, n, activation, has_bias, out_dtype = LINEAR_CASES[case]
     g = torch.Generator().manual_seed(len(case))
     x = torch.randn(*shape, generator=g).to(dtype=dtype, device=device)
     weight = (torch.randn(n, shape[-1], generator=g) / shape[-1] ** 0.5).to(dtype=dtype, device=device)
     bias = torch.randn(n, generator=g).to(dtype=dtype, device=device) if has_bias else None
-    return x, weight, bias, activation
+    return x, weight, bias, activation, out_dtype
 
 
 def make_token_inputs(case: str, dtype: torch.dtype, device: str = "cpu"):
@@ -153,11 +158,12 @@ def errors(device: str) -> dict:
         for case in cases:
             for dtype in (torch.float32, torch.float16):
                 args = inputs(case, dtype, device)
-                got = kernel(*args).float()
+                got = kernel(*args)
                 as_fp32 = [a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
                 want = reference(as_fp32)
                 out[f"{kernel.__module__}/{case}/{str(dtype)[6:]}"] = [
-                    float((got - want).abs().max()), float(want.abs().max()), list(got.shape) == list(want.shape)]
+                    float((got.float() - want).abs().max()), float(want.abs().max()),
+                    list(got.shape) == list(want.shape), str(got.dtype)[6:], bool((got != got.half()).any())]
     return out
 
 
@@ -168,8 +174,10 @@ def interpreted():
 
 def _check(results: dict):
     assert len(results) == 2 * (len(CASES) + len(LINEAR_CASES) + len(TOKEN_CASES))
-    for name, (error, scale, same_shape) in results.items():
+    for name, (error, scale, same_shape, dtype, beyond_half) in results.items():
         assert same_shape, name
+        if "fp32_out" in name:  # the activation's fp32 result, not rounded to half
+            assert dtype == "float32" and beyond_half, (name, dtype)
         assert error <= (2e-5 if name.endswith("float32") else 2e-3 * max(scale, 1.0)), (name, error)
 
 
@@ -240,13 +248,17 @@ def test_tree_mask_attends_to_ancestors_only():
 
 
 def test_linear_act_decomposition_is_the_unfused_math():
-    x, weight, bias, _ = make_linear_inputs("swish_ffn", torch.float32)
+    x, weight, bias, *_ = make_linear_inputs("swish_ffn", torch.float32)
     from plugins.linear import decomposed as linear_decomposed
 
     got = linear_decomposed(x, weight, bias, "swish")
     assert (got - torch.nn.functional.silu(torch.nn.functional.linear(x, weight, bias))).abs().max() < 1e-5
     got = linear_decomposed(x, weight, None, "relu")
     assert (got - torch.relu(x @ weight.T)).abs().max() < 1e-5
+    x, weight, bias = x.half(), weight.half(), bias.half()
+    got = linear_decomposed(x, weight, bias, "glu", torch.float32)
+    want = torch.nn.functional.glu((x @ weight.T).float() + bias.float(), -1)  # the product rounded, the rest fp32
+    assert got.dtype == torch.float32 and got.shape == (2, 37, 100) and (got - want).abs().max() < 1e-6
 
 
 def test_token_log_probs_decomposition_is_the_unfused_math():
