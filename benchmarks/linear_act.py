@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from core.ops import linear_act_features  # noqa: E402
 from plugins.linear import config, launch  # noqa: E402
 
 SHAPES = {  # name: (rows, N, K, activation)
@@ -85,7 +86,7 @@ def measure(name: str, m: int, n: int, k: int, act: str) -> dict:
           f"{default_ms * 1e3:.1f} us, best {best_ms * 1e3:.1f} us {best}; max |error| {error:.2e}", flush=True)
     return {"shape": name, "rows": m, "n": n, "k": k, "activation": act, "cublas_mm_ms": mm_ms,
             "cublas_plus_inductor_epilogue_ms": cublas_ms, "plugin_default_ms": default_ms,
-            "default_tiles": config(n // 2 if act == "glu" else n, k, act), "plugin_best_ms": best_ms,
+            "default_tiles": config(linear_act_features(n, act), k, act), "plugin_best_ms": best_ms,
             "best_tiles": best, "max_abs_error": error,
             "tflops_at_best": 2 * m * n * k / best_ms / 1e9,
             "sweep": [{"ms": ms, **tiles} for ms, tiles in sweep]}

@@ -66,7 +66,8 @@ def linear_act(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, activat
     plugin keeps it in fp32), then the bias and activation computed and returned in ``out_dtype``."""
     y = F.matmul(x, weight, transpose_b=True)
     if out_dtype:
-        y, bias = F.cast(y, DataType(out_dtype)), F.cast(bias, DataType(out_dtype)) if bias is not None else None
+        y = F.cast(y, DataType(out_dtype))
+        bias = F.cast(bias, DataType(out_dtype)) if bias is not None else None
     return F.activation(y + bias if bias is not None else y, activation)
 
 

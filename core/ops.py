@@ -814,6 +814,11 @@ class Attention:
     tensorrt = None
 
 
+def linear_act_features(weight_rows: int, activation: str) -> int:
+    """``linear_act``'s output columns: glu pairs the weight's rows (value, gate)."""
+    return weight_rows // 2 if activation == "glu" else weight_rows
+
+
 @register
 class LinearAct:
     """``act(x·Wᵀ + b)``, a GEMM with its bias and activation (relu, swish, glu) as epilogue
@@ -839,8 +844,8 @@ class LinearAct:
         _require(x.shape[-1] in (weight.shape[1], -1), f"linear_act: inner dims {x.shape[-1]} and {weight.shape[1]} differ")
         _require(len(rest) == int(has_bias) and all(b.shape == (weight.shape[0],) for b in rest),
                  "linear_act: bias must be (N,) and match has_bias")
-        features = weight.shape[0] // 2 if activation == "glu" else weight.shape[0]
-        return [(DataType(out_dtype) if out_dtype else dtype, (*x.shape[:-1], features))]
+        shape = (*x.shape[:-1], linear_act_features(weight.shape[0], activation))
+        return [(DataType(out_dtype) if out_dtype else dtype, shape)]
 
     @staticmethod
     def torch(x, weight, *rest, activation: str, has_bias: bool, out_dtype: str | None = None):

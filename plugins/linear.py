@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 
 from core.composite import run_decomposition
+from core.dtype import DataType
+from core.ops import linear_act_features
 from plugins import kernel_available, launchable, register_op, tl, triton
 
 if triton is not None:
@@ -79,8 +81,8 @@ def config(n: int, k: int, activation: str = "swish") -> dict:
 def launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str,
            out_dtype: torch.dtype | None = None, **tiles) -> torch.Tensor:
     """The kernel on x (..., K) with the last dim contiguous; ``tiles`` overrides ``config`` (benchmarks)."""
-    n, k = weight.shape
-    n = n // 2 if activation == "glu" else n
+    k = weight.shape[1]
+    n = linear_act_features(weight.shape[0], activation)
     rows = x.reshape(-1, k)
     m = rows.shape[0]
     out = torch.empty((m, n), dtype=out_dtype or x.dtype, device=x.device)
@@ -98,7 +100,7 @@ def decomposed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     inputs = [x, weight] + ([bias] if bias is not None else [])
     attrs = {"activation": activation, "has_bias": bias is not None}
     if out_dtype is not None and out_dtype != x.dtype:
-        attrs["out_dtype"] = str(out_dtype).removeprefix("torch.")
+        attrs["out_dtype"] = DataType.from_torch(out_dtype).value
     return run_decomposition("linear_act", inputs, attrs)
 
 
@@ -109,8 +111,7 @@ def _linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 
 
 def _fake(x, weight, bias, activation, out_dtype=None):
-    n = weight.shape[0] // 2 if activation == "glu" else weight.shape[0]
-    return x.new_empty((*x.shape[:-1], n), dtype=out_dtype or x.dtype)
+    return x.new_empty((*x.shape[:-1], linear_act_features(weight.shape[0], activation)), dtype=out_dtype or x.dtype)
 
 
 linear_act = register_op("linear_act", _linear_act, _fake)
