@@ -429,6 +429,11 @@ def main() -> None:
               "agreement": []}
     print(json.dumps({k: report[k] for k in ("device", "torch", "ceilings")}), flush=True)
     root = tempfile.mkdtemp()
+
+    def save() -> None:  # after every part: a run stopped by a time limit keeps what it measured
+        with open(os.path.join(args.out, "gpu_engines.json"), "w") as f:
+            json.dump(report, f, indent=1)
+
     items = mixed_utterances(args.utterances, tempfile.mkdtemp()) if "e2e" in args.parts else []
     for recipe in args.recipes:
         model_dir = make_random_model(recipe, os.path.join(root, recipe))
@@ -446,18 +451,22 @@ def main() -> None:
         if "kernels" in args.parts:
             report["kernels"] += kernel_rows(recipe, model_dir, engines, report["ceilings"],
                                              "kernels" in args.reference_parts, tuple(args.seconds), tuple(args.batches))
+            save()
         if "profile" in args.parts:
             name, path = next(iter(engines.items()))
             report["profile"] += profile_rows(recipe, name, path, tuple(args.seconds), tuple(args.batches),
                                               args.hyp_tokens)
+            save()
         if "e2e" in args.parts:
             report["e2e"] += e2e_rows(recipe, model_dir, engines, items, "e2e" in args.reference_parts)
+            save()
         if "latency" in args.parts:
             report["latency"] += latency_rows(recipe, engines, tempfile.mkdtemp())
+            save()
         if "agreement" in args.parts:
             report["agreement"] += agreement(model_dir, engines, real_wavs())
-        with open(os.path.join(args.out, "gpu_engines.json"), "w") as f:
-            json.dump(report, f, indent=1)
+            save()
+
     print_tables(report)
 
 

@@ -36,3 +36,13 @@ def test_the_stored_results_render():
             assert f"{row['ms']:.3f}" in text
         for row in report["e2e"]:
             assert f"{row['x_real_time']:,.0f}x" in text
+
+
+def test_parts_not_measured_get_no_table():
+    latency = {"recipe": "u2pp", "system": "engines fp16", "ms": 5.0, "stage_ms": {"fbank": 0.5}}
+    report = {"command": "x", "device": "GPU", "torch": "2", "kernels": [], "e2e": [], "agreement": [],
+              "latency": [latency], "ceilings": {"matmul_tflops_float16": 1, "matmul_tflops_bfloat16": 1,
+                                                 "matmul_tflops_float32": 1, "copy_gbps": 1}}
+    text = report_markdown([report])
+    assert "| u2pp | **ours fp16** | 5.00 | fbank 0.5 |" in text
+    assert "End to end" not in text and "Agreement" not in text
