@@ -42,6 +42,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.eager_lowering import cuda_time  # noqa: E402
+from benchmarks.report import report_markdown  # noqa: E402
 from build import build_engines  # noqa: E402
 from core.dtype import fp32_exact  # noqa: E402
 from models.wenet.networks import Profiles, seconds_to_frames  # noqa: E402
@@ -366,7 +367,7 @@ def real_wavs() -> list[str]:
         sorted(glob.glob(os.path.join(DATA, "aishell_sample", "flac", "*.flac")))
 
 
-def agreement(model_dir: str, engines: dict[str, str], wavs: list[str]) -> list[dict]:
+def agreement(recipe: str, model_dir: str, engines: dict[str, str], wavs: list[str]) -> list[dict]:
     """Engine tokens vs reference.py fp32 on ``wavs`` (greedy, rescoring), clear-margin utterances
     counted; each disagreement is printed with the reference's margin."""
     ckpt = read_model_dir(model_dir)
@@ -403,7 +404,7 @@ def agreement(model_dir: str, engines: dict[str, str], wavs: list[str]) -> list[
             counted = [i for i in range(len(feats)) if margins[i][m] > 1e-3]
             same = sum(decoded[mode][i] == expected[i][m] for i in counted)
             same_all = sum(decoded[mode][i] == expected[i][m] for i in range(len(feats)))
-            rows.append({"system": name, "mode": mode, "clear_margin": len(counted), "identical_clear": same,
+            rows.append({"recipe": recipe, "system": name, "mode": mode, "clear_margin": len(counted), "identical_clear": same,
                          "utterances": len(feats), "identical_all": same_all})
             print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -464,35 +465,10 @@ def main() -> None:
             report["latency"] += latency_rows(recipe, engines, tempfile.mkdtemp())
             save()
         if "agreement" in args.parts:
-            report["agreement"] += agreement(model_dir, engines, real_wavs())
+            report["agreement"] += agreement(recipe, model_dir, engines, real_wavs())
             save()
 
-    print_tables(report)
-
-
-def print_tables(report: dict) -> None:
-    print(f"\n{report['device']}, torch {report['torch']}; matmul peak fp16 "
-          f"{report['ceilings']['matmul_tflops_float16']:.0f} TFLOP/s, copy {report['ceilings']['copy_gbps']:.0f} GB/s")
-    print(f"{'recipe':9s} {'stage':11s} {'system':24s} {'b':>3s} {'s':>3s} {'ms':>8s} {'floor ms':>8s} {'of floor':>8s}")
-    for r in report["kernels"]:
-        print(f"{r['recipe']:9s} {r['stage']:11s} {r['system']:24s} {r['batch']:3d} {r['seconds']:3d} {r['ms']:8.3f} "
-              f"{r['floor_ms']:8.4f} {r['fraction_of_floor']:8.1%}")
-    for r in report["profile"]:
-        print(f"profile {r['recipe']} {r['stage']} {r['system']} b{r['batch']} {r['seconds']} s: {r['kernels']} kernels, "
-              f"{r['kernel_ms']:.3f} ms")
-        for k in r["top"]:
-            print(f"    {k['ms']:7.3f} ms {k['count']:4d}x  {k['name'][:120]}")
-    for r in report["e2e"]:
-        print(f"e2e {r['recipe']:9s} {r['system']:24s} {r['utterances']} utt {r['audio_s']:.0f} s audio "
-              f"in {r['wall_s']:.2f} s: {r['x_real_time']:.0f}x real time")
-        if "stage_s" in r:
-            print("    per stage (synchronized pass), s: " + ", ".join(f"{k} {v:.3f}" for k, v in r["stage_s"].items()))
-    for r in report["latency"]:
-        print(f"latency {r['recipe']:9s} {r['system']:24s} b1 {r['audio_s']:.1f} s wav -> {r['tokens']} tokens: "
-              f"{r['ms']:.2f} ms; stages, ms: " + ", ".join(f"{k} {v:.3f}" for k, v in r["stage_ms"].items()))
-    for r in report["agreement"]:
-        print(f"agreement {r['system']:14s} {r['mode']:20s} {r['identical_clear']}/{r['clear_margin']} clear-margin "
-              f"utterances identical ({r['identical_all']}/{r['utterances']} of all)")
+    print(report_markdown([report], top_kernels=10))
 
 
 if __name__ == "__main__":
