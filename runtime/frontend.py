@@ -1,7 +1,8 @@
 """Kaldi fbank exactly as WeNet computes it (torchaudio.compliance.kaldi.fbank, dither 0).
 
 Povey window, 25 ms frames every 10 ms with snip_edges, DC removal, pre-emphasis 0.97, 512-point
-power spectrum, 80 HTK mel bins from 20 Hz to Nyquist, log floored at FLT_EPSILON.
+power spectrum, 80 HTK mel bins from 20 Hz to Nyquist, log floored at FLT_EPSILON. On a GPU the same
+math runs as two Triton kernels around an fp64 FFT (``plugins.fbank``); elsewhere as torch ops below.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import math
 import numpy as np
 import torch
 
-FLT_EPSILON = 1.1920928955078125e-07
+from plugins import fbank as gpu_fbank
+from plugins.fbank import FLT_EPSILON, PREEMPHASIS
 
 
 @functools.lru_cache(maxsize=8)
@@ -62,7 +64,7 @@ def fbank_batch(waves: list[np.ndarray | torch.Tensor], num_mel_bins: int = 80, 
                 device: str | torch.device | None = None) -> list[torch.Tensor]:
     """Fbank of several utterances at once, on ``device`` (default: where the first wave is): the frames of all
     utterances go through one FFT and one mel projection. Waves may be int16, alone or mixed with float ones: they are
-    converted once, after framing (``cat`` promotes)."""
+    converted once, after framing (``cat`` promotes). On a GPU, two kernels and the FFT (``plugins.fbank``)."""
     length = int(sample_rate * frame_length_ms / 1000)
     shift = int(sample_rate * frame_shift_ms / 1000)
     waves = [torch.as_tensor(w) for w in waves]
@@ -71,12 +73,15 @@ def fbank_batch(waves: list[np.ndarray | torch.Tensor], num_mel_bins: int = 80, 
     framed = [w.to(device).as_strided((n, length), (shift, 1)) for w, n in zip(waves, counts) if n]
     if not framed:
         return [torch.zeros(0, num_mel_bins, device=device) for _ in waves]
+    padded = 1 << math.ceil(math.log2(length))
+    window, banks = povey_window(length, device), mel_banks(num_mel_bins, padded, sample_rate, device=device)
+    if gpu_fbank.runs_on(device):
+        frames = framed[0] if len(framed) == 1 else torch.cat(framed)  # one wave: its strided view, no copy
+        return list(torch.split(gpu_fbank.log_mel(frames, window, banks, padded), counts))
     frames = torch.cat(framed).float()
     frames = frames - frames.mean(dim=1, keepdim=True)
     previous = torch.cat([frames[:, :1], frames[:, :-1]], dim=1)  # replicate-padded shift for x[0]
-    frames = (frames - 0.97 * previous) * povey_window(length, device)
-    padded = 1 << math.ceil(math.log2(length))
+    frames = (frames - PREEMPHASIS * previous) * window
     spectrum = torch.fft.rfft(frames, n=padded).abs().pow(2.0)
-    energies = spectrum @ mel_banks(num_mel_bins, padded, sample_rate, device=device).T
-    out = torch.clamp(energies, min=FLT_EPSILON).log()
+    out = torch.clamp(spectrum @ banks.T, min=FLT_EPSILON).log()
     return list(torch.split(out, counts))

@@ -7,7 +7,7 @@ import torch
 
 from runtime.audio import AudioError, load_audio, pcm_wavs, read_audio
 from runtime.frontend import fbank
-from tests.conftest import WAVS, sample_flacs
+from tests.conftest import WAVS, sample_flacs, under_triton_interpreter
 
 
 def kaldi_fbank(samples: np.ndarray) -> np.ndarray:
@@ -137,3 +137,21 @@ def test_fbank_on_the_gpu_matches_the_cpu_fbank():
     waves = [load_audio(p) for p in WAVS + sample_flacs(8)]
     for gpu, w in zip(fbank_batch(waves, device="cuda"), waves):
         assert (gpu.cpu() - fbank(w)).abs().max() < 1e-3
+
+
+def kernel_errors() -> list[float]:
+    """Max |GPU kernels' fbank - torch path| (``plugins.fbank.log_mel``, run on CPU tensors) for one int16 wave's
+    strided frames and for the frames of two waves stacked (int16 with float: promoted), as ``fbank_batch`` calls it."""
+    from plugins.fbank import log_mel
+    from runtime.frontend import mel_banks, povey_window
+
+    waves = [read_audio(WAVS[0]), load_audio(WAVS[1])[:16000]]
+    frames = [torch.from_numpy(w).as_strided((1 + (len(w) - 400) // 160, 400), (160, 1)) for w in waves]
+    window, banks = povey_window(400), mel_banks(80, 512, 16000)
+    cases = [(frames[0], fbank(waves[0])), (torch.cat(frames), torch.cat([fbank(w) for w in waves]))]
+    return [float((log_mel(f, window, banks, 512) - want).abs().max()) for f, want in cases]
+
+
+def test_fbank_kernels_match_the_torch_path_under_the_interpreter():
+    errors = under_triton_interpreter("t.kernel_errors()", "tests.test_frontend")
+    assert len(errors) == 2 and max(errors) < 1e-3, errors
