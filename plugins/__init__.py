@@ -30,6 +30,12 @@ def kernel_available(device: torch.device) -> bool:
     return triton is not None and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
 
 
+def runs_on_gpu(device: torch.device) -> bool:
+    """Whether the runtime launches its own kernels (the prefix search, fbank) on ``device``: a GPU, with Triton
+    installed (the interpreter is for tests)."""
+    return triton is not None and device.type == "cuda"
+
+
 def launchable(kernel):
     """``kernel`` as the launch sites call it: wrapped by ``wrap_triton`` so that torch.export and Inductor see it,
     except under the interpreter (torch 2.11 refuses to wrap an interpreted kernel)."""

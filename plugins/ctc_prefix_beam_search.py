@@ -176,11 +176,6 @@ if triton is not None:
             step += 1
 
 
-def runs_on(device: torch.device) -> bool:
-    """Whether the pipeline searches on ``device``: a GPU, with Triton installed (the interpreter is for tests)."""
-    return triton is not None and device.type == "cuda"
-
-
 def prefix_beam_search(top_logp: torch.Tensor, top_ids: torch.Tensor, lengths: torch.Tensor, beam_size: int,
                        blank: int = 0, num_warps: int = 8) -> tuple[torch.Tensor, ...]:
     """Each frame's top-k (log-probs (B, T, k) float32, labels (B, T, k)) and the lengths (B,) on one device ->

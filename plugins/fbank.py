@@ -66,11 +66,6 @@ if triton is not None:
                  mask=(rows < n)[:, None] & (mels < MELS)[None, :])
 
 
-def runs_on(device: torch.device) -> bool:
-    """Whether the frontend uses these kernels on ``device``: a GPU, with Triton installed."""
-    return triton is not None and device.type == "cuda"
-
-
 def log_mel(frames: torch.Tensor, window: torch.Tensor, banks: torch.Tensor, padded: int) -> torch.Tensor:
     """Frames (n, L) (int16 or float, last dim contiguous, any row stride), the Povey window (L,), mel banks
     (mels, padded // 2 + 1), all on one device -> (n, mels) fp32 log-mel energies."""

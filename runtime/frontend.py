@@ -13,8 +13,8 @@ import math
 import numpy as np
 import torch
 
-from plugins import fbank as gpu_fbank
-from plugins.fbank import FLT_EPSILON, PREEMPHASIS
+from plugins import runs_on_gpu
+from plugins.fbank import FLT_EPSILON, PREEMPHASIS, log_mel
 
 
 @functools.lru_cache(maxsize=8)
@@ -75,9 +75,9 @@ def fbank_batch(waves: list[np.ndarray | torch.Tensor], num_mel_bins: int = 80, 
         return [torch.zeros(0, num_mel_bins, device=device) for _ in waves]
     padded = 1 << math.ceil(math.log2(length))
     window, banks = povey_window(length, device), mel_banks(num_mel_bins, padded, sample_rate, device=device)
-    if gpu_fbank.runs_on(device):
+    if runs_on_gpu(device):
         frames = framed[0] if len(framed) == 1 else torch.cat(framed)  # one wave: its strided view, no copy
-        return list(torch.split(gpu_fbank.log_mel(frames, window, banks, padded), counts))
+        return list(torch.split(log_mel(frames, window, banks, padded), counts))
     frames = torch.cat(framed).float()
     frames = frames - frames.mean(dim=1, keepdim=True)
     previous = torch.cat([frames[:, :1], frames[:, :-1]], dim=1)  # replicate-padded shift for x[0]

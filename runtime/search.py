@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from plugins import ctc_prefix_beam_search as gpu_search
+from plugins import runs_on_gpu
 from runtime.native import NativeBuildError, pointer, usable_cpus
 from runtime.native import load as load_native
 from runtime.session import copy_to_host
@@ -181,7 +182,7 @@ class PendingNBest:
         self.beam_size, self.blank = beam_size, blank
         # the widest beam's candidates, the first beam_size of them (they are ordered best first)
         top_logp, top_labels = top_logp[..., :beam_size], top_labels[..., :beam_size]
-        if gpu_search.runs_on(top_logp.device):
+        if runs_on_gpu(top_logp.device):
             device = top_logp.device
             # owned copies, made on the current stream: a CUDA graph's output buffers are overwritten by its next
             # replay, which may run before the search, on its own stream, has read them (``contiguous`` alone would

@@ -21,7 +21,7 @@ import torch
 
 from layers.subsampling import subsampled_length
 from models.wenet.config import ModelConfig
-from plugins import ctc_prefix_beam_search as gpu_search
+from plugins import runs_on_gpu
 from runtime.audio import AudioError, PcmWavs, duration, pcm_wavs, read_audio
 from runtime.decoding import RescoringScores, WeNetDecoding
 from runtime.encoding import WeNetEncoding
@@ -354,7 +354,7 @@ class Transcriber:
                                                              model.blank_id)
         search = None
         if "ctc_prefix_beam_search" in modes or "attention_rescoring" in modes:
-            with stage("ctc prefix beam search" if gpu_search.runs_on(self.engine.device) else "ctc candidates"):
+            with stage("ctc prefix beam search" if runs_on_gpu(self.engine.device) else "ctc candidates"):
                 search = PendingNBest(enc.ctc_top_log_probs, enc.ctc_top_labels, enc.encoder_lens,
                                       options.beam_size, model.blank_id, self.searches)
         if "attention" in modes:

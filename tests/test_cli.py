@@ -71,12 +71,12 @@ def test_run_reads_wav_scp_with_relative_paths(tmp_path, random_models, capsys):
     assert code == 0
     assert "8.5 s of audio" in err and "real-time factor" in err and "first result" in err
     stages = err.split("seconds per stage: ")[1].splitlines()[0]
-    from plugins.ctc_prefix_beam_search import runs_on
+    from plugins import runs_on_gpu
 
     # on a GPU (run.py's default device where there is one) the search runs there; elsewhere its top-k candidates
     # are copied back and searched natively
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    search = ["ctc prefix beam search"] if runs_on(device) else ["ctc candidates", "ctc prefix beam search"]
+    search = ["ctc prefix beam search"] if runs_on_gpu(device) else ["ctc candidates", "ctc prefix beam search"]
     assert [part.rsplit(" ", 1)[0] for part in stages.split(", ")] == ["read audio", "fbank", "encoder+ctc", *search]
     assert sorted(line.split("\t")[0] for line in out.splitlines()) == ["utt_a", "utt_b"]
 
