@@ -167,9 +167,14 @@ class Network:
             if not foldable:
                 kept.append(node)
                 continue
-            result = op.torch(*(self.constants[n] for n in node.inputs), **node.attrs)
+            inputs = [self.constants[n] for n in node.inputs]
+            result = op.torch(*inputs, **node.attrs)
+            shared = {t.untyped_storage().data_ptr() for t in inputs}
             for name, value in zip(node.outputs, result if isinstance(result, tuple) else (result,)):
-                self.constants[name] = value.contiguous()
+                # a view of an input is copied: two folded views of one constant would share memory, which the
+                # saved artifact (safetensors) refuses
+                value = value.contiguous()
+                self.constants[name] = value.clone() if value.untyped_storage().data_ptr() in shared else value
             folded += 1
         self.nodes = kept
         used = {n for node in kept for n in node.inputs} | set(self.outputs.values())

@@ -141,6 +141,22 @@ def test_artifact_round_trip_and_profile_checks(tmp_path):
         Network.from_json(text, net.constants)
 
 
+def test_folded_views_of_one_constant_are_saved(tmp_path):
+    """Two views of one constant fold into constants of their own: the artifact (safetensors) refuses tensors that
+    share memory."""
+    bias = torch.randn(4)
+    net = Network("views")
+    with net_guard(net):
+        x = net.add_input("x", DataType.float32, [B, T, 4])
+        c = F.constant(bias)
+        net.mark_output(F.where(F.gt(x, 0.0), F.unsqueeze(c, 0), x) + F.unsqueeze(c, 0), "y")
+    assert net.fold_constants() >= 2
+    path = str(tmp_path / "views.safetensors")
+    save_network(net, path)
+    x = torch.randn(2, 3, 4)
+    torch.testing.assert_close(Session.from_artifact(path).run({"x": x})["y"], torch.where(x > 0, bias, x) + bias)
+
+
 def test_remaining_ops_match_torch():
     net = Network("misc")
     with net_guard(net):
