@@ -1,5 +1,5 @@
 """Custom kernels (Triton): those registered as torch ops that the fused ops of the network-definition API lower to, and
-the runtime's CTC prefix beam search and fbank."""
+the runtime's CTC prefix beam search (a CUDA twin of which, faster, lives in ``runtime/native``) and fbank."""
 
 from __future__ import annotations
 

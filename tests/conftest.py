@@ -18,6 +18,11 @@ def sample_flacs(n: int) -> list[str]:
     return [os.path.join(folder, f) for f in files[::step][:n]]
 
 
+def compiled_variants(kernel) -> int:
+    """How many variants of a Triton kernel have been compiled in this process (on every device)."""
+    return sum(len(cache[0]) for cache in kernel.device_caches.values())
+
+
 def under_triton_interpreter(expression: str, module: str):
     """The JSON value of ``expression`` evaluated in a child process with ``TRITON_INTERPRET=1``, where ``module`` (a
     test module) is imported as ``t``: the interpreter must be set before Triton compiles anything, so the CPU runs of

@@ -7,7 +7,7 @@ import torch
 
 from runtime.audio import AudioError, load_audio, pcm_wavs, read_audio
 from runtime.frontend import fbank
-from tests.conftest import WAVS, sample_flacs, under_triton_interpreter
+from tests.conftest import WAVS, compiled_variants, sample_flacs, under_triton_interpreter
 
 
 def kaldi_fbank(samples: np.ndarray) -> np.ndarray:
@@ -137,6 +137,22 @@ def test_fbank_on_the_gpu_matches_the_cpu_fbank():
     waves = [load_audio(p) for p in WAVS + sample_flacs(8)]
     for gpu, w in zip(fbank_batch(waves, device="cuda"), waves):
         assert (gpu.cpu() - fbank(w)).abs().max() < 1e-3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fbank_kernels_compile_once_per_sample_type():
+    """Waves that start anywhere in an upload and have any frame count must not compile new kernel variants (~1 s
+    each) in the middle of a run."""
+    from plugins.fbank import _log_mel_kernel, _window_kernel
+    from runtime.frontend import fbank_batch
+
+    samples = torch.from_numpy(read_audio(WAVS[0])).cuda()
+    counts = []
+    for start, size in ((0, 16000), (1, 400), (7, 16 * 160 + 240), (3, 17 * 160 + 240)):
+        for waves in ([samples[start:start + size]], [samples[start:start + size], samples[:size].float()]):
+            fbank_batch(waves, device="cuda")
+        counts.append((compiled_variants(_window_kernel), compiled_variants(_log_mel_kernel)))
+    assert counts[1:] == counts[:1] * 3
 
 
 def kernel_errors() -> list[float]:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from runtime.search import ctc_prefix_beam_search, frame_candidates, prefix_beam_search, prefix_search_on_host
-from tests.conftest import under_triton_interpreter
+from tests.conftest import compiled_variants, under_triton_interpreter
 
 LENGTHS = [60, 1, 33, 47, 0, 8]
 
@@ -46,9 +46,9 @@ def search_cases() -> list[tuple[str, torch.Tensor, torch.Tensor, int]]:
             ("re-entering", reentering(101, 4, 1.0), torch.tensor([12]), 4)]
 
 
-def gpu_search_differences(device: str) -> list[str]:
-    """Where the GPU search's n-best arrays differ from the native search's (its scores by more than 1e-12: exp and
-    log come from another math library)."""
+def gpu_search_differences(device: str, kernel: str = "triton") -> list[str]:
+    """Where the GPU search's n-best arrays (``kernel``'s) differ from the native search's (its scores by more than
+    1e-12: exp and log come from another math library)."""
     from plugins.ctc_prefix_beam_search import prefix_beam_search as gpu_prefix_beam_search
 
     differences = []
@@ -56,7 +56,7 @@ def gpu_search_differences(device: str) -> list[str]:
         native = prefix_search_on_host(frame_candidates(lp, beam), lengths, beam)
         # the native search's own candidates: a GPU top-k may order tied log-probs differently
         top_logp, top_ids = (t.to(device) for t in lp.topk(beam, -1))
-        got = [t.cpu() for t in gpu_prefix_beam_search(top_logp, top_ids, lengths.to(device), beam)]
+        got = [t.cpu() for t in gpu_prefix_beam_search(top_logp, top_ids, lengths.to(device), beam, kernel=kernel)]
         want = [torch.from_numpy(a) for a in (native.tokens, native.lengths, native.scores, native.count)]
         for name, g, w in zip(("tokens", "lengths", "scores", "count"), got, want):
             same = g.shape == w.shape and (torch.allclose(g, w, rtol=1e-12, atol=0) if name == "scores" else g.equal(w))
@@ -71,6 +71,30 @@ def test_gpu_prefix_search_is_identical_to_native_under_the_interpreter():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_prefix_search_is_identical_to_native_on_the_gpu():
+@pytest.mark.parametrize("kernel", ["triton", "cuda"])
+def test_gpu_prefix_search_is_identical_to_native_on_the_gpu(kernel):
     pytest.importorskip("triton")
-    assert gpu_search_differences("cuda") == []
+    assert gpu_search_differences("cuda", kernel) == []
+
+
+def test_cuda_prefix_search_compiles():
+    """The CUDA kernel builds for a Hopper GPU (run where one is: the test above)."""
+    from runtime.native import load_cuda
+
+    assert load_cuda("prefix_beam_search_gpu", (9, 0)).prefix_beam_search_max_beam() == 32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_prefix_search_compiles_once_for_every_frame_count():
+    """A batch of a new length must not compile a new variant of the Triton kernel (~1 s) in the middle of a run."""
+    pytest.importorskip("triton")
+    from plugins.ctc_prefix_beam_search import _prefix_beam_search_kernel
+    from plugins.ctc_prefix_beam_search import prefix_beam_search as gpu_prefix_beam_search
+
+    counts = []
+    for frames in (17, 16, 1, 32, 250):
+        top = torch.log_softmax(torch.randn(2, frames, 30), -1).topk(4, -1)
+        gpu_prefix_beam_search(top.values.cuda(), top.indices.cuda(), torch.tensor([frames, 1]).cuda(), 4,
+                               kernel="triton")
+        counts.append(compiled_variants(_prefix_beam_search_kernel))
+    assert counts[1:] == counts[:1] * 4

@@ -1,0 +1,217 @@
+// CTC prefix beam search on a CUDA GPU, one thread block per utterance, with the semantics of the native search
+// (prefix_beam_search.cc): the same n-best, tie order and, up to the last bit of exp/log, scores.
+//
+// The search is a chain of frames, so its time is one frame's latency times the frame count. The Triton kernel
+// (plugins/ctc_prefix_beam_search.py) spends ~6 us a frame on reductions, layout conversions and barriers; here a
+// frame is two phases between two barriers, with the beam and the keys in shared memory: 2.9 us a frame on an H200
+// (1,024 threads; 512 threads took 3.5, 256 took 4.7).
+//
+// One frame. Every key of the next beam is either slot m's own prefix (touched by a blank, a repeat of its last
+// label, or an extension from the slot holding its parent) or prefix i extended by candidate j, a new prefix unless
+// it is slot m's own already (merged there). Phase 1: one thread per key computes its score and first touch
+// (candidate, then prefix, then the repeat branch's second touch: the native search's insertion order). Phase 2:
+// each key's rank, the live keys better than it (higher score, or equal and touched earlier), counted by kParts
+// threads; a rank below the beam is the slot it takes. Ranking is half of a frame's time (measured by leaving it
+// out). Prefixes are matched by content (depth and a 64-bit hash of their labels) and stored as trie nodes (parent,
+// label) in global memory, read back at the end.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+
+namespace {
+
+constexpr int kThreads = 1024;  // a multiple of 32, beyond kMaxBeam + 32
+constexpr int kParts = 8;  // threads ranking one key, each against every kParts-th key
+constexpr int kMaxBeam = 32;  // also the most candidates per frame
+constexpr int kMaxKeys = kMaxBeam + kMaxBeam * kMaxBeam;
+
+__device__ __forceinline__ double LogAdd(double a, double b) {
+  // as the native LogAdd, bit for bit up to exp/log
+  if (b == -INFINITY) return a;
+  if (a == -INFINITY) return b;
+  return a >= b ? a + log(1.0 + exp(b - a)) : b + log(exp(a - b) + 1.0);
+}
+
+__device__ __forceinline__ uint64_t ExtendHash(uint64_t h, int32_t label) {
+  uint64_t x = (h ^ (static_cast<uint64_t>(label) + 1)) * 0x1E3779B97F4A7C15ull;
+  x ^= x >> 29;
+  x *= 0x3F58476D1CE4E5B9ull;
+  return x ^ (x >> 32);
+}
+
+struct Beam {  // a slot per prefix
+  int32_t node[kMaxBeam], last[kMaxBeam], depth[kMaxBeam];
+  uint64_t ident[kMaxBeam], parent_ident[kMaxBeam];
+  double s[kMaxBeam], ns[kMaxBeam], total[kMaxBeam];
+};
+
+__global__ void __launch_bounds__(kThreads) PrefixBeamSearch(
+    const float* __restrict__ top_logp, const int32_t* __restrict__ top_labels, const int32_t* __restrict__ lengths,
+    int32_t frames, int32_t k, int32_t beam, int32_t blank, int32_t* __restrict__ trie, int32_t* __restrict__ tokens,
+    int64_t* __restrict__ token_lengths, double* __restrict__ scores, int64_t* __restrict__ count) {
+  __shared__ Beam beams[2];
+  __shared__ double cand_p[2][kMaxBeam];
+  __shared__ int32_t cand_label[2][kMaxBeam];
+  // a key that does not exist has score -inf and the last order, so that it is better than none: ranks need no flag
+  __shared__ double key_score[kMaxKeys], own_s[kMaxBeam], own_ns[kMaxBeam];
+  __shared__ int32_t key_order[kMaxKeys];
+  __shared__ int32_t alive_count[2];
+
+  const int b = blockIdx.x, tid = threadIdx.x;
+  const int length = lengths[b];
+  const int64_t nodes = 1 + static_cast<int64_t>(frames) * beam;
+  int32_t* parent_of = trie + b * 2 * nodes;
+  int32_t* label_of = parent_of + nodes;
+  const float* logp = top_logp + static_cast<int64_t>(b) * frames * k;
+  const int32_t* labels = top_labels + static_cast<int64_t>(b) * frames * k;
+  const int keys = beam + k * beam;
+  if (tid == 0) {  // the empty prefix
+    Beam& first = beams[0];
+    first.node[0] = 0, first.last[0] = -1, first.depth[0] = 0, first.ident[0] = 0, first.parent_ident[0] = 0;
+    first.s[0] = 0.0, first.ns[0] = -INFINITY, first.total[0] = 0.0;
+    alive_count[0] = 1;
+  }
+  if (tid < k && length > 0) cand_p[0][tid] = logp[tid], cand_label[0][tid] = labels[tid];
+  __syncthreads();
+  for (int t = 0; t < length; ++t) {
+    const int c = t & 1;
+    const Beam& in = beams[c];
+    Beam& out = beams[c ^ 1];
+    const double* p = cand_p[c];
+    const int32_t* label = cand_label[c];
+    const int live = min(alive_count[c], beam);
+    // the next frame's candidates, loaded now and stored at the end of the frame (hides the global load's latency)
+    float p_next = 0.0f;
+    int32_t label_next = 0;
+    if (tid < k && t + 1 < length) p_next = logp[(t + 1) * k + tid], label_next = labels[(t + 1) * k + tid];
+    // phase 1: each key's score and first touch. The own keys (the longer work: two log-adds) run on the last warp,
+    // the extensions on the others, so that no warp runs both paths one after the other
+    if (tid >= kThreads - 32) {  // slot m's own prefix
+      const int m = tid - (kThreads - 32);
+      if (m < beam) {
+        double s = -INFINITY, ns = -INFINITY, score = -INFINITY;
+        int order = INT32_MAX;
+        if (m < live) {
+          int j_blank = -1, j_rep = -1, i_src = -1;
+          const int32_t last = in.last[m];
+#pragma unroll 4
+          for (int j = k - 1; j >= 0; --j) {  // the first match wins (top-k labels are distinct anyway)
+            const int32_t l = label[j];
+            j_blank = l == blank ? j : j_blank;
+            j_rep = l == last ? j : j_rep;
+          }
+          if (j_rep >= 0) {
+            const int32_t depth = in.depth[m] - 1;
+            const uint64_t parent = in.parent_ident[m];
+#pragma unroll 4
+            for (int i = live - 1; i >= 0; --i) i_src = in.depth[i] == depth && in.ident[i] == parent ? i : i_src;
+          }
+          if (j_blank >= 0) s = in.total[m] + p[j_blank], order = (j_blank * beam + m) * 2;
+          if (j_rep >= 0) ns = in.ns[m] + p[j_rep], order = min(order, (j_rep * beam + m) * 2);
+          if (i_src >= 0) {  // the parent's extension: only its blank-ending paths when it ends in the same label
+            const bool repeats = in.last[i_src] == last;
+            ns = LogAdd(ns, (repeats ? in.s[i_src] : in.total[i_src]) + p[j_rep]);
+            order = min(order, (j_rep * beam + i_src) * 2 + repeats);
+          }
+          if (j_blank >= 0 || j_rep >= 0) score = LogAdd(s, ns);
+        }
+        own_s[m] = s, own_ns[m] = ns;
+        key_score[m] = score, key_order[m] = order;
+      }
+    } else {  // slot i's prefix extended by candidate j: a new prefix, unless it is slot m's own already
+      for (int e = tid; e < k * beam; e += kThreads - 32) {
+        const int j = e / beam, i = e % beam;
+        const int32_t l = label[j];
+        double score = -INFINITY;
+        int order = INT32_MAX;
+        if (i < live && l != blank) {
+          bool merged = false;
+          const int32_t depth = in.depth[i] + 1;
+          const uint64_t ident = in.ident[i];
+#pragma unroll 4
+          for (int m = 0; m < live; ++m) {
+            merged |= in.last[m] == l && in.depth[m] == depth && in.parent_ident[m] == ident;
+          }
+          if (!merged) {
+            const bool repeats = l == in.last[i];
+            score = (repeats ? in.s[i] : in.total[i]) + p[j];
+            order = e * 2 + repeats;
+          }
+        }
+        key_score[beam + e] = score, key_order[beam + e] = order;
+      }
+    }
+    if (tid == 0) alive_count[c ^ 1] = 0;
+    __syncthreads();
+    // phase 2: ranks (live keys better than this one), each key's counted by kParts threads of one warp; the kept
+    // keys fill the next beam
+    const int part = tid % kParts;
+    const unsigned group = ((1u << kParts) - 1) << (tid % 32 / kParts * kParts);
+    int alive_here = 0;
+    for (int e = tid / kParts; e < keys; e += kThreads / kParts) {
+      const int order = key_order[e];
+      const double score = key_score[e];
+      int rank = 0;
+#pragma unroll 4
+      for (int f = part; f < keys; f += kParts) {
+        const double other = key_score[f];
+        rank += other > score || (other == score && key_order[f] < order);
+      }
+#pragma unroll
+      for (int lane = 1; lane < kParts; lane *= 2) rank += __shfl_xor_sync(group, rank, lane);
+      if (part != 0 || order == INT32_MAX) continue;
+      ++alive_here;
+      if (rank >= beam) continue;
+      if (e < beam) {
+        out.node[rank] = in.node[e], out.last[rank] = in.last[e], out.depth[rank] = in.depth[e];
+        out.ident[rank] = in.ident[e], out.parent_ident[rank] = in.parent_ident[e];
+        out.s[rank] = own_s[e], out.ns[rank] = own_ns[e], out.total[rank] = score;
+      } else {
+        const int j = (e - beam) / beam, i = (e - beam) % beam;
+        const int32_t child = 1 + t * beam + rank;
+        parent_of[child] = in.node[i], label_of[child] = label[j];
+        out.node[rank] = child, out.last[rank] = label[j], out.depth[rank] = in.depth[i] + 1;
+        out.ident[rank] = ExtendHash(in.ident[i], label[j]), out.parent_ident[rank] = in.ident[i];
+        out.s[rank] = -INFINITY, out.ns[rank] = score, out.total[rank] = score;
+      }
+    }
+    if (alive_here) atomicAdd(&alive_count[c ^ 1], alive_here);
+    if (tid < k && t + 1 < length) cand_p[c ^ 1][tid] = p_next, cand_label[c ^ 1][tid] = label_next;
+    __syncthreads();
+  }
+  const int live = min(alive_count[length & 1], beam);
+  const Beam& final_beam = beams[length & 1];
+  if (tid == 0) count[b] = live;
+  if (tid < live) {  // each prefix's labels, read back from its trie node to the root
+    const int64_t out = static_cast<int64_t>(b) * beam + tid;
+    int depth = final_beam.depth[tid];
+    scores[out] = final_beam.total[tid];
+    token_lengths[out] = depth;
+    for (int32_t node = final_beam.node[tid]; depth > 0; node = parent_of[node]) {
+      tokens[out * frames + --depth] = label_of[node];
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+int prefix_beam_search_max_beam() { return kMaxBeam; }
+
+// top_logp, top_labels: (batch, frames, k) row-major, k <= max beam; lengths: (batch,) int32; trie: (batch, 2,
+// 1 + frames * beam) int32 scratch. Outputs per utterance and rank r < beam: tokens (batch, beam, frames) zeroed
+// before, token_lengths (batch, beam), scores (batch, beam); count (batch,). Queued on `stream`; returns the launch's
+// cudaError_t.
+int prefix_beam_search_gpu(const float* top_logp, const int32_t* top_labels, const int32_t* lengths, int32_t batch,
+                           int32_t frames, int32_t k, int32_t beam, int32_t blank, int32_t* trie, int32_t* tokens,
+                           int64_t* token_lengths, double* scores, int64_t* count, void* stream) {
+  if (beam < 1 || beam > kMaxBeam || k < 1 || k > kMaxBeam) return static_cast<int>(cudaErrorInvalidValue);
+  if (batch == 0) return 0;
+  PrefixBeamSearch<<<batch, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+      top_logp, top_labels, lengths, frames, k, beam, blank, trie, tokens, token_lengths, scores, count);
+  return static_cast<int>(cudaGetLastError());
+}
+
+}  // extern "C"
