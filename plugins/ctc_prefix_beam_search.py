@@ -209,6 +209,7 @@ def prefix_beam_search(top_logp: torch.Tensor, top_ids: torch.Tensor, lengths: t
         error = cuda.prefix_beam_search_gpu(
             pointer(top_logp), pointer(top_ids), pointer(lengths), batch, frames, k, beam_size, blank, pointer(trie),
             pointer(tokens), pointer(token_lengths), pointer(scores), pointer(count),
+            torch.cuda.current_device() if device.index is None else device.index,
             ctypes.c_void_p(torch.cuda.current_stream(device).cuda_stream))
         if error:
             raise RuntimeError(f"CUDA prefix search launch failed (cudaError_t {error})")
@@ -231,7 +232,8 @@ def _cuda_kernel(device: torch.device) -> ctypes.CDLL | None:
     except NativeBuildError as e:
         warnings.warn(f"CUDA prefix search unavailable ({e}); using the Triton kernel", RuntimeWarning, stacklevel=3)
         return None
-    library.prefix_beam_search_gpu.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int32] * 5 + [ctypes.c_void_p] * 6
+    library.prefix_beam_search_gpu.argtypes = ([ctypes.c_void_p] * 3 + [ctypes.c_int32] * 5 + [ctypes.c_void_p] * 5
+                                               + [ctypes.c_int32, ctypes.c_void_p])
     library.prefix_beam_search_gpu.restype = ctypes.c_int
     library.prefix_beam_search_max_beam.restype = ctypes.c_int
     return library

@@ -46,13 +46,20 @@ def search_cases() -> list[tuple[str, torch.Tensor, torch.Tensor, int]]:
             ("re-entering", reentering(101, 4, 1.0), torch.tensor([12]), 4)]
 
 
-def gpu_search_differences(device: str, kernel: str = "triton") -> list[str]:
+def long_case() -> tuple[str, torch.Tensor, torch.Tensor, int]:
+    """One utterance of 3,000 frames (hypotheses of ~2,600 labels, a trie of 30,001 nodes)."""
+    logits = torch.randn(1, 3000, 30, generator=torch.Generator().manual_seed(5)) * 3
+    logits[..., 0] += 2.0
+    return "long", torch.log_softmax(logits, -1), torch.tensor([3000]), 10
+
+
+def gpu_search_differences(device: str, kernel: str = "triton", cases: list | None = None) -> list[str]:
     """Where the GPU search's n-best arrays (``kernel``'s) differ from the native search's (its scores by more than
     1e-12: exp and log come from another math library)."""
     from plugins.ctc_prefix_beam_search import prefix_beam_search as gpu_prefix_beam_search
 
     differences = []
-    for case, lp, lengths, beam in search_cases():
+    for case, lp, lengths, beam in cases or search_cases():
         native = prefix_search_on_host(frame_candidates(lp, beam), lengths, beam)
         # the native search's own candidates: a GPU top-k may order tied log-probs differently
         top_logp, top_ids = (t.to(device) for t in lp.topk(beam, -1))
@@ -75,6 +82,13 @@ def test_gpu_prefix_search_is_identical_to_native_under_the_interpreter():
 def test_gpu_prefix_search_is_identical_to_native_on_the_gpu(kernel):
     pytest.importorskip("triton")
     assert gpu_search_differences("cuda", kernel) == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kernel", ["triton", "cuda"])
+def test_gpu_prefix_search_of_a_long_utterance(kernel):
+    pytest.importorskip("triton")
+    assert gpu_search_differences("cuda", kernel, [long_case()]) == []
 
 
 def test_cuda_prefix_search_compiles():

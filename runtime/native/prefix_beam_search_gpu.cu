@@ -203,12 +203,15 @@ int prefix_beam_search_max_beam() { return kMaxBeam; }
 // top_logp, top_labels: (batch, frames, k) row-major, k <= max beam; lengths: (batch,) int32; trie: (batch, 2,
 // 1 + frames * beam) int32 scratch. Outputs per utterance and rank r < beam: tokens (batch, beam, frames) zeroed
 // before, token_lengths (batch, beam), scores (batch, beam); count (batch,). Queued on `stream`; returns the launch's
-// cudaError_t.
+// cudaError_t. `device`: the GPU of the stream.
 int prefix_beam_search_gpu(const float* top_logp, const int32_t* top_labels, const int32_t* lengths, int32_t batch,
                            int32_t frames, int32_t k, int32_t beam, int32_t blank, int32_t* trie, int32_t* tokens,
-                           int64_t* token_lengths, double* scores, int64_t* count, void* stream) {
+                           int64_t* token_lengths, double* scores, int64_t* count, int32_t device, void* stream) {
   if (beam < 1 || beam > kMaxBeam || k < 1 || k > kMaxBeam) return static_cast<int>(cudaErrorInvalidValue);
   if (batch == 0) return 0;
+  // this library's CUDA runtime is its own, whose current device is not the caller's
+  const cudaError_t error = cudaSetDevice(device);
+  if (error != cudaSuccess) return static_cast<int>(error);
   PrefixBeamSearch<<<batch, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
       top_logp, top_labels, lengths, frames, k, beam, blank, trie, tokens, token_lengths, scores, count);
   return static_cast<int>(cudaGetLastError());
