@@ -4,6 +4,7 @@ the CPU) against the native one: identical n-best, scores and tie order."""
 import pytest
 import torch
 
+from runtime.native import nvcc
 from runtime.search import ctc_prefix_beam_search, frame_candidates, prefix_beam_search, prefix_search_on_host
 from tests.conftest import compiled_variants, under_triton_interpreter
 
@@ -91,6 +92,20 @@ def test_gpu_prefix_search_of_a_long_utterance(kernel):
     assert gpu_search_differences("cuda", kernel, [long_case()]) == []
 
 
+def test_cuda_build_without_nvcc_says_so(monkeypatch):
+    """Without nvcc the CUDA search cannot be built, and says why (the GPU search then runs its Triton kernel)."""
+    import runtime.native as native
+
+    monkeypatch.setattr(native, "nvcc", lambda: None)
+    native.load_cuda.cache_clear()
+    try:
+        with pytest.raises(native.NativeBuildError, match="no CUDA compiler"):
+            native.load_cuda("prefix_beam_search_gpu", (9, 0))
+    finally:
+        native.load_cuda.cache_clear()
+
+
+@pytest.mark.skipif(nvcc() is None, reason="needs nvcc (CUDA's compiler)")
 def test_cuda_prefix_search_compiles():
     """The CUDA kernel builds for a Hopper GPU (run where one is: the test above)."""
     from runtime.native import load_cuda

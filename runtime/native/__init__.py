@@ -52,13 +52,18 @@ def load(name: str) -> ctypes.CDLL:
 def load_cuda(name: str, capability: tuple[int, int]) -> ctypes.CDLL:
     """The compiled ``name.cu`` of this folder for GPUs of compute ``capability`` (built once per source version and
     capability, by nvcc: from PATH, $CUDA_HOME or /usr/local/cuda)."""
-    home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
-    nvcc = shutil.which("nvcc") or shutil.which("nvcc", path=os.path.join(home, "bin"))
-    if nvcc is None:
+    compiler = nvcc()
+    if compiler is None:
         raise NativeBuildError("no CUDA compiler found (nvcc on PATH or in $CUDA_HOME/bin)")
     arch = f"{capability[0]}{capability[1]}"
-    return _build(f"{name}.cu", f"-sm{arch}", [nvcc, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC",
+    return _build(f"{name}.cu", f"-sm{arch}", [compiler, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC",
                                               f"-gencode=arch=compute_{arch},code=sm_{arch}"])
+
+
+def nvcc() -> str | None:
+    """The CUDA compiler: on PATH, else in $CUDA_HOME/bin (default /usr/local/cuda); None where there is none."""
+    home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
+    return shutil.which("nvcc") or shutil.which("nvcc", path=os.path.join(home, "bin"))
 
 
 def _build(source_name: str, tag: str, command: list[str]) -> ctypes.CDLL:
