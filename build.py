@@ -21,6 +21,7 @@ from core.tensorrt_backend import TensorRTUnavailable, tensorrt_usable
 from models.wenet.config import ConfigError
 from models.wenet.model import WeNetModel
 from models.wenet.networks import Profiles, build_networks, seconds_to_frames
+from plugins.ctc_prefix_beam_search import cuda_kernel
 from runtime.session import VOCAB_FILE
 from weights.files import ModelFileError, read_model_dir
 from weights.mapping import WeightMappingError, load_weights, map_checkpoint
@@ -63,6 +64,8 @@ def build_engines(model_dir: str, output_dir: str, dtype: str = "float32", profi
                                # As in WeNet, CMVN is part of the encoder (its checkpoint buffers win over the file).
                                "cmvn": "encoder.safetensors: encoder.global_cmvn.mean, encoder.global_cmvn.istd (fp32)"})
     shutil.copyfile(ckpt.files.vocab, f"{output_dir}/{VOCAB_FILE}")
+    if compile_device is not None and torch.device(compile_device).type == "cuda":
+        cuda_kernel(torch.device(compile_device))  # the runtime's CUDA prefix search, compiled now, not in the first run
     return config
 
 

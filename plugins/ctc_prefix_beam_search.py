@@ -202,7 +202,7 @@ def prefix_beam_search(top_logp: torch.Tensor, top_ids: torch.Tensor, lengths: t
     trie = torch.empty((batch, 2, 1 + frames * beam_size), dtype=torch.int32, device=device)
     top_logp, top_ids = top_logp.float().contiguous(), top_ids.to(torch.int32).contiguous()
     lengths = lengths.to(device=device, dtype=torch.int32)
-    cuda = _cuda_kernel(device) if kernel != "triton" and device.type == "cuda" else None
+    cuda = cuda_kernel(device) if kernel != "triton" and device.type == "cuda" else None
     if kernel == "cuda" and cuda is None:
         raise RuntimeError("the CUDA prefix-search kernel cannot be built here (no nvcc)")
     if cuda is not None and max(beam_size, k) <= cuda.prefix_beam_search_max_beam():
@@ -225,8 +225,9 @@ def prefix_beam_search(top_logp: torch.Tensor, top_ids: torch.Tensor, lengths: t
 
 
 @functools.cache
-def _cuda_kernel(device: torch.device) -> ctypes.CDLL | None:
-    """The CUDA search for ``device``'s GPUs, or None (with a warning, once) where nvcc cannot build it."""
+def cuda_kernel(device: torch.device) -> ctypes.CDLL | None:
+    """The CUDA search for ``device``'s GPUs, or None (with a warning, once) where nvcc cannot build it. build.py calls
+    it, so that the build compiles it and a run's first batch does not wait for nvcc."""
     try:
         library = load_cuda("prefix_beam_search_gpu", torch.cuda.get_device_capability(device))
     except NativeBuildError as e:
