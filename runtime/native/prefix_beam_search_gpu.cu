@@ -11,8 +11,8 @@
 // it is slot m's own already (merged there). Phase 1: one thread per key computes its score and first touch
 // (candidate, then prefix, then the repeat branch's second touch: the native search's insertion order). Phase 2:
 // each key's rank, the live keys better than it (higher score, or equal and touched earlier), counted by kParts
-// threads; a rank below the beam is the slot it takes. Ranking is half of a frame's time (measured by leaving it
-// out). Prefixes are matched by content (depth and a 64-bit hash of their labels) and stored as trie nodes (parent,
+// threads; a rank below the beam is the slot it takes. Ranking was half of a frame's time at 512 threads
+// (measured by leaving it out). Prefixes are matched by content (depth and a 64-bit hash of their labels) and stored as trie nodes (parent,
 // label) in global memory, read back at the end.
 #include <cuda_runtime.h>
 
@@ -53,7 +53,7 @@ __global__ void __launch_bounds__(kThreads) PrefixBeamSearch(
   __shared__ Beam beams[2];
   __shared__ double cand_p[2][kMaxBeam];
   __shared__ int32_t cand_label[2][kMaxBeam];
-  // a key that does not exist has score -inf and the last order, so that it is better than none: ranks need no flag
+  // a key that does not exist has score -inf and the last order, so that it beats no key: ranks need no flag
   __shared__ double key_score[kMaxKeys], own_s[kMaxBeam], own_ns[kMaxBeam];
   __shared__ int32_t key_order[kMaxKeys];
   __shared__ int32_t alive_count[2];
