@@ -205,7 +205,7 @@ def prefix_beam_search(top_logp: torch.Tensor, top_ids: torch.Tensor, lengths: t
     cuda = cuda_kernel(device) if kernel != "triton" and device.type == "cuda" else None
     if kernel == "cuda" and cuda is None:
         raise RuntimeError("the CUDA prefix-search kernel cannot be built here (no nvcc)")
-    if cuda is not None and max(beam_size, k) <= cuda.prefix_beam_search_max_beam():
+    if cuda is not None and max(beam_size, k) <= cuda.max_beam:
         error = cuda.prefix_beam_search_gpu(
             pointer(top_logp), pointer(top_ids), pointer(lengths), batch, frames, k, beam_size, blank, pointer(trie),
             pointer(tokens), pointer(token_lengths), pointer(scores), pointer(count),
@@ -237,4 +237,5 @@ def cuda_kernel(device: torch.device) -> ctypes.CDLL | None:
                                                + [ctypes.c_int32, ctypes.c_void_p])
     library.prefix_beam_search_gpu.restype = ctypes.c_int
     library.prefix_beam_search_max_beam.restype = ctypes.c_int
+    library.max_beam = library.prefix_beam_search_max_beam()  # asked once, not per launch
     return library

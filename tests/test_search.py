@@ -82,14 +82,7 @@ def test_gpu_prefix_search_is_identical_to_native_under_the_interpreter():
 @pytest.mark.parametrize("kernel", ["triton", "cuda"])
 def test_gpu_prefix_search_is_identical_to_native_on_the_gpu(kernel):
     pytest.importorskip("triton")
-    assert gpu_search_differences("cuda", kernel) == []
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("kernel", ["triton", "cuda"])
-def test_gpu_prefix_search_of_a_long_utterance(kernel):
-    pytest.importorskip("triton")
-    assert gpu_search_differences("cuda", kernel, [long_case()]) == []
+    assert gpu_search_differences("cuda", kernel, search_cases() + [long_case()]) == []
 
 
 def test_cuda_build_without_nvcc_says_so(monkeypatch):
