@@ -32,11 +32,11 @@ class RescoringScores(NamedTuple):
         if self.ready is not None:
             self.ready.synchronize()
         nbest = self.nbest
-        real = torch.from_numpy(np.arange(self.scores.shape[1]) < nbest.count[:, None])
-        scores = self.scores.masked_fill(~real, -float("inf"))
+        # numpy: a few small arrays, where each torch op would cost more than its work
+        scores = np.where(np.arange(self.scores.shape[1]) < nbest.count[:, None], self.scores.numpy(), -np.inf)
         # stable: among equal scores the earlier hypothesis first, so order[0] is WeNet's best (its strict '>')
-        order = scores.argsort(dim=1, descending=True, stable=True).tolist()
-        return [NBestResult(nbest, b, order[b][:count], scores[b, order[b][:count]].tolist())
+        order = np.argsort(-scores, axis=1, kind="stable")
+        return [NBestResult(nbest, b, order[b, :count].tolist(), scores[b, order[b, :count]].tolist())
                 for b, count in enumerate(nbest.count.tolist())]
 
 

@@ -29,7 +29,9 @@ class WeNetEncoding:
         """``feats``: (T_i, 80) fp32 fbank per utterance, on any device; padded with zeros like WeNet."""
         device = self.engine.device
         lengths = torch.tensor([f.shape[0] for f in feats], dtype=torch.int32)
-        speech = torch.nn.utils.rnn.pad_sequence([f.to(device) for f in feats], batch_first=True)
+        feats = [f.to(device) for f in feats]
+        # one utterance needs no padding here: the session pads to its bucket anyway (a copy saved at batch 1)
+        speech = feats[0][None] if len(feats) == 1 else torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
         out = self.session.run({"speech": speech, "speech_lengths": lengths})
         return EncoderOutput(out["encoder_out"], out["encoder_out_lens"], out["ctc_top_log_probs"],
                              out["ctc_top_labels"])

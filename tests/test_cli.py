@@ -161,7 +161,7 @@ def test_a_wav_cut_after_its_header_was_read_goes_to_libsndfile(tmp_path, random
     with open(path, "wb") as f:
         f.write(cut)
     assert tr.read_wavs([(0, path)], layout) == [None]
-    upload = tr.native_upload(tr.readers.submit(tr.read_wavs, [(0, path)], layout), 0, path)
+    upload = tr.native_upload(tr.readers.submit(tr.read_wavs, [(0, path)], layout).result, 0, path)
     assert np.array_equal(upload.samples.numpy(), read_audio(path))
 
 
