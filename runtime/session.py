@@ -139,6 +139,11 @@ class EngineDir:
         return self.compiled and self.device.type == "cuda"
 
     @property
+    def buckets(self) -> dict[str, list[int]]:
+        """The CUDA graphs' shape buckets per dynamic dim (compiled engines; else none)."""
+        return self.config["builder"].get("compiled", {}).get("buckets", {})
+
+    @property
     def dtype(self) -> torch.dtype:
         return getattr(torch, self.config["builder"]["dtype"])
 
@@ -147,8 +152,7 @@ class EngineDir:
         sessions = {}
         for name, info in self.config["networks"].items():
             if self.compiled and "compiled" in info:
-                sessions[name] = Session.compiled(self.path, name, info, self.config["builder"]["compiled"]["buckets"],
-                                                  self.device)
+                sessions[name] = Session.compiled(self.path, name, info, self.buckets, self.device)
             else:
                 sessions[name] = Session.from_artifact(os.path.join(self.path, info["artifact"]), self.device,
                                                        info["inputs"])

@@ -25,7 +25,7 @@ from plugins import runs_on_gpu
 from runtime.audio import AudioError, PcmWavs, duration, pcm_wavs, read_audio
 from runtime.decoding import RescoringScores, WeNetDecoding
 from runtime.encoding import WeNetEncoding
-from runtime.frontend import fbank_batch, num_frames
+from runtime.frontend import FbankGraphs, fbank_batch, num_frames
 from runtime.native import usable_cpus
 from runtime.search import DecodeResult, NBest, PendingNBest, ctc_greedy_search
 from runtime.session import EngineDir, ProfileError
@@ -145,6 +145,11 @@ class Transcriber:
         self.uploads = torch.cuda.Stream(self.engine.device) if self.engine.device.type == "cuda" else None
         # the GPU prefix search on a stream of its own, so that it overlaps the next batches' work
         self.searches = torch.cuda.Stream(self.engine.device) if self.engine.device.type == "cuda" else None
+        # a lone file's fbank as a CUDA-graph replay, in the encoder's frame buckets (compiled engines record them)
+        model, frames = self.engine.model, self.engine.buckets.get("frames")
+        self.fbank_graphs = FbankGraphs(frames, self.engine.device, model.num_mel_bins, model.frame_length,
+                                        model.frame_shift, model.sample_rate) if (
+            frames and self.engine.reuses_outputs and runs_on_gpu(self.engine.device)) else None
         # the file readers and the thread that waits for each batch's n-best live as long as this object: a single
         # file's latency would otherwise include starting them
         self.readers = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="reader")
@@ -246,9 +251,12 @@ class Transcriber:
         model = self.engine.model
         if self.uploads is not None:
             compute = torch.cuda.current_stream(self.engine.device)
-            for wave in waves:
+            # once per upload: the files of one native read share its copy (one buffer, one event)
+            for wave in {id(w.ready): w for w in waves}.values():
                 compute.wait_event(wave.ready)
                 wave.samples.record_stream(compute)  # its memory is not reused before the fbank has read it
+        if len(waves) == 1 and self.fbank_graphs is not None:
+            return [self.fbank_graphs(waves[0].samples)]  # read by the encoder call before the next replay
         return fbank_batch([w.samples for w in waves], model.num_mel_bins, model.frame_length, model.frame_shift,
                            model.sample_rate, device=self.engine.device)
 

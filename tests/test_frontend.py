@@ -155,6 +155,21 @@ def test_fbank_kernels_compile_once_per_sample_type():
     assert counts[1:] == counts[:1] * 3
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fbank_graphs_equal_the_kernels_launched_one_by_one():
+    """A lone file's graphed fbank (``FbankGraphs``) is the batched path's, for int16 and float waves of several
+    buckets, also after a longer wave left its samples in the buffer beyond a shorter one's."""
+    from runtime.frontend import FbankGraphs, fbank_batch
+
+    graphs = FbankGraphs([128, 512, 1024], torch.device("cuda"))
+    waves = [torch.from_numpy(read_audio(w)).cuda() for w in WAVS]  # 4.2 to 8.7 s, int16
+    waves += [waves[-1][:16000].float(), waves[0][:1000]]  # float, and 4 frames into the smallest bucket
+    for wave in waves + waves[::-1]:
+        got = graphs(wave).clone()
+        assert torch.equal(got, fbank_batch([wave], device="cuda")[0])
+    assert set(graphs.graphs) == {(512, torch.int16), (1024, torch.int16), (128, torch.float32), (128, torch.int16)}
+
+
 def kernel_errors() -> list[float]:
     """Max |GPU kernels' fbank - torch path| (``plugins.fbank.log_mel``, run on CPU tensors) for one int16 wave's
     strided frames and for the frames of two waves stacked (int16 with float: promoted), as ``fbank_batch`` calls it."""
