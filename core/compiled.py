@@ -229,6 +229,21 @@ class Bucket:
     host: dict[str, np.ndarray]
 
 
+def capture_graph(fn: Callable[[], object], device: torch.device, pool) -> tuple[torch.cuda.CUDAGraph, object]:
+    """(graph, what ``fn`` returned while captured) of ``fn``'s GPU work, captured into the memory ``pool`` after one
+    run outside the capture (first launches load kernels, make library handles and plans)."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    # thread-local: other threads (the transcriber's readers uploading audio) may use CUDA meanwhile
+    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+        outputs = fn()
+    return graph, outputs
+
+
 def _place(target, value, repeat_axes: list[int]) -> None:
     """``value`` into the leading corner of ``target`` (both numpy arrays, or both tensors), the rest zero, and
     the ``repeat_axes`` padded with copies of their first row."""
@@ -271,16 +286,7 @@ class CompiledEngine:
         """(graph, static outputs) of one bucket; no graph off CUDA."""
         if not self.cuda_graphs:
             return None, None
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            self.module(static)  # first launches (kernel loading, library handles) outside the capture
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        # thread-local: other threads (the transcriber's readers uploading audio) may use CUDA meanwhile
-        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-            outputs = self.module(static)
-        return graph, outputs
+        return capture_graph(lambda: self.module(static), self.device, self.pool)
 
     @torch.no_grad()
     def __call__(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from core.compiled import pick_bucket
+from core.compiled import capture_graph, pick_bucket
 from plugins import runs_on_gpu
 from plugins.fbank import FLT_EPSILON, PREEMPHASIS, log_mel
 
@@ -118,13 +118,6 @@ class FbankGraphs:
     def _capture(self, frames: int, dtype: torch.dtype):
         samples = torch.zeros((frames - 1) * self.shift + self.length, dtype=dtype, device=self.device)
         framed = samples.as_strided((frames, self.length), (self.shift, 1))
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):  # first launches (kernel compilation, the FFT plan) outside the capture
-            log_mel(framed, self.window, self.banks, self.padded)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-            out = log_mel(framed, self.window, self.banks, self.padded)
+        graph, out = capture_graph(lambda: log_mel(framed, self.window, self.banks, self.padded), self.device, self.pool)
         self.graphs[(frames, dtype)] = samples, out, graph
         return self.graphs[(frames, dtype)]
