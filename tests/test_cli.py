@@ -148,6 +148,30 @@ def test_overlapped_batches_decode_as_one_batch(random_models):
     assert {"encoder+ctc", "ctc prefix beam search", "rescoring", "attention beam search"} <= set(tr.times.seconds)
 
 
+def test_a_batch_that_fails_on_the_device_is_reported_and_the_others_complete(random_models, monkeypatch):
+    """A batch whose search fails yields a Failure per file, on the worker thread's path (several batches) and on the
+    calling thread's (one batch); the other batches' results are those of a clean run."""
+    from runtime.transcriber import DecodingOptions, Failure, Transcriber
+
+    tr = Transcriber(random_models["u2pp"][1], "cpu")
+    items = [(os.path.basename(w), w) for w in WAVS]  # 8.7, 4.3 and 4.2 s: batches of 2 are [8.7, 4.3], [4.2]
+    clean = {r.key: r.text for r in tr.transcribe(items, DecodingOptions(["attention_rescoring"], 4, batch_size=2))}
+    search = Transcriber.prefix_search
+
+    def failing(self, encoded, options):
+        if len(encoded.lens) == failing_size:
+            raise RuntimeError("injected failure")
+        return search(self, encoded, options)
+
+    monkeypatch.setattr(Transcriber, "prefix_search", failing)
+    for batch_size, failing_size in ((2, 2), (3, 3)):
+        out = list(tr.transcribe(items, DecodingOptions(["attention_rescoring"], 4, batch_size=batch_size)))
+        failed = {r.key: r.message for r in out if isinstance(r, Failure)}
+        done = {r.key: r.text for r in out if not isinstance(r, Failure)}
+        assert len(failed) == failing_size and all("decoding failed: injected failure" in m for m in failed.values())
+        assert done == {k: clean[k] for k in clean if k not in failed}
+
+
 def test_a_wav_cut_after_its_header_was_read_goes_to_libsndfile(tmp_path, random_models):
     from runtime.audio import pcm_wavs, read_audio
     from runtime.transcriber import Transcriber
