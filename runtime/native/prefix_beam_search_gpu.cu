@@ -53,10 +53,10 @@ __global__ void __launch_bounds__(kThreads) PrefixBeamSearch(
   __shared__ Beam beams[2];
   __shared__ double cand_p[2][kMaxBeam];
   __shared__ int32_t cand_label[2][kMaxBeam];
-  // a key that does not exist has score -inf and the last order, so that it beats no key: ranks need no flag
+  // the frame's ranked keys, packed in any order: (score, first touch, key index)
   __shared__ double key_score[kMaxKeys], own_s[kMaxBeam], own_ns[kMaxBeam];
-  __shared__ int32_t key_order[kMaxKeys];
-  __shared__ int32_t alive_count[2];
+  __shared__ int32_t key_order[kMaxKeys], key_index[kMaxKeys];
+  __shared__ int32_t alive_count[2], ranked[2], blank_at[2];
 
   const int b = blockIdx.x, tid = threadIdx.x;
   const int length = lengths[b];
@@ -65,14 +65,19 @@ __global__ void __launch_bounds__(kThreads) PrefixBeamSearch(
   int32_t* label_of = parent_of + nodes;
   const float* logp = top_logp + static_cast<int64_t>(b) * frames * k;
   const int32_t* labels = top_labels + static_cast<int64_t>(b) * frames * k;
-  const int keys = beam + k * beam;
   if (tid == 0) {  // the empty prefix
     Beam& first = beams[0];
     first.node[0] = 0, first.last[0] = -1, first.depth[0] = 0, first.ident[0] = 0, first.parent_ident[0] = 0;
     first.s[0] = 0.0, first.ns[0] = -INFINITY, first.total[0] = 0.0;
-    alive_count[0] = 1;
+    alive_count[0] = 1, ranked[0] = 0;
   }
-  if (tid < k && length > 0) cand_p[0][tid] = logp[tid], cand_label[0][tid] = labels[tid];
+  if (tid < 32) {  // the first frame's candidates, and where its blank is (k: none)
+    const bool loads = tid < k && length > 0;
+    const int32_t label = loads ? labels[tid] : 0;
+    if (loads) cand_p[0][tid] = logp[tid], cand_label[0][tid] = label;
+    const unsigned blanks = __ballot_sync(0xffffffffu, loads && label == blank);
+    if (tid == 0) blank_at[0] = blanks ? __ffs(blanks) - 1 : k;
+  }
   __syncthreads();
   for (int t = 0; t < length; ++t) {
     const int c = t & 1;
@@ -117,15 +122,23 @@ __global__ void __launch_bounds__(kThreads) PrefixBeamSearch(
           if (j_blank >= 0 || j_rep >= 0) score = LogAdd(s, ns);
         }
         own_s[m] = s, own_ns[m] = ns;
-        key_score[m] = score, key_order[m] = order;
+        if (order != INT32_MAX) {
+          const int at = atomicAdd(&ranked[c], 1);
+          key_score[at] = score, key_order[at] = order, key_index[at] = m;
+        }
       }
     } else {  // slot i's prefix extended by candidate j: a new prefix, unless it is slot m's own already
+      const int j_blank = blank_at[c];
       for (int e = tid; e < k * beam; e += kThreads - 32) {
         const int j = e / beam, i = e % beam;
         const int32_t l = label[j];
-        double score = -INFINITY;
-        int order = INT32_MAX;
-        if (i < live && l != blank) {
+        // Left out, exactly: a key that beam keys beat for sure. Slots are in rank order and candidates best first,
+        // so every extension (i', j') with i' <= i, j' <= j that is neither a blank nor a repeat beats this one: as
+        // a key of its own or through the own key it merges into (never a lower score, an earlier touch). A key beaten
+        // by such a left-out key is beaten by beam kept keys too, so the kept keys' ranks among themselves are exact.
+        const bool beaten = (i + 1) * (j - (j_blank < j)) - 1 >= beam;  // all (i+1)(j+1) - 1 cells, less the blank
+                                                                          // column's and one repeat per slot
+        if (i < live && l != blank && !beaten) {
           bool merged = false;
           const int32_t depth = in.depth[i] + 1;
           const uint64_t ident = in.ident[i];
@@ -135,23 +148,23 @@ __global__ void __launch_bounds__(kThreads) PrefixBeamSearch(
           }
           if (!merged) {
             const bool repeats = l == in.last[i];
-            score = (repeats ? in.s[i] : in.total[i]) + p[j];
-            order = e * 2 + repeats;
+            const int at = atomicAdd(&ranked[c], 1);
+            key_score[at] = (repeats ? in.s[i] : in.total[i]) + p[j], key_order[at] = e * 2 + repeats;
+            key_index[at] = beam + e;
           }
         }
-        key_score[beam + e] = score, key_order[beam + e] = order;
       }
     }
-    if (tid == 0) alive_count[c ^ 1] = 0;
+    if (tid == 0) alive_count[c ^ 1] = 0, ranked[c ^ 1] = 0;
     __syncthreads();
-    // phase 2: ranks (live keys better than this one), each key's counted by kParts threads of one warp; the kept
+    // phase 2: ranks (ranked keys better than this one), each key's counted by kParts threads of one warp; the kept
     // keys fill the next beam
-    const int part = tid % kParts;
+    const int part = tid % kParts, keys = ranked[c];
     const unsigned group = ((1u << kParts) - 1) << (tid % 32 / kParts * kParts);
     int alive_here = 0;
-    for (int e = tid / kParts; e < keys; e += kThreads / kParts) {
-      const int order = key_order[e];
-      const double score = key_score[e];
+    for (int x = tid / kParts; x < keys; x += kThreads / kParts) {
+      const int order = key_order[x], e = key_index[x];
+      const double score = key_score[x];
       int rank = 0;
 #pragma unroll 4
       for (int f = part; f < keys; f += kParts) {
@@ -160,7 +173,7 @@ __global__ void __launch_bounds__(kThreads) PrefixBeamSearch(
       }
 #pragma unroll
       for (int lane = 1; lane < kParts; lane *= 2) rank += __shfl_xor_sync(group, rank, lane);
-      if (part != 0 || order == INT32_MAX) continue;
+      if (part != 0) continue;
       ++alive_here;
       if (rank >= beam) continue;
       if (e < beam) {
@@ -177,7 +190,12 @@ __global__ void __launch_bounds__(kThreads) PrefixBeamSearch(
       }
     }
     if (alive_here) atomicAdd(&alive_count[c ^ 1], alive_here);
-    if (tid < k && t + 1 < length) cand_p[c ^ 1][tid] = p_next, cand_label[c ^ 1][tid] = label_next;
+    if (tid < 32) {
+      const bool loads = tid < k && t + 1 < length;
+      if (loads) cand_p[c ^ 1][tid] = p_next, cand_label[c ^ 1][tid] = label_next;
+      const unsigned blanks = __ballot_sync(0xffffffffu, loads && label_next == blank);
+      if (tid == 0) blank_at[c ^ 1] = blanks ? __ffs(blanks) - 1 : k;
+    }
     __syncthreads();
   }
   const int live = min(alive_count[length & 1], beam);
