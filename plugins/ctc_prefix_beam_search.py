@@ -189,8 +189,8 @@ if triton is not None:
 
 def prefix_beam_search(top_logp: torch.Tensor, top_ids: torch.Tensor, lengths: torch.Tensor, beam_size: int,
                        blank: int = 0, num_warps: int = 8, kernel: str | None = None) -> tuple[torch.Tensor, ...]:
-    """Each frame's top-k, best first (log-probs (B, T, k) float32, labels (B, T, k)), and the lengths (B,) on one
-    device (the CUDA kernel's pruning relies on the order) ->
+    """Each frame's top-k (log-probs (B, T, k) float32, labels (B, T, k); best first is fastest: the CUDA kernel prunes
+    only such frames) and the lengths (B,) on one device ->
     the n-best in ``runtime.search.NBest``'s layout, on that device: tokens (B, beam, T) int32, lengths (B, beam)
     int64, scores (B, beam) float64, count (B,) int64. Queued on the current stream. ``kernel``: "cuda" or "triton"
     (default: the CUDA kernel where it can be built and serves the beam, else Triton's)."""

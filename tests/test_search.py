@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from runtime.native import nvcc
-from runtime.search import ctc_prefix_beam_search, frame_candidates, prefix_beam_search, prefix_search_on_host
+from runtime.search import FrameCandidates, ctc_prefix_beam_search, frame_candidates, prefix_beam_search, prefix_search_on_host
 from tests.conftest import compiled_variants, under_triton_interpreter
 
 LENGTHS = [60, 1, 33, 47, 0, 8]
@@ -54,17 +54,23 @@ def long_case() -> tuple[str, torch.Tensor, torch.Tensor, int]:
     return "long", torch.log_softmax(logits, -1), torch.tensor([3000]), 10
 
 
-def gpu_search_differences(device: str, kernel: str = "triton", cases: list | None = None) -> list[str]:
+def gpu_search_differences(device: str, kernel: str = "triton", cases: list | None = None,
+                           shuffle: int | None = None) -> list[str]:
     """Where the GPU search's n-best arrays (``kernel``'s) differ from the native search's (its scores by more than
-    1e-12: exp and log come from another math library)."""
+    1e-12: exp and log come from another math library). ``shuffle``: a seed; each frame's candidates then come to both
+    searches in one random order, not best first."""
     from plugins.ctc_prefix_beam_search import prefix_beam_search as gpu_prefix_beam_search
 
     differences = []
     for case, lp, lengths, beam in cases or search_cases():
-        native = prefix_search_on_host(frame_candidates(lp, beam), lengths, beam)
         # the native search's own candidates: a GPU top-k may order tied log-probs differently
-        top_logp, top_ids = (t.to(device) for t in lp.topk(beam, -1))
-        got = [t.cpu() for t in gpu_prefix_beam_search(top_logp, top_ids, lengths.to(device), beam, kernel=kernel)]
+        top_logp, top_ids = frame_candidates(lp, beam)[:2]
+        if shuffle is not None:
+            order = torch.rand(top_logp.shape, generator=torch.Generator().manual_seed(shuffle)).argsort(-1)
+            top_logp, top_ids = top_logp.gather(-1, order), top_ids.gather(-1, order)
+        native = prefix_search_on_host(FrameCandidates(top_logp, top_ids), lengths, beam)
+        got = [t.cpu() for t in gpu_prefix_beam_search(top_logp.to(device), top_ids.to(device), lengths.to(device), beam,
+                                                        kernel=kernel)]
         want = [torch.from_numpy(a) for a in (native.tokens, native.lengths, native.scores, native.count)]
         for name, g, w in zip(("tokens", "lengths", "scores", "count"), got, want):
             same = g.shape == w.shape and (torch.allclose(g, w, rtol=1e-12, atol=0) if name == "scores" else g.equal(w))
@@ -83,6 +89,15 @@ def test_gpu_prefix_search_is_identical_to_native_under_the_interpreter():
 def test_gpu_prefix_search_is_identical_to_native_on_the_gpu(kernel):
     pytest.importorskip("triton")
     assert gpu_search_differences("cuda", kernel, search_cases() + [long_case()]) == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kernel", ["triton", "cuda"])
+def test_gpu_prefix_search_takes_candidates_in_any_order(kernel):
+    """The CUDA kernel leaves keys out only in frames whose candidates come best first (the CTC head's order); in any
+    other order it ranks them all, and both kernels give the native search's n-best for the same candidates."""
+    pytest.importorskip("triton")
+    assert gpu_search_differences("cuda", kernel, shuffle=11) == []
 
 
 def test_cuda_build_without_nvcc_says_so(monkeypatch):

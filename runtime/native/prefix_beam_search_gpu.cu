@@ -11,9 +11,9 @@
 // it is slot m's own already (merged there). Phase 1: one thread per key computes its score and first touch
 // (candidate, then prefix, then the repeat branch's second touch: the native search's insertion order), and packs
 // the live keys into the ranked list, leaving out the extensions that beam keys beat for sure (slots are in rank
-// order and candidates best first, so ~45 of 110 keys remain at beam 10). Phase 2: each ranked key's rank, the
-// ranked keys better than it (higher score, or equal and touched earlier), counted by kParts threads; a rank below
-// the beam is the slot it takes. Prefixes are matched by content (depth and a 64-bit hash of their labels) and
+// order and candidates best first, so ~45 of 110 keys remain at beam 10; a frame whose candidates come in another
+// order is searched whole). Phase 2: each ranked key's rank, the ranked keys better than it (higher score, or equal
+// and touched earlier), counted by kParts threads; a rank below the beam is the slot it takes. Prefixes are matched by content (depth and a 64-bit hash of their labels) and
 // stored as trie nodes (parent, label) in global memory, read back at the end.
 #include <cuda_runtime.h>
 
@@ -39,6 +39,17 @@ __device__ __forceinline__ uint64_t ExtendHash(uint64_t h, int32_t label) {
   x ^= x >> 29;
   x *= 0x3F58476D1CE4E5B9ull;
   return x ^ (x >> 32);
+}
+
+// A frame's candidates into shared memory, by the first warp (lane j: candidate j, where `loads`), and what the
+// pruning of phase 1 needs: the blank's index (k: none), or -1 where they are not best first (then nothing is pruned).
+__device__ __forceinline__ void StoreCandidates(int lane, bool loads, float p, int32_t label, int k, int32_t blank,
+                                                double* cand_p, int32_t* cand_label, int32_t* blank_at) {
+  if (loads) cand_p[lane] = p, cand_label[lane] = label;
+  const unsigned blanks = __ballot_sync(0xffffffffu, loads && label == blank);
+  const float next = __shfl_down_sync(0xffffffffu, p, 1);
+  const unsigned unordered = __ballot_sync(0xffffffffu, loads && lane + 1 < k && next > p);
+  if (lane == 0) *blank_at = unordered ? -1 : blanks ? __ffs(blanks) - 1 : k;
 }
 
 struct Beam {  // a slot per prefix
@@ -72,12 +83,10 @@ __global__ void __launch_bounds__(kThreads) PrefixBeamSearch(
     first.s[0] = 0.0, first.ns[0] = -INFINITY, first.total[0] = 0.0;
     alive_count[0] = 1, ranked[0] = 0;
   }
-  if (tid < 32) {  // the first frame's candidates, and where its blank is (k: none)
+  if (tid < 32) {  // the first frame's candidates
     const bool loads = tid < k && length > 0;
-    const int32_t label = loads ? labels[tid] : 0;
-    if (loads) cand_p[0][tid] = logp[tid], cand_label[0][tid] = label;
-    const unsigned blanks = __ballot_sync(0xffffffffu, loads && label == blank);
-    if (tid == 0) blank_at[0] = blanks ? __ffs(blanks) - 1 : k;
+    StoreCandidates(tid, loads, loads ? logp[tid] : 0.0f, loads ? labels[tid] : 0, k, blank, cand_p[0], cand_label[0],
+                    &blank_at[0]);
   }
   __syncthreads();
   for (int t = 0; t < length; ++t) {
@@ -137,8 +146,8 @@ __global__ void __launch_bounds__(kThreads) PrefixBeamSearch(
         // so every extension (i', j') with i' <= i, j' <= j that is neither a blank nor a repeat beats this one: as
         // a key of its own or through the own key it merges into (never a lower score, an earlier touch). A key beaten
         // by such a left-out key is beaten by beam kept keys too, so the kept keys' ranks among themselves are exact.
-        const bool beaten = (i + 1) * (j - (j_blank < j)) - 1 >= beam;  // all (i+1)(j+1) - 1 cells, less the blank
-                                                                          // column's and one repeat per slot
+        // (i+1)(j+1) - 1 cells, less the blank column's and one repeat per slot
+        const bool beaten = j_blank >= 0 && (i + 1) * (j - (j_blank < j)) - 1 >= beam;
         if (i < live && l != blank && !beaten) {
           bool merged = false;
           const int32_t depth = in.depth[i] + 1;
@@ -192,10 +201,8 @@ __global__ void __launch_bounds__(kThreads) PrefixBeamSearch(
     }
     if (alive_here) atomicAdd(&alive_count[c ^ 1], alive_here);
     if (tid < 32) {
-      const bool loads = tid < k && t + 1 < length;
-      if (loads) cand_p[c ^ 1][tid] = p_next, cand_label[c ^ 1][tid] = label_next;
-      const unsigned blanks = __ballot_sync(0xffffffffu, loads && label_next == blank);
-      if (tid == 0) blank_at[c ^ 1] = blanks ? __ffs(blanks) - 1 : k;
+      StoreCandidates(tid, tid < k && t + 1 < length, p_next, label_next, k, blank, cand_p[c ^ 1], cand_label[c ^ 1],
+                      &blank_at[c ^ 1]);
     }
     __syncthreads();
   }
@@ -219,10 +226,10 @@ extern "C" {
 
 int prefix_beam_search_max_beam() { return kMaxBeam; }
 
-// top_logp, top_labels: (batch, frames, k) row-major, each frame's candidates best first, k <= max beam; lengths:
-// (batch,) int32; trie: (batch, 2, 1 + frames * beam) int32 scratch. Outputs per utterance and rank r < beam: tokens
-// (batch, beam, frames) zeroed before, token_lengths (batch, beam), scores (batch, beam); count (batch,). Queued on
-// `stream`; returns the launch's cudaError_t. `device`: the GPU of the stream.
+// top_logp, top_labels: (batch, frames, k) row-major, k <= max beam (best first is fastest; frames in another order
+// are searched without pruning); lengths: (batch,) int32; trie: (batch, 2, 1 + frames * beam) int32 scratch. Outputs
+// per utterance and rank r < beam: tokens (batch, beam, frames) zeroed before, token_lengths (batch, beam), scores
+// (batch, beam); count (batch,). Queued on `stream`; returns the launch's cudaError_t. `device`: the GPU of the stream.
 int prefix_beam_search_gpu(const float* top_logp, const int32_t* top_labels, const int32_t* lengths, int32_t batch,
                            int32_t frames, int32_t k, int32_t beam, int32_t blank, int32_t* trie, int32_t* tokens,
                            int64_t* token_lengths, double* scores, int64_t* count, int32_t device, void* stream) {
