@@ -226,13 +226,13 @@ class Transcriber:
         return Upload(tensor, ready)
 
     def read(self, batch: list[tuple[str, str, int]], layout: PcmWavs | None,
-             here: bool = False) -> list[tuple[str, Callable[[], Upload]]]:
+             by_caller: bool = False) -> list[tuple[str, Callable[[], Upload]]]:
         """A batch's files being read: per file (key, a call that returns its upload or raises its AudioError). The
         plain PCM WAVs (``layout`` index >= 0) in one task, the others one task each, on the reader threads; or, if
-        ``here``, by the calling thread when the first of them is asked for (a batch needed at once: handing it to a
-        reader would only add the thread's wake-up to the wait, ~0.15 ms for one file on the H200 machine)."""
+        ``by_caller``, by the calling thread when the first of them is asked for (a batch needed at once: handing it
+        to a reader would only add the thread's wake-up to the wait, ~0.15 ms for one file on the H200 machine)."""
         native = [(i, path) for _, path, i in batch if i >= 0]
-        if here:
+        if by_caller:
             wavs = functools.cache(functools.partial(self.read_wavs, native, layout))
         else:
             wavs = self.readers.submit(self.read_wavs, native, layout).result if native else None
@@ -242,7 +242,7 @@ class Transcriber:
                 reads.append((key, functools.partial(self.native_upload, wavs, n, path)))
                 n += 1
             else:
-                reads.append((key, functools.partial(self.audio, path) if here else
+                reads.append((key, functools.partial(self.audio, path) if by_caller else
                               self.readers.submit(self.audio, path).result))
         return reads
 
@@ -293,7 +293,7 @@ class Transcriber:
         searching = rescoring = None  # the batches before: prefix search under way; rescoring queued
         for j in range(len(batches) + 2):
             while len(reads) < READ_AHEAD and j + len(reads) < len(batches):
-                reads.append(self.read(batches[j + len(reads)], layout, here=j + len(reads) == 0))
+                reads.append(self.read(batches[j + len(reads)], layout, by_caller=j + len(reads) == 0))
             started = None
             if reads:
                 failures, started = self._start(reads.popleft(), options, alone=len(batches) == 1)
