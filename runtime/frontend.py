@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -54,6 +55,19 @@ def num_frames(num_samples: int, frame_length: int = 400, frame_shift: int = 160
     return 0 if num_samples < frame_length else 1 + (num_samples - frame_length) // frame_shift
 
 
+class FrameLayout(NamedTuple):
+    """A frontend's framing in samples: frame length, shift, and the FFT size (the length's next power of two)."""
+
+    length: int
+    shift: int
+    padded: int
+
+    @classmethod
+    def of(cls, frame_length_ms: int, frame_shift_ms: int, sample_rate: int) -> FrameLayout:
+        length = int(sample_rate * frame_length_ms / 1000)
+        return cls(length, int(sample_rate * frame_shift_ms / 1000), 1 << math.ceil(math.log2(length)))
+
+
 def fbank(samples: np.ndarray | torch.Tensor, num_mel_bins: int = 80, frame_length_ms: int = 25,
           frame_shift_ms: int = 10, sample_rate: int = 16000) -> torch.Tensor:
     """(T, num_mel_bins) float32 log-mel energies of int16-scale mono samples."""
@@ -66,15 +80,13 @@ def fbank_batch(waves: list[np.ndarray | torch.Tensor], num_mel_bins: int = 80, 
     """Fbank of several utterances at once, on ``device`` (default: where the first wave is): the frames of all
     utterances go through one FFT and one mel projection. Waves may be int16, alone or mixed with float ones: they are
     converted once, after framing (``cat`` promotes). On a GPU, two kernels and the FFT (``plugins.fbank``)."""
-    length = int(sample_rate * frame_length_ms / 1000)
-    shift = int(sample_rate * frame_shift_ms / 1000)
+    length, shift, padded = FrameLayout.of(frame_length_ms, frame_shift_ms, sample_rate)
     waves = [torch.as_tensor(w) for w in waves]
     device = torch.device(device) if device is not None else waves[0].device
     counts = [num_frames(w.numel(), length, shift) for w in waves]
     framed = [w.to(device).as_strided((n, length), (shift, 1)) for w, n in zip(waves, counts) if n]
     if not framed:
         return [torch.zeros(0, num_mel_bins, device=device) for _ in waves]
-    padded = 1 << math.ceil(math.log2(length))
     window, banks = povey_window(length, device), mel_banks(num_mel_bins, padded, sample_rate, device=device)
     if runs_on_gpu(device):
         frames = framed[0] if len(framed) == 1 else torch.cat(framed)  # one wave: its strided view, no copy
@@ -98,9 +110,7 @@ class FbankGraphs:
     def __init__(self, buckets: list[int], device: torch.device, num_mel_bins: int = 80, frame_length_ms: int = 25,
                  frame_shift_ms: int = 10, sample_rate: int = 16000):
         self.buckets, self.device = buckets, device
-        self.length = int(sample_rate * frame_length_ms / 1000)
-        self.shift = int(sample_rate * frame_shift_ms / 1000)
-        self.padded = 1 << math.ceil(math.log2(self.length))
+        self.length, self.shift, self.padded = FrameLayout.of(frame_length_ms, frame_shift_ms, sample_rate)
         self.window = povey_window(self.length, device)
         self.banks = mel_banks(num_mel_bins, self.padded, sample_rate, device=device)
         self.pool = torch.cuda.graph_pool_handle()  # one output is read before the next replay, of any bucket
