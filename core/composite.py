@@ -22,9 +22,9 @@ from core.tensor import Tensor
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None = None, key_ends: Tensor | None = None,
-              pos: Tensor | None = None, pos_bias_u: Tensor | None = None, pos_bias_v: Tensor | None = None,
-              q_bias: Tensor | None = None, k_bias: Tensor | None = None, v_bias: Tensor | None = None, *,
-              scale: float, causal: bool = False) -> Tensor:
+              rows: Tensor | None = None, pos: Tensor | None = None, pos_bias_u: Tensor | None = None,
+              pos_bias_v: Tensor | None = None, q_bias: Tensor | None = None, k_bias: Tensor | None = None,
+              v_bias: Tensor | None = None, *, scale: float, causal: bool = False, packed_kv: bool = False) -> Tensor:
     """softmax(scores * scale) · v over (B, H, M, D) queries and (B, H, N, D) keys, softmax in fp32.
 
     q, k and v first get their projections' biases (H, D) where given. scores = q·kᵀ, or with ``pos``
@@ -32,7 +32,17 @@ def attention(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None = None
     attended where j < key_lengths[b]; if ``causal``, j <= i + N - M for query i; with ``key_ends`` (B, N) int32
     (a tree in pre-order, M = N), j <= i < key_ends[b, j]: query i sees the keys whose subtree holds it, its
     ancestors. Rows with no key attended give zeros, as WeNet.
+
+    Packed rows (``rows`` (B, M) int32): q is (1, H, P, D), the rows of all sequences without padding, and query m
+    of row b is q[0, :, rows[b, m]], absent where rows[b, m] < 0 (its output zeros); with ``packed_kv`` k and v are
+    packed the same way (N = M). The output is in the (B, H, M, Dv) layout all the same.
     """
+    if rows is not None:
+        present = rows > -1
+        at = F.maximum(rows, 0)
+        q = _unpacked(q, at)
+        if packed_kv:
+            k, v = _unpacked(k, at), _unpacked(v, at)
     q = q + F.unsqueeze(F.unsqueeze(q_bias, 0), 2) if q_bias is not None else q
     if k_bias is not None:
         k, v = (t + F.unsqueeze(F.unsqueeze(b, 0), 2) for t, b in ((k, k_bias), (v, v_bias)))
@@ -53,10 +63,20 @@ def attention(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None = None
     if key_ends is not None:  # (B, 1, M, N): i < key_ends[b, j]
         inside = F.unsqueeze(F.unsqueeze(F.unsqueeze(queries, 1), 0) < F.unsqueeze(key_ends, 1), 1)
         mask = mask & inside
+    if rows is not None:  # absent queries (B, 1, M, 1) and, packed, absent keys (B, 1, 1, N) attend to nothing
+        both = F.unsqueeze(F.unsqueeze(present, 1), 3)
+        if packed_kv:
+            both = both & F.unsqueeze(F.unsqueeze(present, 1), 2)
+        mask = both if mask is None else mask & both
     if mask is None:
         return F.matmul(F.cast(F.softmax(scores, -1), v.dtype), v)
     attn = F.where(mask, F.softmax(F.where(mask, scores, float("-inf")), -1), 0.0)
     return F.matmul(F.cast(attn, v.dtype), v)
+
+
+def _unpacked(x: Tensor, rows: Tensor) -> Tensor:
+    """Packed heads (1, H, P, D) -> (B, H, M, D): row rows[b, m] at [b, :, m]."""
+    return F.permute(F.squeeze(F.gather(x, rows, 2), 0), [1, 0, 2, 3])
 
 
 def linear_act(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, activation: str,
@@ -93,6 +113,7 @@ DECOMPOSITIONS: dict[str, Callable[..., Tensor | tuple[Tensor, ...]]] = {
     "top_k_log_probs": top_k_log_probs}
 # per op: the decomposition's arguments that a node's inputs always fill, then the optional ones by their flag
 INPUT_NAMES = {"attention": (["q", "k", "v"], [("has_lengths", ["key_lengths"]), ("has_key_ends", ["key_ends"]),
+                                               ("has_rows", ["rows"]),
                                                ("has_pos", ["pos", "pos_bias_u", "pos_bias_v"]),
                                                ("has_q_bias", ["q_bias"]), ("has_kv_bias", ["k_bias", "v_bias"])]),
                "linear_act": (["x", "weight"], [("has_bias", ["bias"])]),

@@ -6,12 +6,43 @@ The projections are layers here; the attention itself is one fused op (``F.atten
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 from core import functional as F
 from core.dtype import DataType
 from core.module import Module, Parameter
 from core.tensor import Tensor
 from layers.linear import Linear, fused_linear, linear
+
+
+class Packing(NamedTuple):
+    """Rows of B sequences packed back to back without padding (TensorRT-LLM's remove_input_padding): activations
+    are (1, P, D), and only attention sees the sequences, in a (B, M) layout. ``rows`` (B, M) int32: the packed row of
+    position m of sequence b, -1 past its length; ``slots`` (P,) int32: where each packed row lies in the attention's
+    (B, M) output, b * M + m."""
+
+    rows: Tensor
+    slots: Tensor
+
+    @classmethod
+    def of(cls, starts: Tensor, sequences: Tensor, lengths: Tensor, width: Tensor) -> Packing:
+        """From each sequence's first row and length, ``starts`` and ``lengths`` (B, 1) int32, each packed row's
+        sequence ``sequences`` (P,) int32, and the layout's M, ``width`` (a shape)."""
+        batch, positions = F.shape(starts, 0), F.arange(width)
+        rows = F.where(positions < lengths, starts + positions, -1)
+        flat = F.arange(batch * width)
+        row_starts = F.view(F.slice(F.view(flat, [batch, width]), 1, 0, 1), [-1])  # (B,): b * M
+        starts = F.view(starts, [-1])
+        slots = F.gather(row_starts, sequences, 0) + F.arange(F.shape(sequences, 0)) - F.gather(starts, sequences, 0)
+        # rows past the last sequence (a compiled engine pads P up to its bucket) must still index the output
+        last = F.slice(flat, 0, batch * width - 1, 1)
+        return cls(rows, F.where(slots > last, 0, slots))
+
+    def gather(self, x: Tensor) -> Tensor:
+        """An attention output (B, H, M, d_k) -> the packed rows (1, P, H*d_k)."""
+        heads, d_k = x.shape[1], x.shape[3]
+        rows = F.view(x.transpose(1, 2), [-1, heads * d_k])
+        return F.unsqueeze(F.gather(rows, self.slots, 0), 0)
 
 
 class MultiHeadedAttention(Module):
@@ -50,17 +81,18 @@ class MultiHeadedAttention(Module):
         return self.heads(q), self.heads(k), self.heads(v)
 
     def forward(self, x: Tensor, key_lengths: Tensor | None, causal: bool = False,
-                cache: tuple[Tensor, Tensor] | None = None,
-                key_ends: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+                cache: tuple[Tensor, Tensor] | None = None, key_ends: Tensor | None = None,
+                packing: Packing | None = None) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
         """Self-attention of ``x`` over keys ``j < key_lengths[b]`` (all if None; also ``j <= i`` if
         ``causal``; only its ancestors if ``x`` is a tree's nodes in pre-order with subtree ends ``key_ends``);
-        with ``cache`` the new keys/values are appended to it and returned."""
+        with ``cache`` the new keys/values are appended to it and returned; with ``packing`` x is packed rows."""
         scale = 1 / math.sqrt(self.d_k)
         if cache is None:
             q_bias, kv_bias = self.biases()
+            rows = {"rows": packing.rows, "packed_kv": True} if packing is not None else {}
             out = F.attention(*self.qkv(x, bias=False), key_lengths, scale=scale, causal=causal, key_ends=key_ends,
-                              q_bias=q_bias, kv_bias=kv_bias)
-            return self.linear_out(self.merge_heads(out, x)), None
+                              q_bias=q_bias, kv_bias=kv_bias, **rows)
+            return self.linear_out(packing.gather(out) if packing is not None else self.merge_heads(out, x)), None
         q, k, v = self.qkv(x)  # the cache holds finished keys and values
         k, v = F.concat([cache[0], k], 2), F.concat([cache[1], v], 2)
         out = F.attention(q, k, v, key_lengths, scale=scale, causal=causal)
@@ -73,10 +105,15 @@ class MultiHeadedCrossAttention(MultiHeadedAttention):
     repeated per hypothesis.
     """
 
-    def forward(self, x: Tensor, key: Tensor, value: Tensor, memory_lengths: Tensor) -> Tensor:
-        q = self.heads(linear(x, self.linear_q.weight.value), batch=F.shape(key, 0))
-        out = F.attention(q, key, value, memory_lengths, scale=1 / math.sqrt(self.d_k), q_bias=self.biases()[0])
-        return self.linear_out(self.merge_heads(out, x))
+    def forward(self, x: Tensor, key: Tensor, value: Tensor, memory_lengths: Tensor,
+                packing: Packing | None = None) -> Tensor:
+        """``packing``: x is packed rows (1, P, D), each sequence of them one utterance's queries."""
+        q = linear(x, self.linear_q.weight.value)
+        q = self.heads(q) if packing is not None else self.heads(q, batch=F.shape(key, 0))
+        rows = {"rows": packing.rows} if packing is not None else {}
+        out = F.attention(q, key, value, memory_lengths, scale=1 / math.sqrt(self.d_k), q_bias=self.biases()[0],
+                          **rows)
+        return self.linear_out(packing.gather(out) if packing is not None else self.merge_heads(out, x))
 
 
 class RelPositionMultiHeadedAttention(MultiHeadedAttention):

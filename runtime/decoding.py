@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from models.wenet.networks import TRIE_INPUTS
+from models.wenet.networks import PACKED_TRIE_INPUTS
 from runtime.encoding import EncoderOutput
 from runtime.search import DecodeResult, NBest, NBestResult
 from runtime.session import EngineDir, copy_to_host
@@ -76,10 +76,11 @@ class WeNetDecoding:
                   "ctc_scores": torch.from_numpy(np.where(lengths >= 0, nbest.scores[:, :n], 0.0).astype(np.float32)),
                   "ctc_weight": torch.tensor([ctc_weight])}
         for prefix, reverse in (("", False), ("r_", True))[:1 + self.bidirectional]:
-            trie = build_trie(nbest.tokens[:, :n], nbest.lengths[:, :n], nbest.count, self.model.sos, self.model.eos,
-                              reverse)
-            inputs.update({f"{prefix}trie_{name}": torch.from_numpy(getattr(trie, name)) for name in TRIE_INPUTS})
-            inputs[f"{prefix}hyps_path"] = torch.from_numpy(trie.paths)
+            tries = build_trie(nbest.tokens[:, :n], nbest.lengths[:, :n], nbest.count, self.model.sos,
+                               self.model.eos, reverse).packed()
+            inputs.update({f"{prefix}trie_{name}": torch.from_numpy(getattr(tries, name))
+                           for name in (*PACKED_TRIE_INPUTS, "ends", "starts")})
+            inputs[f"{prefix}hyps_path"] = torch.from_numpy(tries.paths)
         if self.bidirectional:
             inputs["reverse_weight"] = torch.tensor([reverse_weight])
         return inputs

@@ -43,6 +43,28 @@ class Trie(NamedTuple):
         """(B,) nodes of each utterance's trie."""
         return (self.ends[:, 0]).astype(np.int64)
 
+    def packed(self) -> PackedTries:
+        """The batch's tries back to back, without padding nodes, as the rescoring decoder reads them."""
+        nodes = self.nodes
+        starts = (np.cumsum(nodes) - nodes).astype(np.int32)
+        real = np.arange(self.ends.shape[1]) < nodes[:, None]
+        return PackedTries(self.tokens[real], self.positions[real], (self.parents + starts[:, None])[real],
+                           np.repeat(np.arange(len(nodes), dtype=np.int32), nodes), self.ends, starts,
+                           self.paths + starts[:, None, None])
+
+
+class PackedTries(NamedTuple):
+    """``Trie``'s arrays with the utterances' nodes back to back: node p of the batch is node p - starts[b] of
+    utterance b = utterances[p]."""
+
+    tokens: np.ndarray  # (P,) int32
+    positions: np.ndarray  # (P,) int32
+    parents: np.ndarray  # (P,) int32: a packed node
+    utterances: np.ndarray  # (P,) int32
+    ends: np.ndarray  # (B, M) int32: in each trie's own numbering, as ``Trie.ends``
+    starts: np.ndarray  # (B,) int32: each utterance's first (root) node
+    paths: np.ndarray  # (B, N, S) int32: packed nodes
+
 
 def build_trie(tokens: np.ndarray, lengths: np.ndarray, count: np.ndarray, sos: int, eos: int,
                reverse: bool = False) -> Trie:

@@ -15,16 +15,18 @@ pytest.importorskip("triton")
 
 
 # name: (batch, heads, queries, keys, head dim, lengths, causal, rel-pos, projection biases added inside, tree mask:
-# the real nodes of each row, the rest padding)
+# the real nodes of each row, the rest padding, packed rows: ("q" or "qkv", the real queries of each row) or None)
 CASES = {
-    "rel_pos": (3, 2, 37, 37, 16, [37, 20, 1], False, True, "qkv", None),
-    "plain_no_lengths": (2, 2, 70, 70, 16, None, False, False, "", None),
-    "causal_with_lengths": (4, 2, 23, 23, 16, [23, 5, 1, 17], True, False, "qkv", None),
-    "causal_offset_cache": (2, 2, 3, 40, 16, None, True, False, "q", None),
-    "cross_grouped_queries": (2, 2, 5 * 9, 66, 16, [66, 31], False, False, "q", None),
-    "head_dim_not_power_of_two": (2, 3, 19, 19, 12, [19, 7], False, True, "qkv", None),
-    "empty_key_row_gives_zeros": (2, 2, 8, 8, 16, [8, 0], False, False, "", None),
-    "tree_blocks_skipped": (3, 2, 300, 300, 16, None, False, False, "qkv", [300, 171, 2]),
+    "rel_pos": (3, 2, 37, 37, 16, [37, 20, 1], False, True, "qkv", None, None),
+    "plain_no_lengths": (2, 2, 70, 70, 16, None, False, False, "", None, None),
+    "causal_with_lengths": (4, 2, 23, 23, 16, [23, 5, 1, 17], True, False, "qkv", None, None),
+    "causal_offset_cache": (2, 2, 3, 40, 16, None, True, False, "q", None, None),
+    "cross_grouped_queries": (2, 2, 5 * 9, 66, 16, [66, 31], False, False, "q", None, None),
+    "head_dim_not_power_of_two": (2, 3, 19, 19, 12, [19, 7], False, True, "qkv", None, None),
+    "empty_key_row_gives_zeros": (2, 2, 8, 8, 16, [8, 0], False, False, "", None, None),
+    "tree_blocks_skipped": (3, 2, 300, 300, 16, None, False, False, "qkv", [300, 171, 2], None),
+    "packed_tree": (3, 2, 150, 150, 16, None, False, False, "qkv", [150, 77, 3], ("qkv", [150, 77, 3])),
+    "packed_queries_cross": (3, 2, 90, 50, 16, [50, 23, 9], False, False, "q", None, ("q", [90, 0, 65])),
 }
 
 
@@ -34,7 +36,7 @@ def random_tree_ends(nodes: int, size: int, g: torch.Generator) -> torch.Tensor:
     pre-order walk; node j's subtree ends at the first later node no deeper than it."""
     depth = [0]
     for _ in range(1, nodes):
-        back = torch.rand(1, generator=g).item() < 0.05
+        back = torch.rand(1, generator=g).item() < 0.05 and depth[-1] > 0
         depth.append(int(torch.randint(1, depth[-1] + 1, (1,), generator=g)) if back else depth[-1] + 1)
     ends = [next((i for i in range(j + 1, nodes) if depth[i] <= depth[j]), nodes) for j in range(nodes)]
     return torch.tensor(ends + [0] * (size - nodes), dtype=torch.int32)
@@ -102,8 +104,26 @@ def top_k_failures(device: str) -> list[str]:
     return failures
 
 
+def packed_rows(counts: list[int], size: int, g: torch.Generator) -> torch.Tensor:
+    """(B, size) int32: the packed row of query m of row b for m < counts[b], else -1; the packed rows are all
+    sum(counts) rows in a random order, so that nothing depends on rows being in sequence."""
+    order = torch.randperm(sum(counts), generator=g).to(torch.int32)
+    rows = torch.full((len(counts), size), -1, dtype=torch.int32)
+    for b, (start, count) in enumerate(zip([0, *torch.tensor(counts).cumsum(0).tolist()], counts)):
+        rows[b, :count] = order[start:start + count]
+    return rows
+
+
+def pack(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(B, H, M, D) -> the packed (1, H, P, D) whose row rows[b, m] is x[b, :, m]."""
+    out = x.new_zeros((1, x.shape[1], int((rows >= 0).sum()), x.shape[3]))
+    for b, m in (rows >= 0).nonzero().tolist():
+        out[0, :, rows[b, m]] = x[b, :, m]
+    return out
+
+
 def make_inputs(case: str, dtype: torch.dtype, device: str = "cpu"):
-    batch, heads, m, n, d, lengths, causal, rel_pos, biases, tree = CASES[case]
+    batch, heads, m, n, d, lengths, causal, rel_pos, biases, tree, packed = CASES[case]
     g = torch.Generator().manual_seed(len(case))
 
     def rand(*shape):
@@ -116,7 +136,13 @@ def make_inputs(case: str, dtype: torch.dtype, device: str = "cpu"):
     pos = (rand(1, heads, n, d), rand(heads, d), rand(heads, d)) if rel_pos else (None, None, None)
     q_bias = rand(heads, d) if "q" in biases else None
     kv_bias = (rand(heads, d), rand(heads, d)) if "kv" in biases else (None, None)
-    return (q, k, v, key_lengths, key_ends, *pos, q_bias, *kv_bias, 1 / d**0.5, causal)
+    rows, packed_kv = None, False
+    if packed:
+        rows, packed_kv = packed_rows(packed[1], m, g).to(device), packed[0] == "qkv"
+        q = pack(q, rows)
+        if packed_kv:
+            k, v = pack(k, rows), pack(v, rows)
+    return (q, k, v, key_lengths, key_ends, rows, *pos, q_bias, *kv_bias, 1 / d**0.5, causal, packed_kv)
 
 
 def decomposed(args) -> torch.Tensor:
@@ -216,9 +242,9 @@ def test_fully_masked_rows_are_zero_and_others_are_not():
 
 def test_decomposition_is_the_unfused_math():
     """Held against torch's own attention (scaled_dot_product_attention with a boolean mask)."""
-    q, k, v, key_lengths, _, pos, u, bias_v, q_bias, k_bias, v_bias, scale, causal = make_inputs("rel_pos",
-                                                                                               torch.float32)
-    got = decomposed((q, k, v, key_lengths, None, pos, u, bias_v, q_bias, k_bias, v_bias, scale, causal))
+    q, k, v, key_lengths, _, _, pos, u, bias_v, q_bias, k_bias, v_bias, scale, causal, _ = make_inputs(
+        "rel_pos", torch.float32)
+    got = decomposed((q, k, v, key_lengths, None, None, pos, u, bias_v, q_bias, k_bias, v_bias, scale, causal))
     q, k, v = (t + b[None, :, None] for t, b in ((q, q_bias), (k, k_bias), (v, v_bias)))
     q_cat = torch.cat([q + u[None, :, None], q + bias_v[None, :, None]], -1)
     k_cat = torch.cat([k, pos.expand_as(k)], -1)
@@ -227,11 +253,28 @@ def test_decomposition_is_the_unfused_math():
     assert (got - want).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("case", ["packed_tree", "packed_queries_cross"])
+def test_packed_rows_attend_as_their_padded_layout(case):
+    """Packed queries (and keys) give what the same rows give in the padded (B, H, M, D) layout; absent ones zeros."""
+    q, k, v, key_lengths, key_ends, rows, *rest, scale, causal, packed_kv = make_inputs(case, torch.float32)
+    got = decomposed((q, k, v, key_lengths, key_ends, rows, *rest, scale, causal, packed_kv))
+    present = rows >= 0
+
+    def unpack(x):
+        return torch.where(present[:, None, :, None], x[0][:, rows.clamp(min=0)].transpose(0, 1), 0.0)
+
+    q_pad, k_pad, v_pad = unpack(q), *((unpack(k), unpack(v)) if packed_kv else (k, v))
+    want = decomposed((q_pad, k_pad, v_pad, key_lengths, key_ends, None, *rest, scale, causal))
+    assert got.shape == want.shape == (*rows.shape[:1], q.shape[1], rows.shape[1], v.shape[3])
+    assert (got - want).abs()[present[:, None, :, None].expand_as(got)].max() < 1e-5
+    assert got[~present[:, None, :, None].expand_as(got)].abs().sum() == 0 and (~present).any()
+
+
 def test_tree_mask_attends_to_ancestors_only():
     """The tree mask against ancestors found by walking up parents (the nearest earlier node one level up)."""
-    q, k, v, _, key_ends, *_, scale, _ = make_inputs("tree_blocks_skipped", torch.float32)
-    got = decomposed((q, k, v, None, key_ends, None, None, None, None, None, None, scale, False))
-    for b, nodes in enumerate(CASES["tree_blocks_skipped"][-1]):
+    q, k, v, _, key_ends, *_, scale, _, _ = make_inputs("tree_blocks_skipped", torch.float32)
+    got = decomposed((q, k, v, None, key_ends, None, None, None, None, None, None, None, scale, False))
+    for b, nodes in enumerate(CASES["tree_blocks_skipped"][-2]):
         ends = key_ends[b, :nodes].tolist()
         depth = [sum(j < i < ends[j] for j in range(i)) for i in range(nodes)]  # ancestors counted by the ends
         parent = [max((j for j in range(i) if depth[j] == depth[i] - 1), default=-1) for i in range(nodes)]

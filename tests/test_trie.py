@@ -59,3 +59,22 @@ def test_trie_is_the_prefix_tree_of_the_nbest(seed, reverse, build):
             assert not trie.paths[b, r, len(s) - 1:].any()
         assert not trie.paths[b, len(nbest):].any()
 
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_packed_tries_are_the_tries_back_to_back(seed):
+    hyps, tokens, lengths, count = random_nbest(seed)
+    trie = build_trie(tokens, lengths, count, SOS, EOS, reverse=True)
+    packed = trie.packed()
+    nodes = trie.nodes
+    assert len(packed.tokens) == nodes.sum() and packed.starts.tolist() == (np.cumsum(nodes) - nodes).tolist()
+    for b, start in enumerate(packed.starts.tolist()):
+        own = slice(start, start + int(nodes[b]))
+        assert (packed.utterances[own] == b).all()
+        assert packed.tokens[own].tolist() == trie.tokens[b, :nodes[b]].tolist()
+        assert packed.positions[own].tolist() == trie.positions[b, :nodes[b]].tolist()
+        assert (packed.parents[own] - start).tolist() == trie.parents[b, :nodes[b]].tolist()
+        for r, h in enumerate(hyps[b]):  # each step's packed node holds the token of the trie's node
+            steps = packed.paths[b, r, :len(h) + 1]
+            assert packed.tokens[steps].tolist() == trie.tokens[b, trie.paths[b, r, :len(h) + 1]].tolist()
+    assert packed.ends is trie.ends and all(a.dtype == np.int32 for a in packed if a is not trie.ends)

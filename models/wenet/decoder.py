@@ -6,7 +6,7 @@ from core import functional as F
 from core.dtype import DataType
 from core.module import Module, ModuleList
 from core.tensor import Tensor
-from layers.attention import MultiHeadedAttention, MultiHeadedCrossAttention
+from layers.attention import MultiHeadedAttention, MultiHeadedCrossAttention, Packing
 from layers.embedding import Embedding, PositionalEncoding
 from layers.feed_forward import PositionwiseFeedForward
 from layers.linear import Linear, fp32_accurate_token_log_probs, fp32_accurate_top_k_log_probs
@@ -27,12 +27,12 @@ class DecoderLayer(Module):
         self.norm3 = LayerNorm(d, config.norm_eps)
 
     def forward(self, x: Tensor, memory: KV, memory_lengths: Tensor, key_ends: Tensor | None = None,
-                cache: KV | None = None) -> tuple[Tensor, KV | None]:
-        """Self-attention of a trie's nodes over their ancestors (``key_ends``), or of the next token over all
-        ``cache``d ones."""
-        a, new_cache = self.self_attn(self.norm1(x), None, cache=cache, key_ends=key_ends)
+                cache: KV | None = None, packing: Packing | None = None) -> tuple[Tensor, KV | None]:
+        """Self-attention of tries' nodes over their ancestors (``key_ends``; packed rows with ``packing``), or of
+        the next token over all ``cache``d ones."""
+        a, new_cache = self.self_attn(self.norm1(x), None, cache=cache, key_ends=key_ends, packing=packing)
         x = x + a
-        x = x + self.src_attn(self.norm2(x), memory[0], memory[1], memory_lengths)
+        x = x + self.src_attn(self.norm2(x), memory[0], memory[1], memory_lengths, packing)
         x = x + self.feed_forward(self.norm3(x))
         return x, new_cache
 
@@ -60,14 +60,15 @@ class TransformerDecoder(Module):
         return fp32_accurate_top_k_log_probs(self.normed(x), self.output_layer, k, x.dtype)
 
     def forward(self, tokens: Tensor, positions: Tensor, ends: Tensor, parents: Tensor, memory: list[KV],
-                memory_lengths: Tensor) -> Tensor:
-        """A trie's nodes in pre-order, (B, M) int32 each: tokens, depths, subtree ends, parents -> log p(token of
-        node i | its ancestors' tokens) (B, M) fp32, read from its parent's output (the vocabulary logits never
+                memory_lengths: Tensor, packing: Packing) -> Tensor:
+        """The nodes of B tries (one per utterance) packed in pre-order, (1, P) int32 each: tokens, depths and
+        parents (packed rows), and the tries' subtree ends (B, M) in each trie's own numbering -> log p(token of
+        node i | its ancestors' tokens) (1, P) fp32, read from its parent's output (the vocabulary logits never
         written: ``F.token_log_probs``). A node's output depends only on its ancestors, as a token's on its prefix
         in a causal decoder, so a hypothesis' log-probs are those of its path's nodes."""
         x, _ = self.embed[1](self.embed[0](tokens), positions=positions)
         for layer, kv in zip(self.decoders, memory):
-            x, _ = layer(x, kv, memory_lengths, key_ends=ends)
+            x, _ = layer(x, kv, memory_lengths, key_ends=ends, packing=packing)
         return fp32_accurate_token_log_probs(self.normed(F.gather_rows(x, parents)), self.output_layer, tokens,
                                              x.dtype)
 

@@ -20,6 +20,7 @@ from core import functional as F
 from core.dtype import DataType
 from core.network import Dim, Network, net_guard
 from core.tensor import Tensor
+from layers.attention import Packing
 from layers.subsampling import subsampled_length
 from models.wenet.decoder import TransformerDecoder
 from models.wenet.model import WeNetModel
@@ -72,17 +73,18 @@ class Profiles:
     def buckets(self, input_layer: str) -> dict[str, list[int]]:
         """The shape buckets of the compiled engines' CUDA graphs, per dynamic dim: inputs are padded up to
         the next bucket. Batch: powers of two; audio: steps of 1.28 s; hypotheses: always the beam;
-        tokens: steps of 8; trie nodes: at most 1/16 apart. The encoder frames of an audio bucket are the buckets
-        of the encoder output."""
+        tokens: steps of 8; trie nodes, and a batch's packed trie rows: at most 1/16 apart. The encoder frames of an
+        audio bucket are the buckets of the encoder output."""
         frames = self.frames(input_layer)
         batch = sorted({min(2**i, self.max_batch_size) for i in range(self.max_batch_size.bit_length() + 1)})
         audio = sorted({min(n, frames.max) for n in range(128, frames.max + 128, 128)})
         encoder_max = subsampled_length(frames.max, input_layer)
         tokens_max = encoder_max + 1
         nodes = finely_spaced(1 + self.beam_size * tokens_max)
+        rows = finely_spaced(self.max_batch_size * (1 + self.beam_size * tokens_max))  # a batch's tries, packed
         return {"batch": batch, "frames": audio, "encoder_frames": [subsampled_length(n, input_layer) for n in audio],
                 "hyps": [self.beam_size], "hyp_tokens": sorted({min(n, tokens_max) for n in range(8, tokens_max + 8, 8)}),
-                "trie_nodes": nodes, "r_trie_nodes": nodes}
+                "trie_nodes": nodes, "r_trie_nodes": nodes, "trie_rows": rows, "r_trie_rows": rows}
 
 
 def _encoder_frames(model: WeNetModel, profiles: Profiles) -> Dim:
@@ -142,14 +144,17 @@ def cross_kv_network(model: WeNetModel, profiles: Profiles) -> Network:
     return net
 
 
-TRIE_INPUTS = ("tokens", "positions", "ends", "parents")  # per node of a trie of hypotheses (``runtime.trie``)
+# per node of the packed tries of hypotheses (``runtime.trie``)
+PACKED_TRIE_INPUTS = ("tokens", "positions", "parents", "utterances")
 
 
 def decoder_network(model: WeNetModel, profiles: Profiles) -> Network:
     """Attention rescoring: the scores of N hypotheses per utterance, both directions, in one call. Each direction
     runs over the trie of the utterance's hypotheses (reversed for the right-to-left decoder; ``runtime.trie``), so
     a shared prefix is computed once; ``hyps_path`` names the trie node of each scored step (tokens, then eos) of
-    each hypothesis. The cross K/V are computed inside, so one call takes the encoder output as it is."""
+    each hypothesis. The tries of a batch are packed back to back (``trie_rows``: no padding rows through the
+    GEMMs; the attention reads them per utterance through ``layers.attention.Packing``). The cross K/V are computed
+    inside, so one call takes the encoder output as it is."""
     net = Network("decoder")
     with net_guard(net):
         batch, frames = _batch(profiles), _encoder_frames(model, profiles)
@@ -165,10 +170,20 @@ def decoder_network(model: WeNetModel, profiles: Profiles) -> Network:
 
         def direction_scores(direction: str, prefix: str) -> Tensor:
             nodes = profiles.trie_nodes(frames.max, direction == "right", frames.opt)
-            trie = [net.add_input(f"{prefix}trie_{name}", DataType.int32, [batch, nodes]) for name in TRIE_INPUTS]
+            rows = Dim(f"{prefix}trie_rows", 2, batch.opt * nodes.opt, batch.max * nodes.max)
+
+            def packed(name: str) -> Tensor:  # (P,) -> (1, P)
+                return F.unsqueeze(net.add_input(f"{prefix}trie_{name}", DataType.int32, [rows]), 0)
+
+            tokens, positions, parents, utterances = (packed(name) for name in PACKED_TRIE_INPUTS)
+            ends = net.add_input(f"{prefix}trie_ends", DataType.int32, [batch, nodes])
+            starts = net.add_input(f"{prefix}trie_starts", DataType.int32, [batch])
+            packing = Packing.of(F.unsqueeze(starts, 1), F.squeeze(utterances, 0), F.slice(ends, 1, 0, 1),
+                                 F.shape(ends, 1))
             path = net.add_input(f"{prefix}hyps_path", DataType.int32, [batch, hyps_dim, steps_dim])
-            node_log_probs = decoders[direction](*trie, memory[direction], encoder_lens)  # (B, M)
-            steps = F.gather_rows(node_log_probs, path)  # (B, N, S)
+            node_log_probs = decoders[direction](tokens, positions, ends, parents, memory[direction], encoder_lens,
+                                                 packing)  # (1, P)
+            steps = F.gather(F.squeeze(node_log_probs, 0), path, 0)  # (B, N, S)
             valid = F.unsqueeze(F.unsqueeze(F.arange(F.shape(path, 2)), 0), 0) < F.unsqueeze(hyps_lens, 2)
             return F.sum(F.where(valid, steps, 0.0), [2])
 
