@@ -323,8 +323,7 @@ def gather_elements(x: Tensor, indices: Tensor, dim: int) -> Tensor:
 def gather_rows(x: Tensor, indices: Tensor) -> Tensor:
     """``x[b, indices[b, ...]]`` per batch row: x (B, M, *rest), indices (B, R, ...) int32 -> (B, R, ...,
     *rest). One gather over the flattened rows, each row's indices offset by b * M."""
-    batch, rows = shape(x, 0), shape(x, 1)
-    offsets = slice(view(arange(batch * rows, indices.dtype), [batch, rows]), 1, 0, 1)  # (B, 1): b * M
+    offsets = slice(flat_indices(shape(x, 0), shape(x, 1), indices.dtype), 1, 0, 1)  # (B, 1): b * M
     for _ in range(indices.ndim - 2):
         offsets = unsqueeze(offsets, 2)
     return gather(view(x, [-1, *x.shape[2:]]), indices + offsets, 0)
@@ -332,6 +331,11 @@ def gather_rows(x: Tensor, indices: Tensor) -> Tensor:
 
 def arange(n: Tensor, dtype: DataType | str = DataType.int32) -> Tensor:
     return _one("arange", [n], dtype=DataType(dtype).value)
+
+
+def flat_indices(batch: Tensor, width: Tensor, dtype: DataType | str = DataType.int32) -> Tensor:
+    """(B, W): entry (b, w)'s index in the flattened layout, b * W + w (``batch`` and ``width`` are shapes)."""
+    return view(arange(batch * width, dtype), [batch, width])
 
 
 def topk(x: Tensor, k: int, dim: int = -1) -> tuple[Tensor, Tensor]:

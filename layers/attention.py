@@ -25,17 +25,16 @@ class Packing(NamedTuple):
     slots: Tensor
 
     @classmethod
-    def of(cls, starts: Tensor, sequences: Tensor, lengths: Tensor, width: Tensor) -> Packing:
-        """From each sequence's first row and length, ``starts`` and ``lengths`` (B, 1) int32, each packed row's
+    def of(cls, starts: Tensor, lengths: Tensor, sequences: Tensor, width: Tensor) -> Packing:
+        """From each sequence's first row and length, ``starts`` (B,) and ``lengths`` (B, 1) int32, each packed row's
         sequence ``sequences`` (P,) int32, and the layout's M, ``width`` (a shape)."""
         batch, positions = F.shape(starts, 0), F.arange(width)
-        rows = F.where(positions < lengths, starts + positions, -1)
-        flat = F.arange(batch * width)
-        row_starts = F.view(F.slice(F.view(flat, [batch, width]), 1, 0, 1), [-1])  # (B,): b * M
-        starts = F.view(starts, [-1])
+        rows = F.where(positions < lengths, F.unsqueeze(starts, 1) + positions, -1)
+        slot_of = F.flat_indices(batch, width)  # (B, M): b * M + m
+        row_starts = F.view(F.slice(slot_of, 1, 0, 1), [-1])
         slots = F.gather(row_starts, sequences, 0) + F.arange(F.shape(sequences, 0)) - F.gather(starts, sequences, 0)
         # rows past the last sequence (a compiled engine pads P up to its bucket) must still index the output
-        last = F.slice(flat, 0, batch * width - 1, 1)
+        last = F.slice(F.view(slot_of, [-1]), 0, batch * width - 1, 1)
         return cls(rows, F.where(slots > last, 0, slots))
 
     def gather(self, x: Tensor) -> Tensor:

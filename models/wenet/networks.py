@@ -172,15 +172,14 @@ def decoder_network(model: WeNetModel, profiles: Profiles) -> Network:
             nodes = profiles.trie_nodes(frames.max, direction == "right", frames.opt)
             rows = Dim(f"{prefix}trie_rows", 2, batch.opt * nodes.opt, batch.max * nodes.max)
 
-            def packed(name: str) -> Tensor:  # (P,) -> (1, P)
-                return F.unsqueeze(net.add_input(f"{prefix}trie_{name}", DataType.int32, [rows]), 0)
-
-            tokens, positions, parents, utterances = (packed(name) for name in PACKED_TRIE_INPUTS)
+            tokens, positions, parents, utterances = (net.add_input(f"{prefix}trie_{name}", DataType.int32, [rows])
+                                                       for name in PACKED_TRIE_INPUTS)
             ends = net.add_input(f"{prefix}trie_ends", DataType.int32, [batch, nodes])
             starts = net.add_input(f"{prefix}trie_starts", DataType.int32, [batch])
-            packing = Packing.of(F.unsqueeze(starts, 1), F.squeeze(utterances, 0), F.slice(ends, 1, 0, 1),
-                                 F.shape(ends, 1))
+            # a trie's size is its root's subtree end
+            packing = Packing.of(starts, F.slice(ends, 1, 0, 1), utterances, F.shape(ends, 1))
             path = net.add_input(f"{prefix}hyps_path", DataType.int32, [batch, hyps_dim, steps_dim])
+            tokens, positions, parents = (F.unsqueeze(t, 0) for t in (tokens, positions, parents))  # (1, P)
             node_log_probs = decoders[direction](tokens, positions, ends, parents, memory[direction], encoder_lens,
                                                  packing)  # (1, P)
             steps = F.gather(F.squeeze(node_log_probs, 0), path, 0)  # (B, N, S)
