@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from runtime.frontend import Features
 from runtime.session import EngineDir
 
 
@@ -25,13 +26,12 @@ class WeNetEncoding:
         self.frames = self.session.profile("frames")
         self.max_batch_size = self.session.profile("batch").max
 
-    def encode(self, feats: list[torch.Tensor]) -> EncoderOutput:
-        """``feats``: (T_i, 80) fp32 fbank per utterance, on any device; padded with zeros like WeNet."""
-        device = self.engine.device
-        lengths = torch.tensor([f.shape[0] for f in feats], dtype=torch.int32)
-        feats = [f.to(device) for f in feats]
-        # one utterance needs no padding here: the session pads to its bucket anyway (a copy saved at batch 1)
-        speech = feats[0][None] if len(feats) == 1 else torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
-        out = self.session.run({"speech": speech, "speech_lengths": lengths})
+    def encode(self, feats: Features | list[torch.Tensor]) -> EncoderOutput:
+        """``feats``: a padded batch, or (T_i, 80) fp32 fbank per utterance (padded here with zeros like WeNet), on any
+        device."""
+        if not isinstance(feats, Features):
+            feats = Features.of(feats)
+        lengths = torch.tensor(feats.lengths, dtype=torch.int32)
+        out = self.session.run({"speech": feats.padded.to(self.engine.device), "speech_lengths": lengths})
         return EncoderOutput(out["encoder_out"], out["encoder_out_lens"], out["ctc_top_log_probs"],
                              out["ctc_top_labels"])

@@ -68,6 +68,24 @@ class FrameLayout(NamedTuple):
         return cls(length, int(sample_rate * frame_shift_ms / 1000), 1 << math.ceil(math.log2(length)))
 
 
+class Features(NamedTuple):
+    """A batch's fbank as the encoder takes it: (B, T, mels) fp32, zero past each utterance's frames, and the frame
+    counts."""
+
+    padded: torch.Tensor
+    lengths: list[int]
+
+    @classmethod
+    def of(cls, feats: list[torch.Tensor]) -> Features:
+        """Per-utterance (T_i, mels) features padded with zeros, like WeNet (one utterance: a view, no copy)."""
+        padded = feats[0][None] if len(feats) == 1 else torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
+        return cls(padded, [f.shape[0] for f in feats])
+
+    def utterances(self) -> list[torch.Tensor]:
+        """Each utterance's (T_i, mels) features: views of the padded batch."""
+        return [self.padded[b, :n] for b, n in enumerate(self.lengths)]
+
+
 def fbank(samples: np.ndarray | torch.Tensor, num_mel_bins: int = 80, frame_length_ms: int = 25,
           frame_shift_ms: int = 10, sample_rate: int = 16000) -> torch.Tensor:
     """(T, num_mel_bins) float32 log-mel energies of int16-scale mono samples."""
@@ -77,27 +95,49 @@ def fbank(samples: np.ndarray | torch.Tensor, num_mel_bins: int = 80, frame_leng
 def fbank_batch(waves: list[np.ndarray | torch.Tensor], num_mel_bins: int = 80, frame_length_ms: int = 25,
                 frame_shift_ms: int = 10, sample_rate: int = 16000,
                 device: str | torch.device | None = None) -> list[torch.Tensor]:
+    """Fbank of several utterances at once (``fbank_padded``), per utterance (views of the padded batch)."""
+    return fbank_padded(waves, num_mel_bins, frame_length_ms, frame_shift_ms, sample_rate, device).utterances()
+
+
+def fbank_padded(waves: list[np.ndarray | torch.Tensor], num_mel_bins: int = 80, frame_length_ms: int = 25,
+                 frame_shift_ms: int = 10, sample_rate: int = 16000,
+                 device: str | torch.device | None = None) -> Features:
     """Fbank of several utterances at once, on ``device`` (default: where the first wave is): the frames of all
-    utterances go through one FFT and one mel projection. Waves may be int16, alone or mixed with float ones: they are
-    converted once, after framing (``cat`` promotes). On a GPU, two kernels and the FFT (``plugins.fbank``)."""
+    utterances go through one FFT and one mel projection. Waves may be int16, alone or mixed with float ones
+    (converted once, after framing). On a GPU, two kernels and the FFT (``plugins.fbank``) write the padded batch."""
     length, shift, padded = FrameLayout.of(frame_length_ms, frame_shift_ms, sample_rate)
     waves = [torch.as_tensor(w) for w in waves]
     device = torch.device(device) if device is not None else waves[0].device
     counts = [num_frames(w.numel(), length, shift) for w in waves]
-    framed = [w.to(device).as_strided((n, length), (shift, 1)) for w, n in zip(waves, counts) if n]
-    if not framed:
-        return [torch.zeros(0, num_mel_bins, device=device) for _ in waves]
+    if max(counts) == 0:
+        return Features(torch.zeros(len(waves), 0, num_mel_bins, device=device), counts)
     window, banks = povey_window(length, device), mel_banks(num_mel_bins, padded, sample_rate, device=device)
     if runs_on_gpu(device):
-        frames = framed[0] if len(framed) == 1 else torch.cat(framed)  # one wave: its strided view, no copy
-        return list(torch.split(log_mel(frames, window, banks, padded), counts))
+        samples, starts = one_buffer([w.to(device) for w in waves])
+        rows = np.cumsum([0, *counts[:-1]])
+        # page-locked, so that the copy is queued without waiting for the GPU
+        table = torch.from_numpy(np.array([starts, counts, rows], dtype=np.int64)).pin_memory()
+        table = table.to(device, non_blocking=True)
+        return Features(log_mel(samples, table, sum(counts), max(counts), window, banks, padded, shift), counts)
+    framed = [w.to(device).as_strided((n, length), (shift, 1)) for w, n in zip(waves, counts) if n]
     frames = torch.cat(framed).float()
     frames = frames - frames.mean(dim=1, keepdim=True)
     previous = torch.cat([frames[:, :1], frames[:, :-1]], dim=1)  # replicate-padded shift for x[0]
     frames = (frames - PREEMPHASIS * previous) * window
     spectrum = torch.fft.rfft(frames, n=padded).abs().pow(2.0)
     out = torch.clamp(spectrum @ banks.T, min=FLT_EPSILON).log()
-    return list(torch.split(out, counts))
+    return Features(torch.nn.utils.rnn.pad_sequence(list(torch.split(out, counts)), batch_first=True), counts)
+
+
+def one_buffer(waves: list[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
+    """(one 1-D tensor holding every wave, each wave's first element in it): the storage that they all view (a native
+    read's upload), else their concatenation (``cat`` promotes int16 mixed with float)."""
+    storage = waves[0].untyped_storage()
+    if all(w.dtype == waves[0].dtype and w.is_contiguous() and w.untyped_storage().data_ptr() == storage.data_ptr()
+           for w in waves):
+        whole = waves[0].new_empty(0).set_(storage, 0, (storage.nbytes() // waves[0].element_size(),))
+        return whole, [w.storage_offset() for w in waves]
+    return torch.cat([w.reshape(-1) for w in waves]), np.cumsum([0, *[w.numel() for w in waves[:-1]]]).tolist()
 
 
 class FbankGraphs:
@@ -114,20 +154,21 @@ class FbankGraphs:
         self.window = povey_window(self.length, device)
         self.banks = mel_banks(num_mel_bins, self.padded, sample_rate, device=device)
         self.pool = torch.cuda.graph_pool_handle()  # one output is read before the next replay, of any bucket
-        self.graphs: dict[tuple[int, torch.dtype], tuple[torch.Tensor, torch.Tensor, torch.cuda.CUDAGraph]] = {}
+        self.graphs: dict[tuple[int, torch.dtype], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.cuda.CUDAGraph]] = {}
 
     def __call__(self, wave: torch.Tensor) -> torch.Tensor:
         """(frames, num_mel_bins) fp32 of one wave on this device (its frames at most the largest bucket)."""
         n = num_frames(wave.numel(), self.length, self.shift)
         key = (pick_bucket(self.buckets, n), wave.dtype)
-        samples, out, graph = self.graphs.get(key) or self._capture(*key)
+        samples, _, out, graph = self.graphs.get(key) or self._capture(*key)
         samples[:wave.numel()].copy_(wave)
         graph.replay()
-        return out[:n]
+        return out[0, :n]
 
     def _capture(self, frames: int, dtype: torch.dtype):
         samples = torch.zeros((frames - 1) * self.shift + self.length, dtype=dtype, device=self.device)
-        framed = samples.as_strided((frames, self.length), (self.shift, 1))
-        graph, out = capture_graph(lambda: log_mel(framed, self.window, self.banks, self.padded), self.device, self.pool)
-        self.graphs[(frames, dtype)] = samples, out, graph
+        table = torch.tensor([[0], [frames], [0]], dtype=torch.int64, device=self.device)  # the whole bucket
+        graph, out = capture_graph(lambda: log_mel(samples, table, frames, frames, self.window, self.banks,
+                                                   self.padded, self.shift), self.device, self.pool)
+        self.graphs[(frames, dtype)] = samples, table, out, graph  # the graph reads samples and table in place
         return self.graphs[(frames, dtype)]

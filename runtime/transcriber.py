@@ -25,7 +25,7 @@ from plugins import runs_on_gpu
 from runtime.audio import AudioError, PcmWavs, duration, pcm_wavs, read_audio
 from runtime.decoding import RescoringScores, WeNetDecoding
 from runtime.encoding import WeNetEncoding
-from runtime.frontend import FbankGraphs, fbank_batch, num_frames
+from runtime.frontend import FbankGraphs, Features, fbank_padded, num_frames
 from runtime.native import usable_cpus
 from runtime.search import DecodeResult, NBest, PendingNBest, ctc_greedy_search
 from runtime.session import EngineDir, ProfileError
@@ -246,8 +246,8 @@ class Transcriber:
                               self.readers.submit(self.audio, path).result))
         return reads
 
-    def features(self, waves: list[Upload]) -> list[torch.Tensor]:
-        """Fbank of a batch at once, on the engines' device."""
+    def features(self, waves: list[Upload]) -> Features:
+        """Fbank of a batch at once, on the engines' device, padded as the encoder takes it."""
         model = self.engine.model
         if self.uploads is not None:
             compute = torch.cuda.current_stream(self.engine.device)
@@ -256,9 +256,9 @@ class Transcriber:
                 compute.wait_event(wave.ready)
                 wave.samples.record_stream(compute)  # its memory is not reused before the fbank has read it
         if len(waves) == 1 and self.fbank_graphs is not None:
-            return [self.fbank_graphs(waves[0].samples)]  # read by the encoder call before the next replay
-        return fbank_batch([w.samples for w in waves], model.num_mel_bins, model.frame_length, model.frame_shift,
-                           model.sample_rate, device=self.engine.device)
+            return Features.of([self.fbank_graphs(waves[0].samples)])  # read by the encoder before the next replay
+        return fbank_padded([w.samples for w in waves], model.num_mel_bins, model.frame_length, model.frame_shift,
+                            model.sample_rate, device=self.engine.device)
 
     def transcribe(self, items: Iterable[tuple[str, str]], options: DecodingOptions) -> Iterator[Result | Failure]:
         self.check(options)
@@ -355,22 +355,23 @@ class Transcriber:
             for key, result in zip(keys, results):
                 yield Result(key, mode, tokens_to_text(result.tokens, self.engine.vocab), result)
 
-    def decode(self, feats: list[torch.Tensor], options: DecodingOptions) -> dict[str, list[DecodeResult]]:
-        """Every mode of ``options`` for a batch of fbank features, in order: ``encode`` (device),
+    def decode(self, feats: Features | list[torch.Tensor], options: DecodingOptions) -> dict[str, list[DecodeResult]]:
+        """Every mode of ``options`` for a batch of fbank features (padded, or per utterance), in order: ``encode`` (device),
         ``prefix_search`` (host), ``rescore`` (device)."""
         encoded = self.encode(feats, options)
         return self.rescore(encoded, *self.prefix_search(encoded, options), options)
 
-    def encode(self, feats: list[torch.Tensor], options: DecodingOptions) -> Encoded:
+    def encode(self, feats: Features | list[torch.Tensor], options: DecodingOptions) -> Encoded:
         """A batch's device work: encoder, greedy search, the prefix search started (on a GPU the search itself,
         elsewhere its frame candidates), attention beam search. The prefix search and rescoring need no wait for the
         device here (the encoder lengths are known on the host). What outlives the next batch is owned: a compiled
         engine's outputs are CUDA-graph buffers that its next call overwrites."""
         model, stage = self.engine.model, self.times.stage
         modes = options.modes
+        feats = feats if isinstance(feats, Features) else Features.of(feats)
         with stage("encoder+ctc"):
             enc = self.encoding.encode(feats)
-        lens = torch.tensor([max(subsampled_length(f.shape[0], model.encoder.input_layer), 0) for f in feats],
+        lens = torch.tensor([max(subsampled_length(n, model.encoder.input_layer), 0) for n in feats.lengths],
                             dtype=torch.int32)
         out: dict[str, list[DecodeResult]] = {}
         if "ctc_greedy_search" in modes:

@@ -171,16 +171,33 @@ def test_fbank_graphs_equal_the_kernels_launched_one_by_one():
 
 
 def kernel_errors() -> list[float]:
-    """Max |GPU kernels' fbank - torch path| (``plugins.fbank.log_mel``, run on CPU tensors) for one int16 wave's
-    strided frames and for the frames of two waves stacked (int16 with float: promoted), as ``fbank_batch`` calls it."""
+    """Max |GPU kernels' padded fbank - torch path's| (``plugins.fbank.log_mel``, run on CPU tensors) for one int16
+    wave and for an int16 and a float wave in one buffer (promoted), as ``fbank_padded`` calls it."""
     from plugins.fbank import log_mel
-    from runtime.frontend import mel_banks, povey_window
+    from runtime.frontend import Features, mel_banks, num_frames, one_buffer, povey_window
 
     waves = [read_audio(WAVS[0]), load_audio(WAVS[1])[:16000]]
-    frames = [torch.from_numpy(w).as_strided((1 + (len(w) - 400) // 160, 400), (160, 1)) for w in waves]
     window, banks = povey_window(400), mel_banks(80, 512, 16000)
-    cases = [(frames[0], fbank(waves[0])), (torch.cat(frames), torch.cat([fbank(w) for w in waves]))]
-    return [float((log_mel(f, window, banks, 512) - want).abs().max()) for f, want in cases]
+    errors = []
+    for group in (waves[:1], waves):
+        samples, starts = one_buffer([torch.from_numpy(w) for w in group])
+        counts = [num_frames(len(w)) for w in group]
+        table = torch.tensor([starts, counts, np.cumsum([0, *counts[:-1]]).tolist()], dtype=torch.int64)
+        got = log_mel(samples, table, sum(counts), max(counts), window, banks, 512, 160)
+        errors.append(float((got - Features.of([fbank(w) for w in group]).padded).abs().max()))  # padding: zeros
+    return errors
+
+
+def test_waves_of_one_upload_are_read_in_place():
+    """A native read's files are views of one upload: the kernels read them there, with no copy; waves apart are
+    concatenated."""
+    from runtime.frontend import one_buffer
+
+    upload = torch.arange(1000, dtype=torch.int16)
+    whole, starts = one_buffer([upload[10:300], upload[500:900]])
+    assert whole.data_ptr() == upload.data_ptr() and whole.numel() == 1000 and starts == [10, 500]
+    whole, starts = one_buffer([upload[10:300], torch.ones(5, dtype=torch.int16)])
+    assert whole.numel() == 295 and starts == [0, 290] and torch.equal(whole[:290], upload[10:300])
 
 
 def test_fbank_kernels_match_the_torch_path_under_the_interpreter():
