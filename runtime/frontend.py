@@ -114,10 +114,8 @@ def fbank_padded(waves: list[np.ndarray | torch.Tensor], num_mel_bins: int = 80,
     window, banks = povey_window(length, device), mel_banks(num_mel_bins, padded, sample_rate, device=device)
     if runs_on_gpu(device):
         samples, starts = one_buffer([w.to(device) for w in waves])
-        rows = np.cumsum([0, *counts[:-1]])
         # page-locked, so that the copy is queued without waiting for the GPU
-        table = torch.from_numpy(np.array([starts, counts, rows], dtype=np.int64)).pin_memory()
-        table = table.to(device, non_blocking=True)
+        table = torch.from_numpy(wave_table(starts, counts)).pin_memory().to(device, non_blocking=True)
         return Features(log_mel(samples, table, sum(counts), max(counts), window, banks, padded, shift), counts)
     framed = [w.to(device).as_strided((n, length), (shift, 1)) for w, n in zip(waves, counts) if n]
     frames = torch.cat(framed).float()
@@ -126,7 +124,13 @@ def fbank_padded(waves: list[np.ndarray | torch.Tensor], num_mel_bins: int = 80,
     frames = (frames - PREEMPHASIS * previous) * window
     spectrum = torch.fft.rfft(frames, n=padded).abs().pow(2.0)
     out = torch.clamp(spectrum @ banks.T, min=FLT_EPSILON).log()
-    return Features(torch.nn.utils.rnn.pad_sequence(list(torch.split(out, counts)), batch_first=True), counts)
+    return Features.of(list(torch.split(out, counts)))
+
+
+def wave_table(starts: list[int], counts: list[int]) -> np.ndarray:
+    """``plugins.fbank.log_mel``'s (3, B) int64 table: each wave's first sample, its frame count, and its first row
+    among the batch's frames (the counts before it)."""
+    return np.array([starts, counts, np.cumsum([0, *counts[:-1]])], dtype=np.int64)
 
 
 def one_buffer(waves: list[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
@@ -167,7 +171,7 @@ class FbankGraphs:
 
     def _capture(self, frames: int, dtype: torch.dtype):
         samples = torch.zeros((frames - 1) * self.shift + self.length, dtype=dtype, device=self.device)
-        table = torch.tensor([[0], [frames], [0]], dtype=torch.int64, device=self.device)  # the whole bucket
+        table = torch.from_numpy(wave_table([0], [frames])).to(self.device)  # the whole bucket
         graph, out = capture_graph(lambda: log_mel(samples, table, frames, frames, self.window, self.banks,
                                                    self.padded, self.shift), self.device, self.pool)
         self.graphs[(frames, dtype)] = samples, table, out, graph  # the graph reads samples and table in place

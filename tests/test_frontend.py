@@ -174,7 +174,7 @@ def kernel_errors() -> list[float]:
     """Max |GPU kernels' padded fbank - torch path's| (``plugins.fbank.log_mel``, run on CPU tensors) for one int16
     wave and for an int16 and a float wave in one buffer (promoted), as ``fbank_padded`` calls it."""
     from plugins.fbank import log_mel
-    from runtime.frontend import Features, mel_banks, num_frames, one_buffer, povey_window
+    from runtime.frontend import Features, mel_banks, num_frames, one_buffer, povey_window, wave_table
 
     waves = [read_audio(WAVS[0]), load_audio(WAVS[1])[:16000]]
     window, banks = povey_window(400), mel_banks(80, 512, 16000)
@@ -182,7 +182,7 @@ def kernel_errors() -> list[float]:
     for group in (waves[:1], waves):
         samples, starts = one_buffer([torch.from_numpy(w) for w in group])
         counts = [num_frames(len(w)) for w in group]
-        table = torch.tensor([starts, counts, np.cumsum([0, *counts[:-1]]).tolist()], dtype=torch.int64)
+        table = torch.from_numpy(wave_table(starts, counts))
         got = log_mel(samples, table, sum(counts), max(counts), window, banks, 512, 160)
         errors.append(float((got - Features.of([fbank(w) for w in group]).padded).abs().max()))  # padding: zeros
     return errors
