@@ -17,7 +17,7 @@ from models.wenet.networks import PACKED_TRIE_INPUTS
 from runtime.encoding import EncoderOutput
 from runtime.search import DecodeResult, NBest, NBestResult
 from runtime.session import EngineDir, copy_to_host
-from runtime.trie import build_trie
+from runtime.trie import PackedTries, build_trie
 
 
 class RescoringScores(NamedTuple):
@@ -72,17 +72,24 @@ class WeNetDecoding:
         n = int(nbest.count.max())
         self.check_beam(n)
         lengths = np.where(np.arange(n) < nbest.count[:, None], nbest.lengths[:, :n], -1)  # absent hypotheses: 0 steps
-        inputs = {"hyps_lens_sos": torch.from_numpy((lengths + 1).astype(np.int32)),
-                  "ctc_scores": torch.from_numpy(np.where(lengths >= 0, nbest.scores[:, :n], 0.0).astype(np.float32)),
-                  "ctc_weight": torch.tensor([ctc_weight])}
-        for prefix, reverse in (("", False), ("r_", True))[:1 + self.bidirectional]:
-            tries = build_trie(nbest.tokens[:, :n], nbest.lengths[:, :n], nbest.count, self.model.sos,
-                               self.model.eos, reverse).packed()
-            inputs.update({f"{prefix}trie_{name}": torch.from_numpy(getattr(tries, name))
+        tries = [PackedTries(*map(torch.from_numpy, build_trie(nbest.tokens[:, :n], nbest.lengths[:, :n], nbest.count,
+                                                               self.model.sos, self.model.eos, reverse).packed()))
+                 for reverse in (False, True)[:1 + self.bidirectional]]
+        return self.decoder_inputs(torch.from_numpy((lengths + 1).astype(np.int32)),
+                                   torch.from_numpy(np.where(lengths >= 0, nbest.scores[:, :n], 0.0).astype(np.float32)),
+                                   tries, torch.tensor([ctc_weight]), torch.tensor([reverse_weight]))
+
+    def decoder_inputs(self, hyps_lens_sos: torch.Tensor, ctc_scores: torch.Tensor, tries: list[PackedTries],
+                       ctc_weight: torch.Tensor, reverse_weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The decoder network's inputs by name, from each hypothesis' step count (B, N) and CTC score (B, N), the
+        tries of each direction (left, then right) with their paths, and the weights (1,)."""
+        inputs = {"hyps_lens_sos": hyps_lens_sos, "ctc_scores": ctc_scores, "ctc_weight": ctc_weight}
+        for prefix, packed in zip(("", "r_"), tries):
+            inputs.update({f"{prefix}trie_{name}": getattr(packed, name)
                            for name in (*PACKED_TRIE_INPUTS, "ends", "starts")})
-            inputs[f"{prefix}hyps_path"] = torch.from_numpy(tries.paths)
+            inputs[f"{prefix}hyps_path"] = packed.paths
         if self.bidirectional:
-            inputs["reverse_weight"] = torch.tensor([reverse_weight])
+            inputs["reverse_weight"] = reverse_weight
         return inputs
 
     def launch_rescoring(self, nbest: NBest, inputs: dict[str, torch.Tensor], encoder_out: torch.Tensor,

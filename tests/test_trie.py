@@ -3,8 +3,10 @@
 
 import numpy as np
 import pytest
+import torch
 
-from runtime.trie import build_trie, build_trie_numpy
+from runtime.trie import PackedTries, build_trie, build_trie_numpy
+from tests.conftest import under_triton_interpreter
 
 SOS, EOS = 2, 3
 
@@ -36,6 +38,24 @@ def random_nbest(seed: int, batch: int = 5, n: int = 6):
     return hyps, tokens, lengths, np.array([len(u) for u in hyps])
 
 
+def assert_paths_spell_the_nbest(tokens, positions, parents, ends, paths, nbest, reverse):
+    """One utterance's trie (its own node numbering): each hypothesis' path, the root then ``paths[r]`` up to its
+    eos, holds [sos] h [eos] (reversed h if ``reverse``) at depths 0, 1, ..., each node's parent the one before it and
+    its ancestors (node j is one of node i's where j <= i < ends[j]) exactly the path so far; paths are 0 past each
+    eos and for absent hypotheses."""
+    sequences = [[SOS] + (h[::-1] if reverse else h) + [EOS] for h in nbest]
+    ancestors = [{j for j in range(i + 1) if i < ends[j]} for i in range(int(ends[0]))]
+    for r, s in enumerate(sequences):
+        path = [0] + paths[r, :len(s) - 1].tolist()
+        assert tokens[path].tolist() == s
+        assert positions[path].tolist() == list(range(len(s)))
+        assert parents[path[1:]].tolist() == path[:-1]
+        for d, node in enumerate(path):
+            assert ancestors[node] == set(path[:d + 1])
+        assert not paths[r, len(s) - 1:].any()
+    assert not paths[len(nbest):].any()
+
+
 @pytest.mark.parametrize("build", [build_trie, build_trie_numpy], ids=["native", "numpy"])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("seed", range(6))
@@ -44,21 +64,49 @@ def test_trie_is_the_prefix_tree_of_the_nbest(seed, reverse, build):
     trie = build(tokens, lengths, count, SOS, EOS, reverse)
     for b, nbest in enumerate(hyps):
         sequences = [[SOS] + (h[::-1] if reverse else h) + [EOS] for h in nbest]
-        prefixes = {tuple(s[:d + 1]) for s in sequences for d in range(len(s))}
         size = int(trie.nodes[b])
-        assert size == len(prefixes)
+        assert size == len({tuple(s[:d + 1]) for s in sequences for d in range(len(s))})  # one node per prefix
         assert not trie.tokens[b, size:].any() and not trie.ends[b, size:].any()  # padding: zeros
-        ancestors = [{j for j in range(i + 1) if i < trie.ends[b, j]} for i in range(size)]
-        for r, s in enumerate(sequences):
-            path = [0] + trie.paths[b, r, :len(s) - 1].tolist()
-            assert trie.tokens[b, path].tolist() == s
-            assert trie.positions[b, path].tolist() == list(range(len(s)))
-            assert trie.parents[b, path[1:]].tolist() == path[:-1]
-            for d, node in enumerate(path):
-                assert ancestors[node] == set(path[:d + 1])
-            assert not trie.paths[b, r, len(s) - 1:].any()
-        assert not trie.paths[b, len(nbest):].any()
+        assert_paths_spell_the_nbest(trie.tokens[b], trie.positions[b], trie.parents[b], trie.ends[b], trie.paths[b],
+                                     nbest, reverse)
 
+
+def chain_arrays(seed: int, reverse: bool, device: str = "cpu", sos: int = SOS, eos: int = EOS) -> list[list]:
+    """``plugins.chain_tries`` of ``random_nbest(seed)`` on ``device``, as lists (from a child process)."""
+    from plugins.chain_tries import chain_tries
+
+    _, tokens, lengths, count = random_nbest(seed)
+    tries = chain_tries(*(torch.from_numpy(a).to(device) for a in (tokens, lengths, count)), sos, eos, reverse)
+    return [t.cpu().tolist() for t in tries]
+
+
+@pytest.mark.parametrize("device", ["interpreter", "cuda"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("seed", range(3))
+def test_chain_tries_are_tries_of_the_nbest(seed, reverse, device):
+    """The GPU's tries (each hypothesis a chain of slots under the root, padding slots unreachable) are tries of the
+    n-best in ``PackedTries``' layout, packed per utterance."""
+    pytest.importorskip("triton")
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    arrays = (under_triton_interpreter(f"t.chain_arrays({seed}, {reverse})", "tests.test_trie") if device == "interpreter"
+              else chain_arrays(seed, reverse, "cuda"))
+    packed = PackedTries(*map(np.array, arrays))
+    hyps, tokens, _, _ = random_nbest(seed)
+    size = 1 + tokens.shape[1] * (tokens.shape[2] + 1)
+    assert packed.ends.shape == (len(hyps), size) and packed.paths.shape == (*tokens.shape[:2], tokens.shape[2] + 1)
+    for b, nbest in enumerate(hyps):
+        start = packed.starts[b]
+        assert start == b * size and packed.ends[b, 0] == size
+        own = slice(start, start + size)
+        assert (packed.utterances[own] == b).all()
+        reached = np.zeros(size, dtype=bool)  # the root and the slots of each hypothesis' path; the rest is padding
+        reached[0] = True
+        reached[packed.paths[b, :len(nbest)][packed.paths[b, :len(nbest)] > 0] - start] = True
+        assert not packed.ends[b][~reached].any()
+        assert_paths_spell_the_nbest(packed.tokens[own], packed.positions[own], packed.parents[own] - start,
+                                     packed.ends[b], np.where(packed.paths[b] > 0, packed.paths[b] - start, 0),
+                                     nbest, reverse)
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -78,3 +126,28 @@ def test_packed_tries_are_the_tries_back_to_back(seed):
             steps = packed.paths[b, r, :len(h) + 1]
             assert packed.tokens[steps].tolist() == trie.tokens[b, trie.paths[b, r, :len(h) + 1]].tolist()
     assert packed.ends is trie.ends and all(a.dtype == np.int32 for a in packed if a is not trie.ends)
+
+
+def test_decoder_scores_over_chain_tries_are_those_over_shared_tries(random_models):
+    """The u2++ decoder (fp32, PyTorch lowering) scores every hypothesis alike over the tries the host shares and the
+    chains the GPU makes (padding slots included), both directions."""
+    from runtime.decoding import WeNetDecoding
+    from runtime.search import NBest
+    from runtime.session import EngineDir
+
+    decoding = WeNetDecoding(EngineDir(random_models["u2pp"][1], "cpu"))
+    sos, eos = decoding.model.sos, decoding.model.eos
+    hyps, tokens, lengths, count = random_nbest(4)
+    scores = np.random.default_rng(0).normal(size=lengths.shape)
+    chains = [PackedTries(*(torch.tensor(a, dtype=torch.int32) for a in under_triton_interpreter(
+        f"t.chain_arrays(4, {reverse}, sos={sos}, eos={eos})", "tests.test_trie"))) for reverse in (False, True)]
+    chained = decoding.decoder_inputs(torch.from_numpy(lengths + 1).int(), torch.from_numpy(scores).float(), chains,
+                                      torch.tensor([0.4]), torch.tensor([0.3]))
+    shared = decoding.rescoring_inputs(NBest(tokens, lengths, scores, count), 0.4, 0.3)
+    g = torch.Generator().manual_seed(0)
+    encoder_out = torch.randn(len(hyps), 30, decoding.model.d_model, generator=g)
+    encoder_lens = torch.tensor([30, 17, 1, 30, 9], dtype=torch.int32)
+    ours, theirs = (decoding.launch_rescoring(None, inputs, encoder_out, encoder_lens).scores
+                    for inputs in (chained, shared))
+    for b, n in enumerate(count):
+        torch.testing.assert_close(ours[b, :n], theirs[b, :n], rtol=1e-5, atol=1e-4)
