@@ -274,6 +274,12 @@ class CompiledEngine:
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph | None, Bucket, dict | None]] = {}
         self.pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
 
+    @property
+    def capturable(self) -> CompiledNetwork | None:
+        """The compiled network itself, for a caller that captures it into a CUDA graph of its own: called on device
+        tensors of any shape in the profiles, without input checks, arena or graph. None off CUDA."""
+        return self.module if self.cuda_graphs else None
+
     def bucket_sizes(self, inputs: dict[str, torch.Tensor]) -> tuple[dict[str, int], dict[str, int]]:
         real = {}
         for name, spec in self.inputs.items():

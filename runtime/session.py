@@ -72,6 +72,12 @@ class Session:
         network = load_network(path)
         return Session(network.name, network.inputs, TorchEngine(network, device))
 
+    @property
+    def capturable(self) -> Callable[[dict], dict] | None:
+        """A compiled engine's network, to capture into a CUDA graph with other work (``CompiledEngine.capturable``);
+        None for other engines."""
+        return getattr(self._engine, "capturable", None)
+
     def profile(self, dim_name: str) -> Dim:
         for spec in self.inputs.values():
             for d in spec.dims:

@@ -25,6 +25,7 @@ from plugins import runs_on_gpu
 from runtime.audio import AudioError, PcmWavs, duration, pcm_wavs, read_audio
 from runtime.decoding import RescoringScores, WeNetDecoding
 from runtime.encoding import WeNetEncoding
+from runtime.file_graphs import FileGraphs
 from runtime.frontend import FbankGraphs, Features, fbank_padded, num_frames
 from runtime.native import usable_cpus
 from runtime.search import DecodeResult, NBest, PendingNBest, ctc_greedy_search
@@ -154,6 +155,8 @@ class Transcriber:
         # file's latency would otherwise include starting them
         self.readers = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="reader")
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="search")
+        # a lone file's whole device work as one CUDA graph (compiled engines on a GPU)
+        self.file_graphs = FileGraphs(self.engine, self.decoding) if self.fbank_graphs is not None else None
 
     def check(self, options: DecodingOptions) -> None:
         """Options the built engines cannot serve fail here, before any audio is read."""
@@ -279,6 +282,10 @@ class Transcriber:
                 continue
             ordered.append((-seconds, n, key, path, n if native else -1))
         ordered.sort()
+        if len(ordered) == 1 and self.file_graphs is not None and self.file_graphs.serves(options.modes,
+                                                                                          options.beam_size):
+            yield from self._transcribe_alone(*ordered[0][2:], layout, options)
+            return
         batch_size = max(1, min(options.batch_size, self.encoding.max_batch_size))
         batches = [[(key, path, native) for _, _, key, path, native in ordered[s:s + batch_size]]
                    for s in range(0, len(ordered), batch_size)]
@@ -302,6 +309,27 @@ class Transcriber:
             if rescoring is not None:
                 yield from self._results(*rescoring, options)
             searching, rescoring = started, queued
+
+    def _transcribe_alone(self, key: str, path: str, native: int, layout: PcmWavs | None,
+                          options: DecodingOptions) -> Iterator[Result | Failure]:
+        """One file through ``FileGraphs``: read by this thread, then one graph launch and one wait."""
+        with self.times.stage("read audio"):
+            try:
+                wave = self.read([(key, path, native)], layout, by_caller=True)[0][1]()
+            except AudioError as e:
+                yield Failure(key, str(e))
+                return
+        self.audio_seconds += wave.samples.numel() / self.engine.model.sample_rate
+        torch.cuda.current_stream(self.engine.device).wait_event(wave.ready)
+        try:
+            with self.times.stage("fbank to rescoring (one graph)"):
+                results = self.file_graphs(wave.samples, options.modes, options.beam_size,
+                                           *options.weights(self.engine.model))
+        except (ProfileError, RuntimeError) as e:
+            yield Failure(key, f"decoding failed: {e}")
+            return
+        for mode in options.modes:
+            yield Result(key, mode, tokens_to_text(results[mode].tokens, self.engine.vocab), results[mode])
 
     def _start(self, reads: list[tuple[str, Callable[[], Upload]]], options: DecodingOptions,
                alone: bool = False) -> tuple[list[Failure], tuple[list[str], Encoded, Future] | None]:

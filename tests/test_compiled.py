@@ -73,7 +73,8 @@ def test_compiled_encoder_equals_eager_at_untraced_shapes(engine_dir):
 def check_pipeline(engine_dir: str, device: str) -> None:
     """The compiled engines on ``device`` give the eager CPU lowering's transcripts and scores, at a full batch,
     then at a smaller one (padded rows) and a full one again (reused CUDA graphs and input buffers); and so does
-    the whole file pipeline (uploads, overlapped batches)."""
+    the whole file pipeline (uploads, overlapped batches), and each file alone (on a GPU: one CUDA graph from wave
+    to scores, ``runtime.file_graphs``), where a bad file is a failure naming it."""
     files = WAVS + sample_flacs(3)
     feats = [fbank(load_audio(p)) for p in files][-4:]  # the built max batch
     options = DecodingOptions(["ctc_greedy_search", "ctc_prefix_beam_search", "attention_rescoring"], 4, batch_size=4)
@@ -88,12 +89,18 @@ def check_pipeline(engine_dir: str, device: str) -> None:
     items = [(f"utt{i}", path) for i, path in enumerate(files)]
     options.batch_size = 2
 
-    def texts(transcriber: Transcriber) -> dict:
+    def texts(transcriber: Transcriber, items: list[tuple[str, str]]) -> dict:
         return {(r.key, r.mode): r.text for r in transcriber.transcribe(items, options)}
 
-    want = texts(eager)
+    want = texts(eager, items)
     assert len(want) == len(items) * len(options.modes)
-    assert texts(compiled) == want
+    assert texts(compiled, items) == want
+    assert {k: v for item in items for k, v in texts(compiled, [item]).items()} == want
+    bad = os.path.join(os.path.dirname(engine_dir), "bad.wav")
+    with open(bad, "wb") as f:
+        f.write(b"RIFF\0\0\0\0WAVEjunk")
+    failures = list(compiled.transcribe([("bad", bad)], options))
+    assert len(failures) == 1 and failures[0].key == "bad" and "bad.wav" in failures[0].message
 
 
 def test_compiled_pipeline_gives_the_eager_transcripts(engine_dir):
