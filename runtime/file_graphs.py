@@ -62,12 +62,13 @@ class FileGraphs:
 
     def __call__(self, wave: torch.Tensor, modes: list[str], beam_size: int, ctc_weight: float,
                  reverse_weight: float) -> dict[str, DecodeResult]:
-        """Each of ``modes``' result for one file's samples (on the device, at most the largest bucket's frames)."""
+        """Each of ``modes``' result for one file's samples (on the device or in page-locked host memory; at most the
+        largest bucket's frames)."""
         frames = num_frames(wave.numel(), self.layout.length, self.layout.shift)
         rescoring = "attention_rescoring" in modes
         key = (pick_bucket(self.buckets, frames), wave.dtype, beam_size, rescoring)
         entry = self.graphs.get(key) or self._capture(*key)
-        entry.samples[:wave.numel()].copy_(wave)
+        entry.samples[:wave.numel()].copy_(wave, non_blocking=True)
         self.staged_frames[0] = frames
         self.staged_weights[0], self.staged_weights[1] = ctc_weight, reverse_weight
         entry.frames.copy_(self.staged_frames, non_blocking=True)

@@ -185,10 +185,12 @@ class Transcriber:
         self.check_length(path, len(samples))
         return self.upload(torch.from_numpy(samples))
 
-    def read_wavs(self, files: list[tuple[int, str]], layout: PcmWavs) -> list[Upload | AudioError | None]:
+    def read_wavs(self, files: list[tuple[int, str]], layout: PcmWavs,
+                  upload: bool = True) -> list[Upload | AudioError | None]:
         """Plain 16-bit PCM WAV files (index in ``layout``, path) read natively into one page-locked buffer and
-        uploaded by one copy; per file its upload, the error that rules it out, or None where libsndfile is to
-        read it (a file that changed or was cut short since its header was read)."""
+        uploaded by one copy (not ``upload``: left there, for a copy of the caller's); per file its upload, the error
+        that rules it out, or None where libsndfile is to read it (a file that changed or was cut short since its
+        header was read)."""
         out: list[Upload | AudioError | None] = [None] * len(files)
         wanted = []  # (position in files, index in layout)
         for n, (i, path) in enumerate(files):
@@ -203,7 +205,7 @@ class Transcriber:
         positions = np.cumsum(counts) - counts
         host = torch.empty(int(counts.sum()), dtype=torch.int16, pin_memory=self.uploads is not None)
         ok = layout.read(np.array([i for _, i in wanted]), host.numpy(), positions)
-        buffer = self.upload(host)
+        buffer = self.upload(host) if upload else Upload(host, None)
         for (n, _), at, count, read in zip(wanted, positions, counts, ok):
             if read:
                 out[n] = Upload(buffer.samples[at:at + count], buffer.ready)
@@ -228,15 +230,16 @@ class Transcriber:
             ready.record()
         return Upload(tensor, ready)
 
-    def read(self, batch: list[tuple[str, str, int]], layout: PcmWavs | None,
-             by_caller: bool = False) -> list[tuple[str, Callable[[], Upload]]]:
+    def read(self, batch: list[tuple[str, str, int]], layout: PcmWavs | None, by_caller: bool = False,
+             upload: bool = True) -> list[tuple[str, Callable[[], Upload]]]:
         """A batch's files being read: per file (key, a call that returns its upload or raises its AudioError). The
         plain PCM WAVs (``layout`` index >= 0) in one task, the others one task each, on the reader threads; or, if
         ``by_caller``, by the calling thread when the first of them is asked for (a batch needed at once: handing it
-        to a reader would only add the thread's wake-up to the wait, ~0.15 ms for one file on the H200 machine)."""
+        to a reader would only add the thread's wake-up to the wait, ~0.15 ms for one file on the H200 machine), and
+        then, if not ``upload``, its plain WAVs left in page-locked host memory (``read_wavs``)."""
         native = [(i, path) for _, path, i in batch if i >= 0]
         if by_caller:
-            wavs = functools.cache(functools.partial(self.read_wavs, native, layout))
+            wavs = functools.cache(functools.partial(self.read_wavs, native, layout, upload))
         else:
             wavs = self.readers.submit(self.read_wavs, native, layout).result if native else None
         reads, n = [], 0
@@ -312,15 +315,17 @@ class Transcriber:
 
     def _transcribe_alone(self, key: str, path: str, native: int, layout: PcmWavs | None,
                           options: DecodingOptions) -> Iterator[Result | Failure]:
-        """One file through ``FileGraphs``: read by this thread, then one graph launch and one wait."""
+        """One file through ``FileGraphs``: read by this thread (a plain WAV into page-locked memory, which the graph's
+        input copy uploads), then one graph launch and one wait."""
         with self.times.stage("read audio"):
             try:
-                wave = self.read([(key, path, native)], layout, by_caller=True)[0][1]()
+                wave = self.read([(key, path, native)], layout, by_caller=True, upload=False)[0][1]()
             except AudioError as e:
                 yield Failure(key, str(e))
                 return
         self.audio_seconds += wave.samples.numel() / self.engine.model.sample_rate
-        torch.cuda.current_stream(self.engine.device).wait_event(wave.ready)
+        if wave.ready is not None:
+            torch.cuda.current_stream(self.engine.device).wait_event(wave.ready)
         try:
             with self.times.stage("fbank to rescoring (one graph)"):
                 results = self.file_graphs(wave.samples, options.modes, options.beam_size,
