@@ -317,12 +317,12 @@ class Transcriber:
                           options: DecodingOptions) -> Iterator[Result | Failure]:
         """One file through ``FileGraphs``: read by this thread (a plain WAV into page-locked memory, which the graph's
         input copy uploads), then one graph launch and one wait."""
-        with self.times.stage("read audio"):
-            try:
+        try:
+            with self.times.stage("read audio"):
                 wave = self.read([(key, path, native)], layout, by_caller=True, upload=False)[0][1]()
-            except AudioError as e:
-                yield Failure(key, str(e))
-                return
+        except AudioError as e:
+            yield Failure(key, str(e))
+            return
         self.audio_seconds += wave.samples.numel() / self.engine.model.sample_rate
         if wave.ready is not None:
             torch.cuda.current_stream(self.engine.device).wait_event(wave.ready)
