@@ -24,9 +24,8 @@ from core.dtype import fp32_exact
 from layers.subsampling import subsampled_length
 from plugins.chain_tries import chain_tries
 from plugins.ctc_prefix_beam_search import prefix_beam_search
-from plugins.fbank import log_mel
 from runtime.decoding import RescoringScores, WeNetDecoding
-from runtime.frontend import FrameLayout, mel_banks, num_frames, povey_window
+from runtime.frontend import FbankGraphs, num_frames
 from runtime.search import DecodeResult, NBest, ctc_greedy_search
 from runtime.session import EngineDir
 
@@ -44,15 +43,12 @@ class FileGraph(NamedTuple):
 class FileGraphs:
     """The graphs of one engine dir's compiled networks on a GPU, captured as files need them."""
 
-    def __init__(self, engine: EngineDir, decoding: WeNetDecoding):
-        self.engine, self.decoding, self.model = engine, decoding, engine.model
-        device = engine.device
+    def __init__(self, engine: EngineDir, decoding: WeNetDecoding, fbank: FbankGraphs):
+        """``fbank``: the lone file's graphed fbank of the staged path, whose frame buckets and kernels these graphs
+        share."""
+        self.engine, self.decoding, self.fbank, self.model = engine, decoding, fbank, engine.model
         self.encoder = engine.sessions["encoder"].capturable
         self.decoder = engine.sessions["decoder"].capturable
-        self.buckets = engine.buckets["frames"]
-        self.layout = FrameLayout.of(self.model.frame_length, self.model.frame_shift, self.model.sample_rate)
-        self.window = povey_window(self.layout.length, device)
-        self.banks = mel_banks(self.model.num_mel_bins, self.layout.padded, self.model.sample_rate, device=device)
         self.pool = torch.cuda.graph_pool_handle()  # one file at a time: every bucket's graph shares the memory
         self.graphs: dict[tuple, FileGraph] = {}
         self.staged_frames = torch.zeros(1, dtype=torch.int64, pin_memory=True)
@@ -67,9 +63,9 @@ class FileGraphs:
                  reverse_weight: float) -> dict[str, DecodeResult]:
         """Each of ``modes``' result for one file's samples (on the device or in page-locked host memory; at most the
         largest bucket's frames)."""
-        frames = num_frames(wave.numel(), self.layout.length, self.layout.shift)
+        frames = num_frames(wave.numel(), self.fbank.length, self.fbank.shift)
         rescoring = "attention_rescoring" in modes
-        key = (pick_bucket(self.buckets, frames), wave.dtype, beam_size, rescoring)
+        key = (pick_bucket(self.fbank.buckets, frames), wave.dtype, beam_size, rescoring)
         entry = self.graphs.get(key) or self._capture(*key)
         entry.samples[:wave.numel()].copy_(wave, non_blocking=True)
         self.staged_frames[0] = frames
@@ -81,9 +77,9 @@ class FileGraphs:
         done.record()
         done.synchronize()  # the staging buffers are free again, and the results are on the host
         host = entry.host
-        lens = torch.tensor([subsampled_length(frames, self.model.encoder.input_layer)], dtype=torch.int32)
         out: dict[str, DecodeResult] = {}
         if "ctc_greedy_search" in modes:
+            lens = torch.tensor([subsampled_length(frames, self.model.encoder.input_layer)], dtype=torch.int32)
             out["ctc_greedy_search"] = ctc_greedy_search(host["top_log_prob"], host["top_label"], lens,
                                                          self.model.blank_id)[0]
         # copies: the results outlive the buffers, which the next call overwrites
@@ -96,14 +92,13 @@ class FileGraphs:
 
     def _capture(self, frames: int, dtype: torch.dtype, beam_size: int, rescoring: bool) -> FileGraph:
         device = self.engine.device
-        length, shift, padded = self.layout
-        samples = torch.zeros((frames - 1) * shift + length, dtype=dtype, device=device)
+        samples = self.fbank.samples(frames, dtype)
         table = torch.tensor([[0], [frames], [0]], dtype=torch.int64, device=device)  # first sample, frames, first row
         weights = torch.zeros(2, dtype=torch.float32, device=device)
         host: dict[str, torch.Tensor] = {}
 
         def run() -> None:
-            feats = log_mel(samples, table, frames, frames, self.window, self.banks, padded, shift)
+            feats = self.fbank.log_mel(samples, table, frames)
             enc = self.encoder({"speech": feats, "speech_lengths": table[1].to(torch.int32)})
             top_log_probs, top_labels = enc["ctc_top_log_probs"], enc["ctc_top_labels"]
             nbest = prefix_beam_search(top_log_probs[..., :beam_size].contiguous(),

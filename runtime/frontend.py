@@ -169,10 +169,18 @@ class FbankGraphs:
         graph.replay()
         return out[0, :n]
 
+    def samples(self, frames: int, dtype: torch.dtype) -> torch.Tensor:
+        """A sample buffer for a bucket's frames, on this device."""
+        return torch.zeros((frames - 1) * self.shift + self.length, dtype=dtype, device=self.device)
+
+    def log_mel(self, samples: torch.Tensor, table: torch.Tensor, frames: int) -> torch.Tensor:
+        """``plugins.fbank.log_mel`` of one wave in a bucket's ``samples`` (its (3, 1) ``table``): (1, frames, mels),
+        the kernels a graph captures."""
+        return log_mel(samples, table, frames, frames, self.window, self.banks, self.padded, self.shift)
+
     def _capture(self, frames: int, dtype: torch.dtype):
-        samples = torch.zeros((frames - 1) * self.shift + self.length, dtype=dtype, device=self.device)
+        samples = self.samples(frames, dtype)
         table = torch.from_numpy(wave_table([0], [frames])).to(self.device)  # the whole bucket
-        graph, out = capture_graph(lambda: log_mel(samples, table, frames, frames, self.window, self.banks,
-                                                   self.padded, self.shift), self.device, self.pool)
+        graph, out = capture_graph(lambda: self.log_mel(samples, table, frames), self.device, self.pool)
         self.graphs[(frames, dtype)] = samples, table, out, graph  # the graph reads samples and table in place
         return self.graphs[(frames, dtype)]

@@ -156,7 +156,8 @@ class Transcriber:
         self.readers = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="reader")
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="search")
         # a lone file's whole device work as one CUDA graph (compiled engines on a GPU)
-        self.file_graphs = FileGraphs(self.engine, self.decoding) if self.fbank_graphs is not None else None
+        self.file_graphs = FileGraphs(self.engine, self.decoding, self.fbank_graphs) if (
+            self.fbank_graphs is not None) else None
 
     def check(self, options: DecodingOptions) -> None:
         """Options the built engines cannot serve fail here, before any audio is read."""

@@ -55,7 +55,8 @@ class Trie(NamedTuple):
 
 class PackedTries(NamedTuple):
     """``Trie``'s arrays with the utterances' nodes back to back: node p of the batch is node p - starts[b] of
-    utterance b = utterances[p]."""
+    utterance b = utterances[p]. Numpy arrays from ``Trie.packed``; the same as tensors for the decoder, or made on
+    the GPU (``plugins.chain_tries``)."""
 
     tokens: np.ndarray  # (P,) int32
     positions: np.ndarray  # (P,) int32
