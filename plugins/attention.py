@@ -173,9 +173,9 @@ def _launch(q, k, v, key_lengths, key_ends, rows, pos, pos_bias_u, pos_bias_v, q
     q_batch_stride = 0 if rows is not None else q.stride(0)
     kv_batch_strides = (0, 0) if packed_kv else (k.stride(0), v.stride(0))
     block_d, block_dv = triton.next_power_of_2(d), triton.next_power_of_2(dv)
-    # H200, fp16, 4 heads of 64 over 250 frames (relative positions): 128 keys a block against 64: 7.5 / 8.3 us at
-    # batch 1, 9.6 / 10.3 at 16, 33.3 / 39.3 at 64
-    block_n = 128 if max(block_d, block_dv) <= 64 else 32
+    # (128 keys a block ran faster alone at the encoder's shapes, but slower inside the u2++ engine at batch 64:
+    # 0.529 against 0.483 ms of attention kernels per call, H200)
+    block_n = 64 if max(block_d, block_dv) <= 64 else 32
     if key_ends is not None:  # finer key blocks skip more of a tree (H200, 64 x 4 heads x 2,367 nodes: 0.44 / 0.66 ms)
         block_n = 32
     launchable(_attention_kernel)[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), batch * heads)](

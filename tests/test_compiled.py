@@ -74,7 +74,8 @@ def check_pipeline(engine_dir: str, device: str) -> None:
     """The compiled engines on ``device`` give the eager CPU lowering's transcripts and scores, at a full batch,
     then at a smaller one (padded rows) and a full one again (reused CUDA graphs and input buffers); and so does
     the whole file pipeline (uploads, overlapped batches), and each file alone (on a GPU: one CUDA graph from wave
-    to scores, ``runtime.file_graphs``), where a bad file is a failure naming it."""
+    to scores, ``runtime.file_graphs``, also when its n-best does not fit the graph's chain tries), where a bad file is
+    a failure naming it."""
     files = WAVS + sample_flacs(3)
     feats = [fbank(load_audio(p)) for p in files][-4:]  # the built max batch
     options = DecodingOptions(["ctc_greedy_search", "ctc_prefix_beam_search", "attention_rescoring"], 4, batch_size=4)
@@ -96,6 +97,11 @@ def check_pipeline(engine_dir: str, device: str) -> None:
     assert len(want) == len(items) * len(options.modes)
     assert texts(compiled, items) == want
     assert {k: v for item in items for k, v in texts(compiled, [item]).items()} == want
+    if compiled.file_graphs is not None:  # chains with no room for any token: every n-best rescored by the staged path
+        compiled.file_graphs.chain_room = 0.0
+        assert {k: v for item in items for k, v in texts(compiled, [item]).items()} == want
+        spoken = sum(bool(want[(key, "ctc_prefix_beam_search")]) for key, _ in items)  # a best hypothesis with tokens
+        assert spoken and compiled.file_graphs.restaged >= spoken
     bad = os.path.join(os.path.dirname(engine_dir), "bad.wav")
     with open(bad, "wb") as f:
         f.write(b"RIFF\0\0\0\0WAVEjunk")

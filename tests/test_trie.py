@@ -71,29 +71,48 @@ def test_trie_is_the_prefix_tree_of_the_nbest(seed, reverse, build):
                                      nbest, reverse)
 
 
-def chain_arrays(seed: int, reverse: bool, device: str = "cpu", sos: int = SOS, eos: int = EOS) -> list[list]:
-    """``plugins.chain_tries`` of ``random_nbest(seed)`` on ``device``, as lists (from a child process)."""
+def fitted_size(seed: int) -> int:
+    """The fewest trie slots an utterance that hold the chains of every utterance of ``random_nbest(seed)``."""
+    hyps = random_nbest(seed)[0]
+    return max(1 + sum(len(h) + 1 for h in nbest) for nbest in hyps)
+
+
+def chain_arrays(seed: int, reverse: bool, device: str = "cpu", sos: int = SOS, eos: int = EOS,
+                 size: int | None = None) -> list[list]:
+    """``plugins.chain_tries`` of ``random_nbest(seed)`` on ``device`` (``size`` slots an utterance), as lists (from a
+    child process)."""
     from plugins.chain_tries import chain_tries
 
     _, tokens, lengths, count = random_nbest(seed)
-    tries = chain_tries(*(torch.from_numpy(a).to(device) for a in (tokens, lengths, count)), sos, eos, reverse)
+    tries = chain_tries(*(torch.from_numpy(a).to(device) for a in (tokens, lengths, count)), sos, eos, reverse, size)
     return [t.cpu().tolist() for t in tries]
 
 
+def test_chain_tries_fit_exactly_the_fitted_size():
+    from plugins.chain_tries import chain_tries_fit
+
+    for seed in range(3):
+        _, _, lengths, count = random_nbest(seed)
+        assert chain_tries_fit(lengths, count, fitted_size(seed))
+        assert not chain_tries_fit(lengths, count, fitted_size(seed) - 1)
+
+
 @pytest.mark.parametrize("device", ["interpreter", "cuda"])
+@pytest.mark.parametrize("fitted", [False, True], ids=["any_nbest", "fitted"])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("seed", range(3))
-def test_chain_tries_are_tries_of_the_nbest(seed, reverse, device):
+def test_chain_tries_are_tries_of_the_nbest(seed, reverse, fitted, device):
     """The GPU's tries (each hypothesis a chain of slots under the root, padding slots unreachable) are tries of the
-    n-best in ``PackedTries``' layout, packed per utterance."""
+    n-best in ``PackedTries``' layout, packed per utterance: in slots for any n-best of its width, or in the fewest
+    that hold it (chains back to back, the padding after the last)."""
     pytest.importorskip("triton")
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    arrays = (under_triton_interpreter(f"t.chain_arrays({seed}, {reverse})", "tests.test_trie") if device == "interpreter"
-              else chain_arrays(seed, reverse, "cuda"))
-    packed = PackedTries(*map(np.array, arrays))
     hyps, tokens, _, _ = random_nbest(seed)
-    size = 1 + tokens.shape[1] * (tokens.shape[2] + 1)
+    size = fitted_size(seed) if fitted else 1 + tokens.shape[1] * (tokens.shape[2] + 1)
+    arrays = (under_triton_interpreter(f"t.chain_arrays({seed}, {reverse}, size={size})", "tests.test_trie")
+              if device == "interpreter" else chain_arrays(seed, reverse, "cuda", size=size))
+    packed = PackedTries(*map(np.array, arrays))
     assert packed.ends.shape == (len(hyps), size) and packed.paths.shape == (*tokens.shape[:2], tokens.shape[2] + 1)
     for b, nbest in enumerate(hyps):
         start = packed.starts[b]
@@ -128,7 +147,8 @@ def test_packed_tries_are_the_tries_back_to_back(seed):
     assert packed.ends is trie.ends and all(a.dtype == np.int32 for a in packed if a is not trie.ends)
 
 
-def test_decoder_scores_over_chain_tries_are_those_over_shared_tries(random_models):
+@pytest.mark.parametrize("fitted", [False, True], ids=["any_nbest", "fitted"])
+def test_decoder_scores_over_chain_tries_are_those_over_shared_tries(random_models, fitted):
     """The u2++ decoder (fp32, PyTorch lowering) scores every hypothesis alike over the tries the host shares and the
     chains the GPU makes (padding slots included), both directions."""
     from runtime.decoding import WeNetDecoding
@@ -140,7 +160,8 @@ def test_decoder_scores_over_chain_tries_are_those_over_shared_tries(random_mode
     hyps, tokens, lengths, count = random_nbest(4)
     scores = np.random.default_rng(0).normal(size=lengths.shape)
     chains = [PackedTries(*(torch.tensor(a, dtype=torch.int32) for a in under_triton_interpreter(
-        f"t.chain_arrays(4, {reverse}, sos={sos}, eos={eos})", "tests.test_trie"))) for reverse in (False, True)]
+        f"t.chain_arrays(4, {reverse}, sos={sos}, eos={eos}, size={fitted_size(4) if fitted else None})",
+        "tests.test_trie"))) for reverse in (False, True)]
     chained = decoding.decoder_inputs(torch.from_numpy(lengths + 1).int(), torch.from_numpy(scores).float(), chains,
                                       torch.tensor([0.4]), torch.tensor([0.3]))
     shared = decoding.rescoring_inputs(NBest(tokens, lengths, scores, count), 0.4, 0.3)
