@@ -29,51 +29,6 @@ from plugins import kernel_available, launchable, register_op, tl, triton
 if triton is not None:
 
     @triton.jit
-    def _attend_block(start, row_max, row_sum, acc, q_u, q_v, rows, present, n_end, b, h,
-                      K, V, P, KEY_ENDS, ROWS, k_bias, v_bias, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh,
-                      stride_vn, stride_pb, stride_ph, stride_pn, stride_eb, stride_rb, M, N, scale,
-                      HAS_KEY_ENDS: tl.constexpr, HAS_POS: tl.constexpr, CAUSAL: tl.constexpr,
-                      PACKED_KV: tl.constexpr, HAS_KV_BIAS: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
-                      BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
-        """The online softmax's step over the keys start .. start + BLOCK_N: the running max, sum and output."""
-        cols = start + tl.arange(0, BLOCK_N)
-        d = tl.arange(0, BLOCK_D)
-        dv = tl.arange(0, BLOCK_DV)
-        key_ok = cols < n_end
-        k_rows = cols
-        if PACKED_KV:  # keys packed as the queries; stride_kb and stride_vb are 0
-            k_rows = tl.load(ROWS + b * stride_rb + cols, mask=key_ok, other=-1)
-            key_ok = k_rows >= 0
-            k_rows = tl.maximum(k_rows, 0)
-        k = tl.load(K + b * stride_kb + h * stride_kh + k_rows[None, :] * stride_kn + d[:, None],
-                    mask=key_ok[None, :] & (d[:, None] < D), other=0.0)
-        if HAS_KV_BIAS:
-            k = (k.to(tl.float32) + k_bias[:, None]).to(q_u.dtype)
-        s = tl.dot(q_u, k, input_precision=PRECISION)
-        if HAS_POS:
-            p = tl.load(P + b * stride_pb + h * stride_ph + cols[None, :] * stride_pn + d[:, None],
-                        mask=(cols[None, :] < n_end) & (d[:, None] < D), other=0.0)
-            s += tl.dot(q_v, p, input_precision=PRECISION)
-        keep = key_ok[None, :] & present[:, None]
-        if CAUSAL:
-            keep = keep & (cols[None, :] <= rows[:, None] + N - M)
-        if HAS_KEY_ENDS:  # ancestors: j <= i < ends[j]
-            ends = tl.load(KEY_ENDS + b * stride_eb + cols, mask=key_ok, other=0)
-            keep = keep & (cols[None, :] <= rows[:, None]) & (rows[:, None] < ends[None, :])
-        s = tl.where(keep, s * scale, float("-inf")).to(tl.float32)  # scale may arrive as an fp64 constant
-        new_max = tl.maximum(row_max, tl.max(s, 1))
-        shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # rows with nothing attended yet
-        weights = tl.exp(s - shift[:, None])
-        correction = tl.exp(row_max - shift)
-        row_sum = row_sum * correction + tl.sum(weights, 1)
-        v = tl.load(V + b * stride_vb + h * stride_vh + k_rows[:, None] * stride_vn + dv[None, :],
-                    mask=key_ok[:, None] & (dv[None, :] < DV), other=0.0)
-        if HAS_KV_BIAS:
-            v = (v.to(tl.float32) + v_bias[None, :]).to(q_u.dtype)
-        acc = acc * correction[:, None] + tl.dot(weights.to(v.dtype), v, input_precision=PRECISION)
-        return new_max, row_sum, acc
-
-    @triton.jit
     def _attention_kernel(Q, K, V, P, BIAS_U, BIAS_V, Q_BIAS, K_BIAS, V_BIAS, LENGTHS, KEY_ENDS, ROWS, OUT,
                           stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                           stride_vb, stride_vh, stride_vn, stride_pb, stride_ph, stride_pn,
@@ -83,8 +38,7 @@ if triton is not None:
                           CAUSAL: tl.constexpr, HAS_ROWS: tl.constexpr, PACKED_KV: tl.constexpr,
                           HAS_Q_BIAS: tl.constexpr, HAS_KV_BIAS: tl.constexpr,
                           D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KEY_CHUNK: tl.constexpr,
-                          PRECISION: tl.constexpr):
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
         block_m = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // heads
@@ -106,13 +60,11 @@ if triton is not None:
         if HAS_KV_BIAS:
             k_bias = tl.load(K_BIAS + h * D + d, mask=d < D, other=0.0).to(tl.float32)
             v_bias = tl.load(V_BIAS + h * DV + dv, mask=dv < DV, other=0.0).to(tl.float32)
-        else:  # unused
-            k_bias, v_bias = tl.zeros([BLOCK_D], tl.float32), tl.zeros([BLOCK_DV], tl.float32)
         if HAS_POS:  # (q + u) and (q + v) rounded to q's dtype, as the unfused layer computes them
             q_u = (q + tl.load(BIAS_U + h * D + d, mask=d < D, other=0.0)[None, :]).to(q.dtype)
             q_v = (q + tl.load(BIAS_V + h * D + d, mask=d < D, other=0.0)[None, :]).to(q.dtype)
         else:
-            q_u, q_v = q, q
+            q_u = q
         n_end = N
         if HAS_LENGTHS:
             n_end = tl.minimum(tl.load(LENGTHS + b), N)
@@ -123,35 +75,47 @@ if triton is not None:
         row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
         row_sum = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
-        if HAS_KEY_ENDS:
-            # A query sees only its ancestors, a few key blocks of a trie of thousands of nodes: the blocks' subtree
-            # ends are read KEY_CHUNK blocks at a time (one load) and only the blocks whose subtrees reach the query
-            # block are visited; one load a block to find them made a query block's latency grow with its position
-            first_query = block_m * BLOCK_M
-            chunk_blocks = tl.arange(0, KEY_CHUNK)
-            chunk = 0
-            while chunk < n_end:
-                cols = chunk + chunk_blocks[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+        start = 0
+        while start < n_end:  # (a while loop: the interpreter cannot range() over a runtime bound)
+            cols = start + tl.arange(0, BLOCK_N)
+            visible = True
+            if HAS_KEY_ENDS:  # skip a block whose subtrees all end before the block's first query
                 ends = tl.load(KEY_ENDS + b * stride_eb + cols, mask=cols < n_end, other=0)
-                visible = tl.max(ends, 1) > first_query
-                block = tl.min(tl.where(visible, chunk_blocks, KEY_CHUNK), 0)
-                while block < KEY_CHUNK:
-                    row_max, row_sum, acc = _attend_block(
-                        chunk + block * BLOCK_N, row_max, row_sum, acc, q_u, q_v, rows, present, n_end, b, h,
-                        K, V, P, KEY_ENDS, ROWS, k_bias, v_bias, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh,
-                        stride_vn, stride_pb, stride_ph, stride_pn, stride_eb, stride_rb, M, N, scale, HAS_KEY_ENDS,
-                        HAS_POS, CAUSAL, PACKED_KV, HAS_KV_BIAS, D, DV, BLOCK_D, BLOCK_DV, BLOCK_N, PRECISION)
-                    block = tl.min(tl.where(visible & (chunk_blocks > block), chunk_blocks, KEY_CHUNK), 0)
-                chunk += KEY_CHUNK * BLOCK_N
-        else:
-            start = 0
-            while start < n_end:  # (a while loop: the interpreter cannot range() over a runtime bound)
-                row_max, row_sum, acc = _attend_block(
-                    start, row_max, row_sum, acc, q_u, q_v, rows, present, n_end, b, h,
-                    K, V, P, KEY_ENDS, ROWS, k_bias, v_bias, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh,
-                    stride_vn, stride_pb, stride_ph, stride_pn, stride_eb, stride_rb, M, N, scale, HAS_KEY_ENDS,
-                    HAS_POS, CAUSAL, PACKED_KV, HAS_KV_BIAS, D, DV, BLOCK_D, BLOCK_DV, BLOCK_N, PRECISION)
-                start += BLOCK_N
+                visible = tl.max(ends, 0) > block_m * BLOCK_M
+            if visible:
+                key_ok = cols < n_end
+                k_rows = cols
+                if PACKED_KV:  # keys packed as the queries; stride_kb and stride_vb are 0
+                    k_rows = tl.load(ROWS + b * stride_rb + cols, mask=key_ok, other=-1)
+                    key_ok = k_rows >= 0
+                    k_rows = tl.maximum(k_rows, 0)
+                k = tl.load(K + b * stride_kb + h * stride_kh + k_rows[None, :] * stride_kn + d[:, None],
+                            mask=key_ok[None, :] & (d[:, None] < D), other=0.0)
+                if HAS_KV_BIAS:
+                    k = (k.to(tl.float32) + k_bias[:, None]).to(q.dtype)
+                s = tl.dot(q_u, k, input_precision=PRECISION)
+                if HAS_POS:
+                    p = tl.load(P + b * stride_pb + h * stride_ph + cols[None, :] * stride_pn + d[:, None],
+                                mask=(cols[None, :] < n_end) & (d[:, None] < D), other=0.0)
+                    s += tl.dot(q_v, p, input_precision=PRECISION)
+                keep = key_ok[None, :] & present[:, None]
+                if CAUSAL:
+                    keep = keep & (cols[None, :] <= rows[:, None] + N - M)
+                if HAS_KEY_ENDS:  # ancestors: j <= i < ends[j]
+                    keep = keep & (cols[None, :] <= rows[:, None]) & (rows[:, None] < ends[None, :])
+                s = tl.where(keep, s * scale, float("-inf")).to(tl.float32)  # scale may arrive as an fp64 constant
+                new_max = tl.maximum(row_max, tl.max(s, 1))
+                shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # rows with nothing attended yet
+                weights = tl.exp(s - shift[:, None])
+                correction = tl.exp(row_max - shift)
+                row_sum = row_sum * correction + tl.sum(weights, 1)
+                v = tl.load(V + b * stride_vb + h * stride_vh + k_rows[:, None] * stride_vn + dv[None, :],
+                            mask=key_ok[:, None] & (dv[None, :] < DV), other=0.0)
+                if HAS_KV_BIAS:
+                    v = (v.to(tl.float32) + v_bias[None, :]).to(q.dtype)
+                acc = acc * correction[:, None] + tl.dot(weights.to(v.dtype), v, input_precision=PRECISION)
+                row_max = new_max
+            start += BLOCK_N
         out = tl.where(row_sum[:, None] > 0, acc / tl.where(row_sum > 0, row_sum, 1.0)[:, None], 0.0)
         tl.store(OUT + b * stride_ob + h * stride_oh + rows[:, None] * stride_om + dv[None, :],
                  out.to(OUT.dtype.element_ty), mask=(rows[:, None] < M) & (dv[None, :] < DV))
@@ -173,8 +137,6 @@ def _launch(q, k, v, key_lengths, key_ends, rows, pos, pos_bias_u, pos_bias_v, q
     q_batch_stride = 0 if rows is not None else q.stride(0)
     kv_batch_strides = (0, 0) if packed_kv else (k.stride(0), v.stride(0))
     block_d, block_dv = triton.next_power_of_2(d), triton.next_power_of_2(dv)
-    # (128 keys a block ran faster alone at the encoder's shapes, but slower inside the u2++ engine at batch 64:
-    # 0.529 against 0.483 ms of attention kernels per call, H200)
     block_n = 64 if max(block_d, block_dv) <= 64 else 32
     if key_ends is not None:  # finer key blocks skip more of a tree (H200, 64 x 4 heads x 2,367 nodes: 0.44 / 0.66 ms)
         block_n = 32
@@ -192,7 +154,7 @@ def _launch(q, k, v, key_lengths, key_ends, rows, pos, pos_bias_u, pos_bias_v, q
         HAS_ROWS=rows is not None, PACKED_KV=packed_kv,
         HAS_Q_BIAS=q_bias is not None, HAS_KV_BIAS=k_bias is not None, D=d, DV=dv,
         BLOCK_D=block_d, BLOCK_DV=block_dv, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        **{"BLOCK_M": 64, "BLOCK_N": block_n, "KEY_CHUNK": 16, **tiles})
+        **{"BLOCK_M": 64, "BLOCK_N": block_n, **tiles})
     return out
 
 

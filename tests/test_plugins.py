@@ -26,7 +26,7 @@ CASES = {
     "empty_key_row_gives_zeros": (2, 2, 8, 8, 16, [8, 0], False, False, "", None, None),
     "tree_blocks_skipped": (3, 2, 300, 300, 16, None, False, False, "qkv", [300, 171, 2], None),
     "packed_tree": (3, 2, 150, 150, 16, None, False, False, "qkv", [150, 77, 3], ("qkv", [150, 77, 3])),
-    "tree_several_key_chunks": (2, 1, 1100, 1100, 16, None, False, False, "", [1100, 530], None),
+    "long_tree": (2, 1, 1100, 1100, 16, None, False, False, "", [1100, 530], None),
     "packed_queries_cross": (3, 2, 90, 50, 16, [50, 23, 9], False, False, "q", None, ("q", [90, 0, 65])),
 }
 
