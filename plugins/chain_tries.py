@@ -56,11 +56,12 @@ if triton is not None:
             tl.store(UTTERANCES + node, tl.zeros_like(t) + b, mask=inside)
             tl.store(ENDS + node, tl.where(real, first + length + 1, 0), mask=inside)
             t0 += BLOCK
+        # the path: slot by slot, 0 past eos and past the trie's end (a chain that does not fit: its caller checks)
         t0 = 0
         while t0 < steps:
             t = t0 + tl.arange(0, BLOCK)
-            held = (t <= length) & (first + t < SIZE)  # an n-best that does not fit points at the root (its caller's
-            tl.store(PATHS + (b * N + r) * steps + t, tl.where(held, root + first + t, 0), mask=t < steps)  # to see)
+            held = (t <= length) & (first + t < SIZE)
+            tl.store(PATHS + (b * N + r) * steps + t, tl.where(held, root + first + t, 0), mask=t < steps)
             t0 += BLOCK
         if r == 0:
             tl.store(NODE_TOKENS + root, SOS)
