@@ -98,6 +98,27 @@ def test_chain_tries_fit_exactly_the_fitted_size():
 
 
 @pytest.mark.parametrize("device", ["interpreter", "cuda"])
+def test_chain_tries_too_small_stay_in_their_slots(device):
+    """Tries of fewer slots than an n-best needs (its caller rescores it otherwise) are still written whole, each
+    utterance's slots by its own chains, and their paths point inside them."""
+    pytest.importorskip("triton")
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from plugins.chain_tries import chain_tries_fit
+
+    size = 8
+    _, _, lengths, count = random_nbest(0)
+    assert not any(chain_tries_fit(lengths[b:b + 1], count[b:b + 1], size) for b in range(len(count)))  # none fits
+    arrays = (under_triton_interpreter(f"t.chain_arrays(0, False, size={size})", "tests.test_trie")
+              if device == "interpreter" else chain_arrays(0, False, "cuda", size=size))
+    packed = PackedTries(*map(np.array, arrays))
+    batch = len(random_nbest(0)[0])
+    assert (packed.utterances == np.repeat(np.arange(batch), size)).all()
+    assert (packed.parents // size == packed.utterances).all()
+    assert ((packed.paths == 0) | (packed.paths // size == np.arange(batch)[:, None, None])).all()
+
+
+@pytest.mark.parametrize("device", ["interpreter", "cuda"])
 @pytest.mark.parametrize("fitted", [False, True], ids=["any_nbest", "fitted"])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("seed", range(3))
