@@ -22,9 +22,10 @@ from core.tensor import Tensor
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None = None, key_ends: Tensor | None = None,
-              rows: Tensor | None = None, pos: Tensor | None = None, pos_bias_u: Tensor | None = None,
-              pos_bias_v: Tensor | None = None, q_bias: Tensor | None = None, k_bias: Tensor | None = None,
-              v_bias: Tensor | None = None, *, scale: float, causal: bool = False, packed_kv: bool = False) -> Tensor:
+              rows: Tensor | None = None, slots: Tensor | None = None, pos: Tensor | None = None,
+              pos_bias_u: Tensor | None = None, pos_bias_v: Tensor | None = None, q_bias: Tensor | None = None,
+              k_bias: Tensor | None = None, v_bias: Tensor | None = None, *, scale: float, causal: bool = False,
+              packed_kv: bool = False) -> Tensor:
     """softmax(scores * scale) · v over (B, H, M, D) queries and (B, H, N, D) keys, softmax in fp32.
 
     q, k and v first get their projections' biases (H, D) where given. scores = q·kᵀ, or with ``pos``
@@ -35,8 +36,15 @@ def attention(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None = None
 
     Packed rows (``rows`` (B, M) int32): q is (1, H, P, D), the rows of all sequences without padding, and query m
     of row b is q[0, :, rows[b, m]], absent where rows[b, m] < 0 (its output zeros); with ``packed_kv`` k and v are
-    packed the same way (N = M). The output is in the (B, H, M, Dv) layout all the same.
+    packed the same way (N = M). The output is in the (B, H, M, Dv) layout all the same, or, with ``slots`` (P,)
+    int32, packed as q: (1, H, P, Dv), its row p being query m of row b where slots[p] = b * M + m (a row of P
+    that no sequence holds is left undefined by the kernel; here it repeats query 0 of row 0).
     """
+    if slots is not None:
+        out = attention(q, k, v, key_lengths, key_ends, rows, None, pos, pos_bias_u, pos_bias_v, q_bias, k_bias,
+                        v_bias, scale=scale, causal=causal, packed_kv=packed_kv)  # (B, H, M, Dv)
+        by_slot = F.view(out.transpose(1, 2), [-1, F.shape(out, 1), F.shape(out, 3)])  # (B * M, H, Dv)
+        return F.unsqueeze(F.gather(by_slot, slots, 0), 0).transpose(1, 2)
     if rows is not None:
         present = rows > -1
         at = F.maximum(rows, 0)
@@ -113,7 +121,7 @@ DECOMPOSITIONS: dict[str, Callable[..., Tensor | tuple[Tensor, ...]]] = {
     "top_k_log_probs": top_k_log_probs}
 # per op: the decomposition's arguments that a node's inputs always fill, then the optional ones by their flag
 INPUT_NAMES = {"attention": (["q", "k", "v"], [("has_lengths", ["key_lengths"]), ("has_key_ends", ["key_ends"]),
-                                               ("has_rows", ["rows"]),
+                                               ("has_rows", ["rows"]), ("has_slots", ["slots"]),
                                                ("has_pos", ["pos", "pos_bias_u", "pos_bias_v"]),
                                                ("has_q_bias", ["q_bias"]), ("has_kv_bias", ["k_bias", "v_bias"])]),
                "linear_act": (["x", "weight"], [("has_bias", ["bias"])]),

@@ -173,19 +173,20 @@ def matmul(a: Tensor, b: Tensor, transpose_b: bool = False, out_dtype: DataType 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None = None, *, scale: float,
               causal: bool = False, key_ends: Tensor | None = None, rows: Tensor | None = None,
-              packed_kv: bool = False, pos: Tensor | None = None, pos_bias_u: Tensor | None = None,
-              pos_bias_v: Tensor | None = None, q_bias: Tensor | None = None,
+              packed_kv: bool = False, slots: Tensor | None = None, pos: Tensor | None = None,
+              pos_bias_u: Tensor | None = None, pos_bias_v: Tensor | None = None, q_bias: Tensor | None = None,
               kv_bias: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Fused multi-head attention, one node (``core.composite.attention`` defines it; ``plugins.attention``
     runs it): q (B, H, M, D), k/v (B, H, N, D), key_lengths (B,) int32 -> (B, H, M, Dv); ``key_ends`` (B, N)
     int32: a tree mask over nodes in pre-order (query i sees key j where j <= i < key_ends[b, j]); ``rows`` (B, M)
     int32: q (and k/v if ``packed_kv``) are packed rows (1, H, P, D), query m of row b being row rows[b, m] (none
-    where < 0); ``q_bias`` and ``kv_bias`` (H, D): the projections' biases, added to q, k and v first."""
-    inputs = [q, k, v] + [t for t in (key_lengths, key_ends, rows) if t is not None]
+    where < 0); ``slots`` (P,) int32 with ``rows``: the output packed as q, (1, H, P, Dv), row p being query
+    slots[p] = b * M + m; ``q_bias`` and ``kv_bias`` (H, D): the projections' biases, added to q, k and v first."""
+    inputs = [q, k, v] + [t for t in (key_lengths, key_ends, rows, slots) if t is not None]
     if pos is not None:
         inputs += [pos, pos_bias_u, pos_bias_v]
     inputs += ([q_bias] if q_bias is not None else []) + (list(kv_bias) if kv_bias is not None else [])
-    packed = {"has_rows": True, "packed_kv": packed_kv} if rows is not None else {}
+    packed = {"has_rows": True, "has_slots": slots is not None, "packed_kv": packed_kv} if rows is not None else {}
     return _one("attention", inputs, scale=float(scale), causal=causal, has_lengths=key_lengths is not None,
                 has_key_ends=key_ends is not None, has_pos=pos is not None, has_q_bias=q_bias is not None,
                 has_kv_bias=kv_bias is not None, **packed)

@@ -756,7 +756,8 @@ class Attention:
 
     Inputs: q (B, H, M, D), k (B, H, N, D), v (B, H, N, Dv), then key_lengths (B,) int32 if
     ``has_lengths``, key_ends (B, N) int32 if ``has_key_ends`` (a tree mask), rows (B, M) int32 if ``has_rows``
-    (q, and with ``packed_kv`` k and v, are packed rows (1, H, P, D)), then pos (1 or B, H, N, D),
+    (q, and with ``packed_kv`` k and v, are packed rows (1, H, P, D)), slots (P,) int32 if ``has_slots`` (the
+    output packed as q, (1, H, P, Dv)), then pos (1 or B, H, N, D),
     pos_bias_u and pos_bias_v (H, D) if ``has_pos``, then the
     projections' biases: q_bias (H, D) if ``has_q_bias``, k_bias (H, D) and v_bias (H, Dv) if ``has_kv_bias``.
     PyTorch lowering: the ``wenet_trt::attention`` plugin (a Triton kernel on CUDA). TensorRT
@@ -769,21 +770,23 @@ class Attention:
     @staticmethod
     def infer(q, k, v, *rest, scale: float, causal: bool, has_lengths: bool, has_pos: bool, has_q_bias: bool = False,
               has_kv_bias: bool = False, has_key_ends: bool = False, has_rows: bool = False,
-              packed_kv: bool = False) -> list[Spec]:
+              has_slots: bool = False, packed_kv: bool = False) -> list[Spec]:
         dtype = _same_dtype("attention", q, k, v)
         _require(dtype.is_float, "attention needs float q/k/v")
         _require(q.ndim == k.ndim == v.ndim == 4, "attention: q, k, v must be (B, H, T, D)")
-        _require(len(rest) == int(has_lengths) + int(has_key_ends) + int(has_rows) + 3 * int(has_pos)
+        _require(len(rest) == int(has_lengths) + int(has_key_ends) + int(has_rows) + int(has_slots) + 3 * int(has_pos)
                  + int(has_q_bias) + 2 * int(has_kv_bias),
-                 "attention: inputs do not match has_lengths/has_key_ends/has_rows/has_pos/has_q_bias/has_kv_bias")
-        key_lengths, key_ends, rows, pos, projection_biases = Attention._split(rest, has_lengths, has_key_ends,
-                                                                               has_rows, has_pos)
+                 "attention: inputs do not match has_lengths/has_key_ends/has_rows/has_slots/has_pos/has_q_bias/"
+                 "has_kv_bias")
+        key_lengths, key_ends, rows, slots, pos, projection_biases = Attention._split(rest, has_lengths, has_key_ends,
+                                                                                      has_rows, has_slots, has_pos)
         if key_lengths is not None:
             _require(key_lengths.dtype == DataType.int32 and key_lengths.ndim == 1,
                      "attention: key_lengths must be int32 (B,)")
         if key_ends is not None:
             _require(key_ends.dtype == DataType.int32 and key_ends.ndim == 2, "attention: key_ends must be int32 (B, N)")
         _require(not packed_kv or rows is not None, "attention: packed_kv needs rows")
+        _require(slots is None or rows is not None, "attention: slots need rows")
         if pos is not None:
             _same_dtype("attention", q, *pos)
             _require(pos[0].ndim == 4 and pos[1].ndim == 2 == pos[2].ndim, "attention: pos (B|1, H, N, D), biases (H, D)")
@@ -793,30 +796,36 @@ class Attention:
             _require(all(b.ndim == 2 for b in projection_biases), "attention: projection biases must be (H, D)")
         if rows is not None:
             _require(rows.dtype == DataType.int32 and rows.ndim == 2, "attention: rows must be int32 (B, M)")
+            if slots is not None:
+                _require(slots.dtype == DataType.int32 and slots.ndim == 1, "attention: slots must be int32 (P,)")
+                return [(dtype, (1, q.shape[1], slots.shape[0], v.shape[3]))]
             return [(dtype, (rows.shape[0], q.shape[1], rows.shape[1], v.shape[3]))]
         return [(dtype, (*broadcast_shape("attention", q.shape[:2], k.shape[:2]), q.shape[2], v.shape[3]))]
 
     @staticmethod
-    def _split(rest, has_lengths: bool, has_key_ends: bool, has_rows: bool, has_pos: bool) -> tuple:
-        """(key_lengths, key_ends, rows, (pos, pos_bias_u, pos_bias_v): each or None, the projection biases) of the
-        optional inputs."""
+    def _split(rest, has_lengths: bool, has_key_ends: bool, has_rows: bool, has_slots: bool, has_pos: bool) -> tuple:
+        """(key_lengths, key_ends, rows, slots, (pos, pos_bias_u, pos_bias_v): each or None, the projection biases)
+        of the optional inputs."""
         rest = list(rest)
-        key_lengths, key_ends, rows = (rest.pop(0) if flag else None for flag in (has_lengths, has_key_ends, has_rows))
-        return key_lengths, key_ends, rows, (tuple(rest[:3]) if has_pos else None), rest[3 * int(has_pos):]
+        key_lengths, key_ends, rows, slots = (rest.pop(0) if flag else None
+                                              for flag in (has_lengths, has_key_ends, has_rows, has_slots))
+        return key_lengths, key_ends, rows, slots, (tuple(rest[:3]) if has_pos else None), rest[3 * int(has_pos):]
 
     @staticmethod
     def torch(q, k, v, *rest, scale: float, causal: bool, has_lengths: bool, has_pos: bool, has_q_bias: bool = False,
-              has_kv_bias: bool = False, has_key_ends: bool = False, has_rows: bool = False, packed_kv: bool = False):
+              has_kv_bias: bool = False, has_key_ends: bool = False, has_rows: bool = False, has_slots: bool = False,
+              packed_kv: bool = False):
         from plugins import kernel_available
         from plugins.attention import attention, decomposed
 
-        key_lengths, key_ends, rows, pos, biases = Attention._split(rest, has_lengths, has_key_ends, has_rows, has_pos)
+        key_lengths, key_ends, rows, slots, pos, biases = Attention._split(rest, has_lengths, has_key_ends, has_rows,
+                                                                           has_slots, has_pos)
         q_bias = biases.pop(0) if has_q_bias else None
         k_bias, v_bias = biases if has_kv_bias else (None, None)
         # without a kernel: the decomposition inline, so that export and Inductor see plain ops
         run = attention if kernel_available(q.device) else decomposed
-        return run(q, k, v, key_lengths, key_ends, rows, *(pos or (None, None, None)), q_bias, k_bias, v_bias, scale,
-                   causal, packed_kv)
+        return run(q, k, v, key_lengths, key_ends, rows, slots, *(pos or (None, None, None)), q_bias, k_bias, v_bias,
+                   scale, causal, packed_kv)
 
     tensorrt = None
 

@@ -18,8 +18,8 @@ from layers.linear import Linear, fused_linear, linear
 class Packing(NamedTuple):
     """Rows of B sequences packed back to back without padding (TensorRT-LLM's remove_input_padding): activations
     are (1, P, D), and only attention sees the sequences, in a (B, M) layout. ``rows`` (B, M) int32: the packed row of
-    position m of sequence b, -1 past its length; ``slots`` (P,) int32: where each packed row lies in the attention's
-    (B, M) output, b * M + m."""
+    position m of sequence b, -1 past its length; ``slots`` (P,) int32: the (B, M) position of each packed row,
+    b * M + m, with which the attention op's decomposition packs its output."""
 
     rows: Tensor
     slots: Tensor
@@ -36,12 +36,6 @@ class Packing(NamedTuple):
         # rows past the last sequence (a compiled engine pads P up to its bucket) must still index the output
         last = F.slice(F.view(slot_of, [-1]), 0, batch * width - 1, 1)
         return cls(rows, F.where(slots > last, 0, slots))
-
-    def gather(self, x: Tensor) -> Tensor:
-        """An attention output (B, H, M, d_k) -> the packed rows (1, P, H*d_k)."""
-        heads, d_k = x.shape[1], x.shape[3]
-        rows = F.view(x.transpose(1, 2), [-1, heads * d_k])
-        return F.unsqueeze(F.gather(rows, self.slots, 0), 0)
 
 
 class MultiHeadedAttention(Module):
@@ -88,10 +82,10 @@ class MultiHeadedAttention(Module):
         scale = 1 / math.sqrt(self.d_k)
         if cache is None:
             q_bias, kv_bias = self.biases()
-            rows = {"rows": packing.rows, "packed_kv": True} if packing is not None else {}
+            rows = {"rows": packing.rows, "slots": packing.slots, "packed_kv": True} if packing is not None else {}
             out = F.attention(*self.qkv(x, bias=False), key_lengths, scale=scale, causal=causal, key_ends=key_ends,
                               q_bias=q_bias, kv_bias=kv_bias, **rows)
-            return self.linear_out(packing.gather(out) if packing is not None else self.merge_heads(out, x)), None
+            return self.linear_out(self.merge_heads(out, x)), None
         q, k, v = self.qkv(x)  # the cache holds finished keys and values
         k, v = F.concat([cache[0], k], 2), F.concat([cache[1], v], 2)
         out = F.attention(q, k, v, key_lengths, scale=scale, causal=causal)
@@ -109,10 +103,10 @@ class MultiHeadedCrossAttention(MultiHeadedAttention):
         """``packing``: x is packed rows (1, P, D), each sequence of them one utterance's queries."""
         q = linear(x, self.linear_q.weight.value)
         q = self.heads(q) if packing is not None else self.heads(q, batch=F.shape(key, 0))
-        rows = {"rows": packing.rows} if packing is not None else {}
+        rows = {"rows": packing.rows, "slots": packing.slots} if packing is not None else {}
         out = F.attention(q, key, value, memory_lengths, scale=1 / math.sqrt(self.d_k), q_bias=self.biases()[0],
                           **rows)
-        return self.linear_out(packing.gather(out) if packing is not None else self.merge_heads(out, x))
+        return self.linear_out(self.merge_heads(out, x))
 
 
 class RelPositionMultiHeadedAttention(MultiHeadedAttention):

@@ -12,7 +12,8 @@ bias-free GEMM output: a separate bias add wrote each of them out again in the h
 tree mask, a block of keys none of whose subtrees holds a query of the block is skipped: a query sees
 only its ancestors, a few blocks of a trie of thousands of nodes. Packed rows (the rescoring decoder's tries back
 to back, no padding rows) are loaded through their (B, M) row table, so the kernel still works per utterance, and a
-block of padding slots only writes its zeros.
+block of padding slots only writes its zeros; given the packed rows' slots, each query's output goes to its packed row
+(a gather of the padded layout after the kernel took ~50 us per decoder layer and direction at batch 64, 120 tokens).
 
 Registered with ``torch.library.triton_op``, so torch.export and Inductor see the kernel itself
 and compile it into the engines. Where no kernel can run (CPU without ``TRITON_INTERPRET=1``, or
@@ -35,7 +36,7 @@ if triton is not None:
                           stride_ob, stride_oh, stride_om, stride_eb, stride_rb,
                           heads, M, N, scale,
                           HAS_LENGTHS: tl.constexpr, HAS_KEY_ENDS: tl.constexpr, HAS_POS: tl.constexpr,
-                          CAUSAL: tl.constexpr, HAS_ROWS: tl.constexpr, PACKED_KV: tl.constexpr,
+                          CAUSAL: tl.constexpr, HAS_ROWS: tl.constexpr, PACKED_KV: tl.constexpr, PACKED_OUT: tl.constexpr,
                           HAS_Q_BIAS: tl.constexpr, HAS_KV_BIAS: tl.constexpr,
                           D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
@@ -117,20 +118,25 @@ if triton is not None:
                 row_max = new_max
             start += BLOCK_N
         out = tl.where(row_sum[:, None] > 0, acc / tl.where(row_sum > 0, row_sum, 1.0)[:, None], 0.0)
-        tl.store(OUT + b * stride_ob + h * stride_oh + rows[:, None] * stride_om + dv[None, :],
-                 out.to(OUT.dtype.element_ty), mask=(rows[:, None] < M) & (dv[None, :] < DV))
+        if PACKED_OUT:  # each query's output to its packed row, as q came: no gather of the padded layout after
+            tl.store(OUT + h * stride_oh + q_rows[:, None] * stride_om + dv[None, :], out.to(OUT.dtype.element_ty),
+                     mask=present[:, None] & (dv[None, :] < DV))
+        else:
+            tl.store(OUT + b * stride_ob + h * stride_oh + rows[:, None] * stride_om + dv[None, :],
+                     out.to(OUT.dtype.element_ty), mask=(rows[:, None] < M) & (dv[None, :] < DV))
 
 
-def _launch(q, k, v, key_lengths, key_ends, rows, pos, pos_bias_u, pos_bias_v, q_bias, k_bias, v_bias, scale, causal,
-            packed_kv=False, **tiles):
+def _launch(q, k, v, key_lengths, key_ends, rows, slots, pos, pos_bias_u, pos_bias_v, q_bias, k_bias, v_bias, scale,
+            causal, packed_kv=False, **tiles):
     """The kernel; ``tiles`` overrides its tiling (benchmarks)."""
     # No Python branch on a size here: under torch.export and Inductor sizes are symbols, and a
     # branch would specialize the compiled engine to the traced size.
     heads, d = q.shape[1], q.shape[3]
     batch, m = rows.shape if rows is not None else (q.shape[0], q.shape[2])
     n, dv = (m if packed_kv else k.shape[2]), v.shape[3]
-    # (B, M, H, Dv) memory seen as (B, H, M, Dv): merging the heads afterwards is a free view
-    out = torch.empty((batch, m, heads, dv), dtype=v.dtype, device=q.device).transpose(1, 2)
+    # (B, M, H, Dv) memory seen as (B, H, M, Dv): merging the heads afterwards is a free view; packed, (1, P, H, Dv)
+    out_rows = (1, slots.shape[0]) if slots is not None else (batch, m)
+    out = torch.empty((*out_rows, heads, dv), dtype=v.dtype, device=q.device).transpose(1, 2)
     has_pos = pos is not None
     p = pos.expand(batch, -1, -1, -1) if has_pos else k  # broadcast over the batch: stride 0
     # packed rows are found through ``rows``, whatever the batch row: no batch stride
@@ -151,7 +157,7 @@ def _launch(q, k, v, key_lengths, key_ends, rows, pos, pos_bias_u, pos_bias_v, q
         rows.stride(0) if rows is not None else 0,
         heads, m, n, scale,
         HAS_LENGTHS=key_lengths is not None, HAS_KEY_ENDS=key_ends is not None, HAS_POS=has_pos, CAUSAL=causal,
-        HAS_ROWS=rows is not None, PACKED_KV=packed_kv,
+        HAS_ROWS=rows is not None, PACKED_KV=packed_kv, PACKED_OUT=slots is not None,
         HAS_Q_BIAS=q_bias is not None, HAS_KV_BIAS=k_bias is not None, D=d, DV=dv,
         BLOCK_D=block_d, BLOCK_DV=block_dv, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         **{"BLOCK_M": 64, "BLOCK_N": block_n, **tiles})
@@ -159,15 +165,15 @@ def _launch(q, k, v, key_lengths, key_ends, rows, pos, pos_bias_u, pos_bias_v, q
 
 
 def decomposed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_lengths: torch.Tensor | None,
-               key_ends: torch.Tensor | None, rows: torch.Tensor | None, pos: torch.Tensor | None,
-               pos_bias_u: torch.Tensor | None, pos_bias_v: torch.Tensor | None, q_bias: torch.Tensor | None,
-               k_bias: torch.Tensor | None, v_bias: torch.Tensor | None, scale: float, causal: bool,
-               packed_kv: bool = False) -> torch.Tensor:
+               key_ends: torch.Tensor | None, rows: torch.Tensor | None, slots: torch.Tensor | None,
+               pos: torch.Tensor | None, pos_bias_u: torch.Tensor | None, pos_bias_v: torch.Tensor | None,
+               q_bias: torch.Tensor | None, k_bias: torch.Tensor | None, v_bias: torch.Tensor | None, scale: float,
+               causal: bool, packed_kv: bool = False) -> torch.Tensor:
     """The op through its decomposition (``core.composite.attention``), on any device."""
     # the op's inputs in order, the optional ones where given (pos with its biases, k_bias with v_bias)
-    inputs = [t for t in (q, k, v, key_lengths, key_ends, rows, pos, pos_bias_u, pos_bias_v, q_bias, k_bias, v_bias)
-              if t is not None]
-    packed = {"has_rows": True, "packed_kv": packed_kv} if rows is not None else {}
+    inputs = [t for t in (q, k, v, key_lengths, key_ends, rows, slots, pos, pos_bias_u, pos_bias_v, q_bias, k_bias,
+                          v_bias) if t is not None]
+    packed = {"has_rows": True, "has_slots": slots is not None, "packed_kv": packed_kv} if rows is not None else {}
     return run_decomposition("attention", inputs, {"scale": scale, "causal": causal,
                                                    "has_lengths": key_lengths is not None,
                                                    "has_key_ends": key_ends is not None, "has_pos": pos is not None,
@@ -176,18 +182,20 @@ def decomposed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_lengths: t
 
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_lengths: torch.Tensor | None,
-               key_ends: torch.Tensor | None, rows: torch.Tensor | None, pos: torch.Tensor | None,
-               pos_bias_u: torch.Tensor | None, pos_bias_v: torch.Tensor | None, q_bias: torch.Tensor | None,
-               k_bias: torch.Tensor | None, v_bias: torch.Tensor | None, scale: float, causal: bool,
-               packed_kv: bool = False) -> torch.Tensor:
+               key_ends: torch.Tensor | None, rows: torch.Tensor | None, slots: torch.Tensor | None,
+               pos: torch.Tensor | None, pos_bias_u: torch.Tensor | None, pos_bias_v: torch.Tensor | None,
+               q_bias: torch.Tensor | None, k_bias: torch.Tensor | None, v_bias: torch.Tensor | None, scale: float,
+               causal: bool, packed_kv: bool = False) -> torch.Tensor:
     launch = _launch if kernel_available(q.device) else decomposed
-    return launch(q, k, v, key_lengths, key_ends, rows, pos, pos_bias_u, pos_bias_v, q_bias, k_bias, v_bias, scale,
-                  causal, packed_kv)
+    return launch(q, k, v, key_lengths, key_ends, rows, slots, pos, pos_bias_u, pos_bias_v, q_bias, k_bias, v_bias,
+                  scale, causal, packed_kv)
 
 
-def _fake(q, k, v, key_lengths, key_ends, rows, pos, pos_bias_u, pos_bias_v, q_bias, k_bias, v_bias, scale, causal,
-          packed_kv=False):
+def _fake(q, k, v, key_lengths, key_ends, rows, slots, pos, pos_bias_u, pos_bias_v, q_bias, k_bias, v_bias, scale,
+          causal, packed_kv=False):
     batch, m = rows.shape if rows is not None else (q.shape[0], q.shape[2])
+    if slots is not None:
+        batch, m = 1, slots.shape[0]
     return q.new_empty((batch, m, q.shape[1], v.shape[3])).transpose(1, 2)
 
 

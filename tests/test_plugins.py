@@ -15,7 +15,8 @@ pytest.importorskip("triton")
 
 
 # name: (batch, heads, queries, keys, head dim, lengths, causal, rel-pos, projection biases added inside, tree mask:
-# the real nodes of each row, the rest padding, packed rows: ("q" or "qkv", the real queries of each row) or None)
+# the real nodes of each row, the rest padding, packed rows: ("q" or "qkv", the real queries of each row, the output
+# packed too) or None)
 CASES = {
     "rel_pos": (3, 2, 37, 37, 16, [37, 20, 1], False, True, "qkv", None, None),
     "plain_no_lengths": (2, 2, 70, 70, 16, None, False, False, "", None, None),
@@ -25,9 +26,11 @@ CASES = {
     "head_dim_not_power_of_two": (2, 3, 19, 19, 12, [19, 7], False, True, "qkv", None, None),
     "empty_key_row_gives_zeros": (2, 2, 8, 8, 16, [8, 0], False, False, "", None, None),
     "tree_blocks_skipped": (3, 2, 300, 300, 16, None, False, False, "qkv", [300, 171, 2], None),
-    "packed_tree": (3, 2, 150, 150, 16, None, False, False, "qkv", [150, 77, 3], ("qkv", [150, 77, 3])),
+    "packed_tree": (3, 2, 150, 150, 16, None, False, False, "qkv", [150, 77, 3], ("qkv", [150, 77, 3], False)),
+    "packed_tree_out": (3, 2, 150, 150, 16, None, False, False, "qkv", [150, 77, 3], ("qkv", [150, 77, 3], True)),
     "long_tree": (2, 1, 1100, 1100, 16, None, False, False, "", [1100, 530], None),
-    "packed_queries_cross": (3, 2, 90, 50, 16, [50, 23, 9], False, False, "q", None, ("q", [90, 0, 65])),
+    "packed_queries_cross": (3, 2, 90, 50, 16, [50, 23, 9], False, False, "q", None, ("q", [90, 0, 65], False)),
+    "packed_queries_cross_out": (3, 2, 90, 50, 16, [50, 23, 9], False, False, "q", None, ("q", [90, 0, 65], True)),
 }
 
 
@@ -68,6 +71,8 @@ TOP_K_CASES = {
     "best_in_tail": ((4,), 130, 130, 3, False),
     "ties_to_lower_label": ((6,), 100, 100, 10, True),
     "k_one": ((5,), 64, 64, 1, False),
+    "aishell_vocabulary": ((6,), 4288, 4233, 10, False),
+    "ties_across_groups": ((4,), 2100, 2100, 10, True),  # the best ties from label 2,040 on, past group boundaries
 }
 
 
@@ -79,6 +84,8 @@ def make_top_k_inputs(case: str, device: str = "cpu") -> tuple[torch.Tensor, tor
     bias = torch.zeros(vocab) if ties else torch.randn(vocab, generator=g)
     if case == "best_in_tail":
         bias[128:] += 8.0
+    if case == "ties_across_groups":
+        x[..., :2040] = 0.0
     return x.to(device), bias.to(device), k
 
 
@@ -123,6 +130,14 @@ def pack(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def slots_of(rows: torch.Tensor) -> torch.Tensor:
+    """(P,) int32: the (B, M) position b * M + m of each packed row, rows[b, m]."""
+    slots = torch.empty(int((rows >= 0).sum()), dtype=torch.int32, device=rows.device)
+    present = (rows >= 0).flatten()
+    slots[rows.flatten()[present].long()] = present.nonzero().flatten().int()
+    return slots
+
+
 def make_inputs(case: str, dtype: torch.dtype, device: str = "cpu"):
     batch, heads, m, n, d, lengths, causal, rel_pos, biases, tree, packed = CASES[case]
     g = torch.Generator().manual_seed(len(case))
@@ -137,13 +152,15 @@ def make_inputs(case: str, dtype: torch.dtype, device: str = "cpu"):
     pos = (rand(1, heads, n, d), rand(heads, d), rand(heads, d)) if rel_pos else (None, None, None)
     q_bias = rand(heads, d) if "q" in biases else None
     kv_bias = (rand(heads, d), rand(heads, d)) if "kv" in biases else (None, None)
-    rows, packed_kv = None, False
+    rows, slots, packed_kv = None, None, False
     if packed:
         rows, packed_kv = packed_rows(packed[1], m, g).to(device), packed[0] == "qkv"
         q = pack(q, rows)
         if packed_kv:
             k, v = pack(k, rows), pack(v, rows)
-    return (q, k, v, key_lengths, key_ends, rows, *pos, q_bias, *kv_bias, 1 / d**0.5, causal, packed_kv)
+        if packed[2]:
+            slots = slots_of(rows)
+    return (q, k, v, key_lengths, key_ends, rows, slots, *pos, q_bias, *kv_bias, 1 / d**0.5, causal, packed_kv)
 
 
 def decomposed(args) -> torch.Tensor:
@@ -243,9 +260,9 @@ def test_fully_masked_rows_are_zero_and_others_are_not():
 
 def test_decomposition_is_the_unfused_math():
     """Held against torch's own attention (scaled_dot_product_attention with a boolean mask)."""
-    q, k, v, key_lengths, _, _, pos, u, bias_v, q_bias, k_bias, v_bias, scale, causal, _ = make_inputs(
+    q, k, v, key_lengths, _, _, _, pos, u, bias_v, q_bias, k_bias, v_bias, scale, causal, _ = make_inputs(
         "rel_pos", torch.float32)
-    got = decomposed((q, k, v, key_lengths, None, None, pos, u, bias_v, q_bias, k_bias, v_bias, scale, causal))
+    got = decomposed((q, k, v, key_lengths, None, None, None, pos, u, bias_v, q_bias, k_bias, v_bias, scale, causal))
     q, k, v = (t + b[None, :, None] for t, b in ((q, q_bias), (k, k_bias), (v, v_bias)))
     q_cat = torch.cat([q + u[None, :, None], q + bias_v[None, :, None]], -1)
     k_cat = torch.cat([k, pos.expand_as(k)], -1)
@@ -256,16 +273,19 @@ def test_decomposition_is_the_unfused_math():
 
 @pytest.mark.parametrize("case", ["packed_tree", "packed_queries_cross"])
 def test_packed_rows_attend_as_their_padded_layout(case):
-    """Packed queries (and keys) give what the same rows give in the padded (B, H, M, D) layout; absent ones zeros."""
-    q, k, v, key_lengths, key_ends, rows, *rest, scale, causal, packed_kv = make_inputs(case, torch.float32)
-    got = decomposed((q, k, v, key_lengths, key_ends, rows, *rest, scale, causal, packed_kv))
+    """Packed queries (and keys) give what the same rows give in the padded (B, H, M, D) layout, absent ones zeros;
+    with the slots, the same outputs packed as the queries."""
+    q, k, v, key_lengths, key_ends, rows, _, *rest, scale, causal, packed_kv = make_inputs(case, torch.float32)
+    got = decomposed((q, k, v, key_lengths, key_ends, rows, None, *rest, scale, causal, packed_kv))
+    packed_out = decomposed((q, k, v, key_lengths, key_ends, rows, slots_of(rows), *rest, scale, causal, packed_kv))
+    assert torch.equal(packed_out, pack(got, rows))
     present = rows >= 0
 
     def unpack(x):
         return torch.where(present[:, None, :, None], x[0][:, rows.clamp(min=0)].transpose(0, 1), 0.0)
 
     q_pad, k_pad, v_pad = unpack(q), *((unpack(k), unpack(v)) if packed_kv else (k, v))
-    want = decomposed((q_pad, k_pad, v_pad, key_lengths, key_ends, None, *rest, scale, causal))
+    want = decomposed((q_pad, k_pad, v_pad, key_lengths, key_ends, None, None, *rest, scale, causal))
     assert got.shape == want.shape == (*rows.shape[:1], q.shape[1], rows.shape[1], v.shape[3])
     assert (got - want).abs()[present[:, None, :, None].expand_as(got)].max() < 1e-5
     assert got[~present[:, None, :, None].expand_as(got)].abs().sum() == 0 and (~present).any()
@@ -274,7 +294,7 @@ def test_packed_rows_attend_as_their_padded_layout(case):
 def test_tree_mask_attends_to_ancestors_only():
     """The tree mask against ancestors found by walking up parents (the nearest earlier node one level up)."""
     q, k, v, _, key_ends, *_, scale, _, _ = make_inputs("tree_blocks_skipped", torch.float32)
-    got = decomposed((q, k, v, None, key_ends, None, None, None, None, None, None, None, scale, False))
+    got = decomposed((q, k, v, None, key_ends, None, None, None, None, None, None, None, None, scale, False))
     for b, nodes in enumerate(CASES["tree_blocks_skipped"][-2]):
         ends = key_ends[b, :nodes].tolist()
         depth = [sum(j < i < ends[j] for j in range(i)) for i in range(nodes)]  # ancestors counted by the ends
