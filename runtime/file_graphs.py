@@ -75,7 +75,9 @@ class FileGraphs:
         frames = num_frames(wave.numel(), self.fbank.length, self.fbank.shift)
         rescoring = "attention_rescoring" in modes
         key = (pick_bucket(self.fbank.buckets, frames), wave.dtype, beam_size, rescoring, self.chain_room)
-        entry = self.graphs.get(key) or self._capture(*key)
+        entry = self.graphs.get(key)
+        if entry is None:
+            entry = self.graphs[key] = self._capture(*key)
         entry.samples[:wave.numel()].copy_(wave, non_blocking=True)
         self.staged_frames[0] = frames
         self.staged_weights[0], self.staged_weights[1] = ctc_weight, reverse_weight
@@ -108,7 +110,7 @@ class FileGraphs:
                  chain_room: float) -> FileGraph:
         device = self.engine.device
         samples = self.fbank.samples(frames, dtype)
-        table = torch.tensor([[0], [frames], [0]], dtype=torch.int64, device=device)  # first sample, frames, first row
+        table = self.fbank.table(frames)  # row 1, the frame count, is the file's at each replay
         weights = torch.zeros(2, dtype=torch.float32, device=device)
         host: dict[str, torch.Tensor] = {}
         encoder: dict[str, torch.Tensor] = {}
@@ -140,7 +142,5 @@ class FileGraphs:
 
         with fp32_exact():
             graph, _ = capture_graph(run, device, self.pool)
-        self.graphs[(frames, dtype, beam_size, rescoring, chain_room)] = entry = FileGraph(
-            graph, samples, table[1], weights, host, encoder, slots)
-        return entry
+        return FileGraph(graph, samples, table[1], weights, host, encoder, slots)
 

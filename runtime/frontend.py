@@ -173,6 +173,11 @@ class FbankGraphs:
         """A sample buffer for a bucket's frames, on this device."""
         return torch.zeros((frames - 1) * self.shift + self.length, dtype=dtype, device=self.device)
 
+    def table(self, frames: int) -> torch.Tensor:
+        """The (3, 1) wave table of one wave of ``frames`` frames at the start of a bucket's samples, on this device
+        (a graph reads it in place: its frame count, row 1, may be rewritten before a replay)."""
+        return torch.from_numpy(wave_table([0], [frames])).to(self.device)
+
     def log_mel(self, samples: torch.Tensor, table: torch.Tensor, frames: int) -> torch.Tensor:
         """``plugins.fbank.log_mel`` of one wave in a bucket's ``samples`` (its (3, 1) ``table``): (1, frames, mels),
         the kernels a graph captures."""
@@ -180,7 +185,7 @@ class FbankGraphs:
 
     def _capture(self, frames: int, dtype: torch.dtype):
         samples = self.samples(frames, dtype)
-        table = torch.from_numpy(wave_table([0], [frames])).to(self.device)  # the whole bucket
+        table = self.table(frames)  # the whole bucket
         graph, out = capture_graph(lambda: self.log_mel(samples, table, frames), self.device, self.pool)
         self.graphs[(frames, dtype)] = samples, table, out, graph  # the graph reads samples and table in place
         return self.graphs[(frames, dtype)]

@@ -88,6 +88,17 @@ def chain_arrays(seed: int, reverse: bool, device: str = "cpu", sos: int = SOS, 
     return [t.cpu().tolist() for t in tries]
 
 
+def chain_tries_on(device: str, seed: int, reverse: bool, size: int) -> PackedTries:
+    """``chain_arrays`` under Triton's interpreter (``device`` "interpreter") or on the GPU ("cuda"), as numpy arrays;
+    the test skips where that cannot run."""
+    pytest.importorskip("triton")
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    arrays = (under_triton_interpreter(f"t.chain_arrays({seed}, {reverse}, size={size})", "tests.test_trie")
+              if device == "interpreter" else chain_arrays(seed, reverse, "cuda", size=size))
+    return PackedTries(*map(np.array, arrays))
+
+
 def test_chain_tries_fit_exactly_the_fitted_size():
     from plugins.chain_tries import chain_tries_fit
 
@@ -101,17 +112,12 @@ def test_chain_tries_fit_exactly_the_fitted_size():
 def test_chain_tries_too_small_stay_in_their_slots(device):
     """Tries of fewer slots than an n-best needs (its caller rescores it otherwise) are still written whole, each
     utterance's slots by its own chains, and their paths point inside them."""
-    pytest.importorskip("triton")
-    if device == "cuda" and not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
     from plugins.chain_tries import chain_tries_fit
 
     size = 8
     _, _, lengths, count = random_nbest(0)
     assert not any(chain_tries_fit(lengths[b:b + 1], count[b:b + 1], size) for b in range(len(count)))  # none fits
-    arrays = (under_triton_interpreter(f"t.chain_arrays(0, False, size={size})", "tests.test_trie")
-              if device == "interpreter" else chain_arrays(0, False, "cuda", size=size))
-    packed = PackedTries(*map(np.array, arrays))
+    packed = chain_tries_on(device, 0, False, size)
     batch = len(random_nbest(0)[0])
     assert (packed.utterances == np.repeat(np.arange(batch), size)).all()
     assert (packed.parents // size == packed.utterances).all()
@@ -126,14 +132,9 @@ def test_chain_tries_are_tries_of_the_nbest(seed, reverse, fitted, device):
     """The GPU's tries (each hypothesis a chain of slots under the root, padding slots unreachable) are tries of the
     n-best in ``PackedTries``' layout, packed per utterance: in slots for any n-best of its width, or in the fewest
     that hold it (chains back to back, the padding after the last)."""
-    pytest.importorskip("triton")
-    if device == "cuda" and not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
     hyps, tokens, _, _ = random_nbest(seed)
     size = fitted_size(seed) if fitted else 1 + tokens.shape[1] * (tokens.shape[2] + 1)
-    arrays = (under_triton_interpreter(f"t.chain_arrays({seed}, {reverse}, size={size})", "tests.test_trie")
-              if device == "interpreter" else chain_arrays(seed, reverse, "cuda", size=size))
-    packed = PackedTries(*map(np.array, arrays))
+    packed = chain_tries_on(device, seed, reverse, size)
     assert packed.ends.shape == (len(hyps), size) and packed.paths.shape == (*tokens.shape[:2], tokens.shape[2] + 1)
     for b, nbest in enumerate(hyps):
         start = packed.starts[b]
