@@ -616,9 +616,9 @@ class Gather:
 
     @staticmethod
     def torch(x, indices, *, dim: int):
-        axis = dim % x.ndim
-        flat = torch.index_select(x, axis, indices.reshape(-1).long())
-        return flat.reshape(x.shape[:axis] + indices.shape + x.shape[axis + 1:])
+        # indexing, not index_select: its output has indices' shape as is, where index_select's flat output split
+        # back into a dynamic dim makes torch.export emit divisibility guards it cannot prove
+        return x[(slice(None),) * (dim % x.ndim) + (indices.long(),)]
 
     @staticmethod
     def tensorrt(ctx, x, indices, *, dim: int):
