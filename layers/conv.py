@@ -80,14 +80,13 @@ class Conv2d(Module):
         out_freq = (freq - k) // s + 1
         padded = -(k * k) // 8 * -8
         column = torch.arange(padded)
-        tap = column < k * k
-        # column c = (i, j) of output (f', t') reads x[b, s t' + i, s f' + j]; padding columns read x[b, s t', 0]
-        offsets = torch.where(tap, (column // k) * freq + column % k, 0)[None, :] + \
-            torch.where(tap, s * torch.arange(out_freq)[:, None], 0)  # (F', k² padded)
+        # column c = (i, j) of output (f', t') reads x[b, s t' + i, s f' + j]; a padding column reads tap (0, 0)
+        # again, which the kernel's zero padding columns cancel
+        offsets = torch.where(column < k * k, (column // k) * freq + column % k, 0)[None, :] + \
+            s * torch.arange(out_freq)[:, None]  # (F', k² padded)
         frames = (F.shape(x, 1) - k) // s + 1
         index = F.unsqueeze(F.constant(offsets.to(torch.int32)), 1) + \
             F.unsqueeze(F.unsqueeze(F.arange(frames) * (s * freq), 0), 2)  # (F', T', k² padded)
         taps = F.gather(F.view(x, [F.shape(x, 0), F.shape(x, 1) * freq]), index, 1)  # (B, F', T', k² padded)
-        taps = F.where(F.constant(tap), taps, 0.0)
         kernel = F.pad(F.view(self.weight.value, [out_channels, k * k]), 1, 0, padded - k * k)  # (C, k² padded)
         return linear(taps, kernel, self.bias.value, "relu")

@@ -193,10 +193,8 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_lengths: t
 
 def _fake(q, k, v, key_lengths, key_ends, rows, slots, pos, pos_bias_u, pos_bias_v, q_bias, k_bias, v_bias, scale,
           causal, packed_kv=False):
-    batch, m = rows.shape if rows is not None else (q.shape[0], q.shape[2])
-    if slots is not None:
-        batch, m = 1, slots.shape[0]
-    return q.new_empty((batch, m, q.shape[1], v.shape[3])).transpose(1, 2)
+    out_rows = (1, slots.shape[0]) if slots is not None else rows.shape if rows is not None else (q.shape[0], q.shape[2])
+    return q.new_empty((*out_rows, q.shape[1], v.shape[3])).transpose(1, 2)
 
 
 attention = register_op("attention", _attention, _fake)
