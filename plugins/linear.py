@@ -17,7 +17,7 @@ import torch
 from core.composite import run_decomposition
 from core.dtype import DataType
 from core.ops import linear_act_features
-from plugins import kernel_available, launchable, register_op, tl, triton
+from plugins import kernel_available, launchable, register_op, times_sigmoid, tl, triton
 
 if triton is not None:
 
@@ -57,9 +57,9 @@ if triton is not None:
         if ACT == "relu":
             acc = tl.maximum(acc, 0.0)
         elif ACT == "swish":
-            acc = acc * tl.sigmoid(acc)
+            acc = times_sigmoid(acc, acc)
         elif ACT == "glu":
-            acc = acc * tl.sigmoid(gate)
+            acc = times_sigmoid(acc, gate)
         tl.store(OUT + rows[:, None] * stride_om + cols[None, :], acc.to(OUT.dtype.element_ty),
                  mask=(rows[:, None] < M) & (cols[None, :] < N))
 
