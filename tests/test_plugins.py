@@ -51,6 +51,7 @@ def random_tree_ends(nodes: int, size: int, g: torch.Generator) -> torch.Tensor:
 LINEAR_CASES = {
     "swish_ffn": ((2, 37, 64), 200, "swish", True, None),
     "relu_k16_4d": ((3, 5, 7, 16), 48, "relu", True, None),
+    "relu_decoder_ffn": ((2, 21, 64), 200, "relu", True, None),  # the op's lowering: cuBLASLt's relu epilogue
     "relu_odd_k_no_bias": ((19, 40), 24, "relu", False, None),
     "swish_two_k_tiles": ((130, 96), 130, "swish", True, None),
     "glu_fp32_out_partial_columns": ((2, 45, 64), 192, "glu", True, torch.float32),
@@ -189,8 +190,17 @@ def make_token_inputs(case: str, dtype: torch.dtype, device: str = "cpu"):
     return x, weight, bias, targets.to(device)
 
 
+def linear_act_lowering(x, weight, bias, activation, out_dtype) -> torch.Tensor:
+    """The ``linear_act`` op's PyTorch lowering, which picks the plugin or cuBLASLt's relu epilogue."""
+    from core.ops import LinearAct
+
+    return LinearAct.torch(x, weight, *([bias] if bias is not None else []), activation=activation,
+                           has_bias=bias is not None, out_dtype=str(out_dtype)[6:] if out_dtype else None)
+
+
 def errors(device: str) -> dict:
-    """Max |kernel - decomposition| per plugin, case and dtype (the decomposition in fp32 on the same inputs)."""
+    """Max |kernel - decomposition| per plugin (and the linear_act op's lowering), case and dtype (the decomposition
+    in fp32 on the same inputs)."""
     from plugins import linear, token_log_probs
     from plugins.attention import _launch
 
@@ -198,6 +208,7 @@ def errors(device: str) -> dict:
     for kernel, cases, inputs, reference in (
             (_launch, CASES, make_inputs, decomposed),
             (linear.launch, LINEAR_CASES, make_linear_inputs, lambda args: linear.decomposed(*args)),
+            (linear_act_lowering, LINEAR_CASES, make_linear_inputs, lambda args: linear.decomposed(*args)),
             (token_log_probs.launch, TOKEN_CASES, make_token_inputs, lambda args: token_log_probs.decomposed(*args))):
         for case in cases:
             for dtype in (torch.float32, torch.float16):
@@ -217,7 +228,7 @@ def interpreted():
 
 
 def _check(results: dict):
-    assert len(results) == 2 * (len(CASES) + len(LINEAR_CASES) + len(TOKEN_CASES))
+    assert len(results) == 2 * (len(CASES) + 2 * len(LINEAR_CASES) + len(TOKEN_CASES))
     for name, (error, scale, same_shape, dtype, beyond_half) in results.items():
         assert same_shape, name
         if "fp32_out" in name:  # the activation's fp32 result, not rounded to half
