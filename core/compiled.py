@@ -20,6 +20,8 @@ to the real sizes of the dims they share with the inputs, and valid until the ne
 from __future__ import annotations
 
 import bisect
+import functools
+import hashlib
 import math
 import os
 from collections.abc import Callable
@@ -29,6 +31,7 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 from safetensors.torch import load_file, save_file
+from torch._inductor.runtime.cache_dir_utils import cache_dir, temporary_cache_dir
 
 import plugins.attention  # noqa: F401 - these register the custom ops that exported graphs call
 import plugins.linear  # noqa: F401
@@ -135,6 +138,20 @@ class CompiledNetwork:
                                info["output_names"])
 
 
+@functools.cache
+def plugins_digest() -> str:
+    """A digest of the plugins' sources. Inductor's compile cache keys a graph by its ops, and a plugin's op by its
+    name: a build after a kernel changed was served the old kernel from the cache (torch 2.11), so each version of
+    the plugins compiles into a cache of its own."""
+    root = os.path.dirname(os.path.abspath(plugins.__file__))
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(root)):
+        if name.endswith(".py"):
+            with open(os.path.join(root, name), "rb") as f:
+                digest.update(name.encode() + f.read())
+    return digest.hexdigest()[:16]
+
+
 def compile_network(exported, inputs: dict[str, InputSpec], device: torch.device) -> CompiledNetwork:
     """One Inductor compilation of the exported graph, symbolic in every dim the export left dynamic."""
     signature = exported.graph_signature
@@ -148,7 +165,8 @@ def compile_network(exported, inputs: dict[str, InputSpec], device: torch.device
     fake_inputs = [node.meta["val"] for node in graph.graph.nodes if node.op == "placeholder"]
     for node in graph.graph.find_nodes(op="output")[0].args[0]:
         node.meta["example_value"] = node.meta["val"]
-    program = torch._inductor.standalone_compile(graph, fake_inputs, dynamic_shapes="from_graph")
+    with temporary_cache_dir(os.path.join(cache_dir(), f"wenet_trt-plugins-{plugins_digest()}")):
+        program = torch._inductor.standalone_compile(graph, fake_inputs, dynamic_shapes="from_graph")
     names = pytree.tree_unflatten(list(range(len(signature.output_specs))), exported.call_spec.out_spec)
     return CompiledNetwork(program, constants, list(inputs), sorted(names, key=names.get))
 
