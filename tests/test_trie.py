@@ -72,7 +72,7 @@ def test_trie_is_the_prefix_tree_of_the_nbest(seed, reverse, build):
 
 
 def fitted_size(seed: int) -> int:
-    """The fewest trie slots an utterance that hold the chains of every utterance of ``random_nbest(seed)``."""
+    """The fewest trie slots per utterance that hold the chains of every utterance of ``random_nbest(seed)``."""
     hyps = random_nbest(seed)[0]
     return max(1 + sum(len(h) + 1 for h in nbest) for nbest in hyps)
 
