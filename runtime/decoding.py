@@ -17,7 +17,7 @@ from models.wenet.networks import PACKED_TRIE_INPUTS
 from runtime.encoding import EncoderOutput
 from runtime.search import DecodeResult, NBest, NBestResult
 from runtime.session import EngineDir, copy_to_host
-from runtime.trie import PackedTries, build_trie
+from runtime.trie import PackedTries, packed_tries
 
 
 class RescoringScores(NamedTuple):
@@ -72,8 +72,8 @@ class WeNetDecoding:
         n = int(nbest.count.max())
         self.check_beam(n)
         lengths = np.where(np.arange(n) < nbest.count[:, None], nbest.lengths[:, :n], -1)  # absent hypotheses: 0 steps
-        tries = [PackedTries(*map(torch.from_numpy, build_trie(nbest.tokens[:, :n], nbest.lengths[:, :n], nbest.count,
-                                                               self.model.sos, self.model.eos, reverse).packed()))
+        tries = [PackedTries(*map(torch.from_numpy, packed_tries(nbest.tokens[:, :n], nbest.lengths[:, :n], nbest.count,
+                                                                 self.model.sos, self.model.eos, reverse)))
                  for reverse in (False, True)[:1 + self.bidirectional]]
         return self.decoder_inputs(torch.from_numpy((lengths + 1).astype(np.int32)),
                                    torch.from_numpy(np.where(lengths >= 0, nbest.scores[:, :n], 0.0).astype(np.float32)),

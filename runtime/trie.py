@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -55,8 +56,8 @@ class Trie(NamedTuple):
 
 class PackedTries(NamedTuple):
     """``Trie``'s arrays with the utterances' nodes back to back: node p of the batch is node p - starts[b] of
-    utterance b = utterances[p]. Numpy arrays from ``Trie.packed``; the same as tensors for the decoder, or made on
-    the GPU (``plugins.chain_tries``)."""
+    utterance b = utterances[p]. Numpy arrays from ``packed_tries`` (or ``Trie.packed``); the same as tensors for
+    the decoder, or made on the GPU (``plugins.chain_tries``)."""
 
     tokens: np.ndarray  # (P,) int32
     positions: np.ndarray  # (P,) int32
@@ -67,34 +68,42 @@ class PackedTries(NamedTuple):
     paths: np.ndarray  # (B, N, S) int32: packed nodes
 
 
-def build_trie(tokens: np.ndarray, lengths: np.ndarray, count: np.ndarray, sos: int, eos: int,
-               reverse: bool = False) -> Trie:
-    """The tries of a batch's n-best: hypothesis r < count[b] of utterance b is ``tokens[b, r, :lengths[b, r]]``
-    (reversed if ``reverse``). Native code where a C++ compiler is at hand (``hypothesis_trie.cc``: the same arrays,
-    5x faster for 64 utterances, the GIL released), else ``build_trie_numpy``."""
+def packed_tries(tokens: np.ndarray, lengths: np.ndarray, count: np.ndarray, sos: int, eos: int,
+                 reverse: bool = False) -> PackedTries:
+    """The tries of a batch's n-best, packed: hypothesis r < count[b] of utterance b is
+    ``tokens[b, r, :lengths[b, r]]`` (reversed if ``reverse``). Native code where a C++ compiler is at hand
+    (``hypothesis_trie.cc``: the arrays of ``build_trie(...).packed()``, 5x faster for 64 utterances, the GIL
+    released), else that."""
     try:
         native = _native()
     except NativeBuildError:
-        return build_trie_numpy(tokens, lengths, count, sos, eos, reverse)
+        return build_trie(tokens, lengths, count, sos, eos, reverse).packed()
     batch, n = lengths.shape
     tokens, lengths = np.ascontiguousarray(tokens, dtype=np.int32), np.ascontiguousarray(lengths, dtype=np.int64)
     count = np.ascontiguousarray(count, dtype=np.int64)
     args = [pointer(tokens), pointer(lengths), pointer(count), batch, n, tokens.shape[2], sos, eos, int(reverse)]
     nodes = np.zeros(batch, dtype=np.int64)
     native.hypothesis_trie_sizes(*args, pointer(nodes))
-    real = np.arange(n) < count[:, None]
-    steps = int(np.where(real, lengths, 0).max(initial=0)) + 1
-    out = {name: np.zeros((batch, int(nodes.max(initial=1))), dtype=np.int32)
-           for name in ("tokens", "positions", "ends", "parents")}
-    paths = np.zeros((batch, n, steps), dtype=np.int32)
-    native.hypothesis_tries(*args, out["tokens"].shape[1], steps, *(pointer(a) for a in out.values()), pointer(paths))
-    return Trie(**out, paths=paths)
+    total, size = int(nodes.sum()), int(nodes.max(initial=1))
+    steps = int(np.where(np.arange(n) < count[:, None], lengths, 0).max(initial=0)) + 1
+    # every array a view of one zeroed block: one allocation, and pointers as offsets (a batch-1 rescoring call
+    # is host-bound, ~1 us per array handed over)
+    shapes = [(total,)] * 4 + [(batch, size), (batch,), (batch, n, steps)]
+    block = np.zeros(sum(map(math.prod, shapes)), dtype=np.int32)
+    arrays, offsets, offset, base = [], [], 0, block.ctypes.data
+    for shape in shapes:
+        arrays.append(block[offset:offset + math.prod(shape)].reshape(shape))
+        offsets.append(base + offset * block.itemsize)
+        offset += math.prod(shape)
+    native.packed_hypothesis_tries(*args, size, steps, *offsets)
+    return PackedTries(*arrays)
 
 
-def build_trie_numpy(tokens: np.ndarray, lengths: np.ndarray, count: np.ndarray, sos: int, eos: int,
+def build_trie(tokens: np.ndarray, lengths: np.ndarray, count: np.ndarray, sos: int, eos: int,
                      reverse: bool = False) -> Trie:
-    """``build_trie`` in whole-array numpy over the batch, with one step per hypothesis rank (a Python step per
-    token would cost more than the decoder)."""
+    """The tries of a batch's n-best, padded (``packed_tries`` packs them): hypothesis r < count[b] of utterance b
+    is ``tokens[b, r, :lengths[b, r]]`` (reversed if ``reverse``). Whole-array numpy over the batch, with one step
+    per hypothesis rank (a Python step per token would cost more than the decoder)."""
     batch, n = lengths.shape
     real = np.arange(n) < count[:, None]
     lens = np.where(real, lengths, 0).astype(np.int32)
@@ -160,6 +169,6 @@ def _native() -> ctypes.CDLL:
     lib = load_native("hypothesis_trie")
     common = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [ctypes.c_int32] * 3
     lib.hypothesis_trie_sizes.argtypes = common + [ctypes.c_void_p]
-    lib.hypothesis_tries.argtypes = common + [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 5
-    lib.hypothesis_trie_sizes.restype = lib.hypothesis_tries.restype = None
+    lib.packed_hypothesis_tries.argtypes = common + [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 7
+    lib.hypothesis_trie_sizes.restype = lib.packed_hypothesis_tries.restype = None
     return lib

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.trie import PackedTries, build_trie, build_trie_numpy
+from runtime.trie import PackedTries, build_trie, packed_tries
 from tests.conftest import under_triton_interpreter
 
 SOS, EOS = 2, 3
@@ -56,12 +56,11 @@ def assert_paths_spell_the_nbest(tokens, positions, parents, ends, paths, nbest,
     assert not paths[len(nbest):].any()
 
 
-@pytest.mark.parametrize("build", [build_trie, build_trie_numpy], ids=["native", "numpy"])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("seed", range(6))
-def test_trie_is_the_prefix_tree_of_the_nbest(seed, reverse, build):
+def test_trie_is_the_prefix_tree_of_the_nbest(seed, reverse):
     hyps, tokens, lengths, count = random_nbest(seed)
-    trie = build(tokens, lengths, count, SOS, EOS, reverse)
+    trie = build_trie(tokens, lengths, count, SOS, EOS, reverse)
     for b, nbest in enumerate(hyps):
         sequences = [[SOS] + (h[::-1] if reverse else h) + [EOS] for h in nbest]
         size = int(trie.nodes[b])
@@ -69,6 +68,29 @@ def test_trie_is_the_prefix_tree_of_the_nbest(seed, reverse, build):
         assert not trie.tokens[b, size:].any() and not trie.ends[b, size:].any()  # padding: zeros
         assert_paths_spell_the_nbest(trie.tokens[b], trie.positions[b], trie.parents[b], trie.ends[b], trie.paths[b],
                                      nbest, reverse)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("seed", range(6))
+def test_native_packed_tries_are_the_packed_prefix_trees(seed, reverse):
+    """``packed_tries`` (native code) gives ``build_trie(...).packed()``'s arrays, element for element, also for
+    a batch of one and for an n-best read through a slice (not contiguous)."""
+    from runtime.native import NativeBuildError
+    from runtime.trie import _native
+
+    try:
+        _native()
+    except NativeBuildError as e:
+        pytest.skip(f"no native build here: {e}")
+    _, tokens, lengths, count = random_nbest(seed)
+    n = tokens.shape[1] - 1
+    for args in ((tokens, lengths, count), (tokens[:1], lengths[:1], count[:1]),
+                 (tokens[:, :n], lengths[:, :n], np.minimum(count, n))):
+        expected = build_trie(*args, SOS, EOS, reverse).packed()
+        got = packed_tries(*args, SOS, EOS, reverse)
+        for name in PackedTries._fields:
+            assert getattr(got, name).dtype == np.int32, name
+            np.testing.assert_array_equal(getattr(got, name), getattr(expected, name), err_msg=name)
 
 
 def fitted_size(seed: int) -> int:

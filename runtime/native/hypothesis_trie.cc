@@ -60,14 +60,19 @@ void hypothesis_trie_sizes(const int32_t* tokens, const int64_t* lengths, const 
   }
 }
 
-// The tries into zeroed (B, M) node arrays and (B, N, S) paths (S >= the longest hypothesis + 1).
-void hypothesis_tries(const int32_t* tokens, const int64_t* lengths, const int64_t* count, int64_t batch, int64_t n,
-                      int64_t width, int32_t sos, int32_t eos, int32_t reverse, int64_t size, int64_t steps,
-                      int32_t* node_tokens, int32_t* positions, int32_t* ends, int32_t* parents, int32_t* paths) {
+// The tries back to back (runtime/trie.py::PackedTries): utterance b's nodes are packed nodes starts[b] onwards, its
+// parents and paths in packed numbering, its ends (B, size) in its own; paths of absent steps point at its root, as
+// numpy's packing of the padded tries leaves them. Outputs zeroed by the caller; size and steps at least the largest
+// trie and the longest hypothesis + 1.
+void packed_hypothesis_tries(const int32_t* tokens, const int64_t* lengths, const int64_t* count, int64_t batch,
+                             int64_t n, int64_t width, int32_t sos, int32_t eos, int32_t reverse, int64_t size,
+                             int64_t steps, int32_t* node_tokens, int32_t* positions, int32_t* parents,
+                             int32_t* utterances, int32_t* ends, int32_t* starts, int32_t* paths) {
   const Batch in{tokens, lengths, count, batch, n, width, sos, eos, reverse != 0};
   std::vector<std::vector<int32_t>> seqs;
   std::vector<int64_t> order, shared, start;
   std::vector<int32_t> path, previous;
+  int32_t first = 0;  // the utterance's root, packed
   for (int64_t b = 0; b < batch; ++b) {
     in.Sorted(b, &seqs, &order, &shared);
     const int64_t real = order.size();
@@ -77,11 +82,15 @@ void hypothesis_tries(const int32_t* tokens, const int64_t* lengths, const int64
       start[k] = total;
       total += seqs[order[k]].size() - shared[k];
     }
-    int32_t* tok = node_tokens + b * size;
-    int32_t* pos = positions + b * size;
+    int32_t* tok = node_tokens + first;
+    int32_t* pos = positions + first;
+    int32_t* par = parents + first;
     int32_t* end = ends + b * size;
-    int32_t* par = parents + b * size;
+    starts[b] = first;
+    std::fill(utterances + first, utterances + first + total, static_cast<int32_t>(b));
+    std::fill(paths + b * n * steps, paths + (b + 1) * n * steps, first);
     tok[0] = sos;
+    par[0] = first;
     end[0] = static_cast<int32_t>(total);
     previous.assign(1, 0);  // the root's path
     for (int64_t k = 0; k < real; ++k) {
@@ -93,16 +102,17 @@ void hypothesis_tries(const int32_t* tokens, const int64_t* lengths, const int64
         path.push_back(static_cast<int32_t>(node));
         tok[node] = s[d];
         pos[node] = static_cast<int32_t>(d);
-        par[node] = path[d - 1];
+        par[node] = first + path[d - 1];
         // the subtree ends where the first later hypothesis shares fewer than d + 1 depths
         int64_t after = k + 1;
         while (after < real && shared[after] > d) ++after;
         end[node] = static_cast<int32_t>(after < real ? start[after] : total);
       }
       int32_t* out = paths + (b * n + order[k]) * steps;
-      std::copy(path.begin() + 1, path.end(), out);  // depths 1 .. length + 1
+      for (size_t d = 1; d < path.size(); ++d) out[d - 1] = first + path[d];  // depths 1 .. length + 1
       previous.swap(path);
     }
+    first += static_cast<int32_t>(total);
   }
 }
 }
