@@ -75,13 +75,9 @@ def test_trie_is_the_prefix_tree_of_the_nbest(seed, reverse):
 def test_native_packed_tries_are_the_packed_prefix_trees(seed, reverse):
     """``packed_tries`` (native code) gives ``build_trie(...).packed()``'s arrays, element for element, also for
     a batch of one and for an n-best read through a slice (not contiguous)."""
-    from runtime.native import NativeBuildError
     from runtime.trie import _native
 
-    try:
-        _native()
-    except NativeBuildError as e:
-        pytest.skip(f"no native build here: {e}")
+    _native()  # the native code must build here (as in CI): otherwise packed_tries would compare numpy with itself
     _, tokens, lengths, count = random_nbest(seed)
     n = tokens.shape[1] - 1
     for args in ((tokens, lengths, count), (tokens[:1], lengths[:1], count[:1]),
