@@ -99,21 +99,24 @@ def linear_act(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, activat
     return F.activation(y + bias if bias is not None else y, activation)
 
 
+def _logits(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """fp32 ``x·weightᵀ + bias`` over the first V = len(bias) rows of weight (the rest pad the GEMM)."""
+    logits = F.matmul(x, weight, transpose_b=True, out_dtype=DataType.float32)
+    return F.slice(logits, x.ndim - 1, 0, F.shape(bias, 0)) + bias
+
+
 def token_log_probs(x: Tensor, weight: Tensor, bias: Tensor, targets: Tensor) -> Tensor:
     """``log_softmax(x·weightᵀ + bias)`` at each row's target, fp32: x (..., K), weight (R, K) of which the first
     V = len(bias) rows count (the rest pad the GEMM), fp32 bias (V,), int32 targets (...) -> (...)."""
-    logits = F.matmul(x, weight, transpose_b=True, out_dtype=DataType.float32)
-    logits = F.slice(logits, x.ndim - 1, 0, F.shape(bias, 0)) + bias
-    log_probs = F.log_softmax(logits, -1)
+    log_probs = F.log_softmax(_logits(x, weight, bias), -1)
     return F.squeeze(F.gather_elements(log_probs, F.unsqueeze(targets, targets.ndim), x.ndim - 1), x.ndim - 1)
 
 
-def top_k_log_probs(x: Tensor, bias: Tensor, *, k: int) -> tuple[Tensor, Tensor]:
-    """The ``k`` largest entries of ``log_softmax(x[..., :V] + bias)`` per row, largest first, and their labels:
-    fp32 x (..., R) of which the first V = len(bias) columns count, fp32 bias (V,) -> fp32 (..., k), int32 (..., k).
-    Exactly tied entries may come in either order."""
-    logits = F.slice(x, x.ndim - 1, 0, F.shape(bias, 0)) + bias
-    return F.topk(F.log_softmax(logits, -1), k, -1)
+def top_k_log_probs(x: Tensor, weight: Tensor, bias: Tensor, *, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` largest entries of ``log_softmax(x·weightᵀ + bias)`` per row, largest first, and their labels: x
+    (..., K), weight (R, K) of which the first V = len(bias) rows count, fp32 bias (V,) -> fp32 (..., k), int32
+    (..., k). Exactly tied entries may come in either order."""
+    return F.topk(F.log_softmax(_logits(x, weight, bias), -1), k, -1)
 
 
 DECOMPOSITIONS: dict[str, Callable[..., Tensor | tuple[Tensor, ...]]] = {
@@ -126,7 +129,7 @@ INPUT_NAMES = {"attention": (["q", "k", "v"], [("has_lengths", ["key_lengths"]),
                                                ("has_q_bias", ["q_bias"]), ("has_kv_bias", ["k_bias", "v_bias"])]),
                "linear_act": (["x", "weight"], [("has_bias", ["bias"])]),
                "token_log_probs": (["x", "weight", "bias", "targets"], []),
-               "top_k_log_probs": (["x", "bias"], [])}
+               "top_k_log_probs": (["x", "weight", "bias"], [])}
 
 
 def _input_names(op: str, attrs: dict) -> list[str]:

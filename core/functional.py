@@ -210,11 +210,12 @@ def token_log_probs(x: Tensor, weight: Tensor, bias: Tensor, targets: Tensor) ->
     return _one("token_log_probs", [x, weight, bias, targets])
 
 
-def top_k_log_probs(x: Tensor, bias: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """The ``k`` largest entries of ``log_softmax(x[..., :V] + bias)`` per row (fp32, largest first) and their labels
-    (int32), one node: the log-probs are never written (``core.composite.top_k_log_probs`` defines it;
-    ``plugins.top_k_log_probs`` runs it). x (..., R) fp32 with R >= V, bias (V,) fp32."""
-    values, labels = default_net().emit("top_k_log_probs", [x, bias], k=k)
+def top_k_log_probs(x: Tensor, weight: Tensor, bias: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` largest entries of ``log_softmax(x·weightᵀ + bias)`` per row (fp32, largest first) and their labels
+    (int32), one node: an output layer whose logits are never written (``core.composite.top_k_log_probs`` defines it;
+    ``plugins.top_k_log_probs`` runs it). x (..., K), weight (R, K) with R >= V (rows beyond V pad the GEMM), bias
+    (V,) fp32."""
+    values, labels = default_net().emit("top_k_log_probs", [x, weight, bias], k=k)
     return values, labels
 
 

@@ -888,34 +888,44 @@ class LinearAct:
 
 @register
 class TopKLogProbs:
-    """The ``k`` largest entries of ``log_softmax(x[..., :V] + bias)`` per row and their labels
-    (``core.composite.top_k_log_probs`` says what it computes). Inputs: fp32 x (..., R) with R >= V, fp32 bias (V,).
-    PyTorch lowering: the ``wenet_trt::top_k_log_probs`` plugin (a Triton kernel) on CUDA, else the decomposition.
-    TensorRT lowering: ``composite`` -- the decomposition (a softmax and an ITopKLayer).
+    """The ``k`` largest entries of ``log_softmax(x·Wᵀ + b)`` per row and their labels
+    (``core.composite.top_k_log_probs`` says what it computes). Inputs: x (..., K), weight (R, K) with R >= V, bias
+    (V,) fp32.
+    PyTorch lowering: the ``wenet_trt::top_k_log_probs`` plugin (Triton kernels) on CUDA, also for fp32 x, where
+    the decomposition would write and sort every log-prob; else the decomposition. TensorRT lowering:
+    ``composite`` -- the decomposition (a GEMM, a softmax and an ITopKLayer).
     """
 
     name = "top_k_log_probs"
     composite = True
 
     @staticmethod
-    def infer(x, bias, *, k: int) -> list[Spec]:
-        _require(x.dtype == bias.dtype == DataType.float32, "top_k_log_probs: fp32 x and bias")
-        _require(bias.ndim == 1 and x.ndim >= 1, f"top_k_log_probs: x (..., R), bias (V,), got {x.shape}, {bias.shape}")
-        _require(-1 in (x.shape[-1], bias.shape[0]) or x.shape[-1] >= bias.shape[0],
-                 "top_k_log_probs: x needs at least one column per bias entry")
+    def infer(x, weight, bias, *, k: int) -> list[Spec]:
+        _check_output_layer("top_k_log_probs", x, weight, bias)
         _require(0 < k and (bias.shape[0] == -1 or k <= bias.shape[0]), f"top_k_log_probs: k={k} outside 1..V")
         shape = (*x.shape[:-1], k)
         return [(DataType.float32, shape), (DataType.int32, shape)]
 
     @staticmethod
-    def torch(x, bias, *, k: int):
+    def torch(x, weight, bias, *, k: int):
         from plugins import kernel_available
         from plugins.top_k_log_probs import decomposed, top_k_log_probs
 
         # without a kernel the decomposition runs inline, so that export and Inductor see plain ops
-        return (top_k_log_probs if kernel_available(x.device) else decomposed)(x, bias, k)
+        return (top_k_log_probs if kernel_available(x.device) else decomposed)(x, weight, bias, k)
 
     tensorrt = None
+
+
+def _check_output_layer(op: str, x, weight, bias) -> None:
+    """x (..., K) and weight (R, K) of one float dtype, fp32 bias (V,), R >= V."""
+    _same_dtype(op, x, weight)
+    _require(x.dtype.is_float and bias.dtype == DataType.float32, f"{op}: float x and weight, fp32 bias")
+    _require(weight.ndim == 2 and bias.ndim == 1 and x.ndim >= 1,
+             f"{op}: x (..., K), weight (R, K), bias (V,), got {x.shape}, {weight.shape}, {bias.shape}")
+    _require(x.shape[-1] in (weight.shape[1], -1), f"{op}: inner dims {x.shape[-1]} and {weight.shape[1]} differ")
+    _require(-1 in (weight.shape[0], bias.shape[0]) or weight.shape[0] >= bias.shape[0],
+             f"{op}: weight needs at least one row per bias entry")
 
 
 @register
@@ -931,15 +941,10 @@ class TokenLogProbs:
 
     @staticmethod
     def infer(x, weight, bias, targets) -> list[Spec]:
-        _same_dtype("token_log_probs", x, weight)
-        _require(x.dtype.is_float and bias.dtype == DataType.float32, "token_log_probs: float x and weight, fp32 bias")
+        _check_output_layer("token_log_probs", x, weight, bias)
         _require(targets.dtype == DataType.int32, "token_log_probs: targets must be int32")
-        _require(weight.ndim == 2 and bias.ndim == 1 and x.ndim == targets.ndim + 1,
-                 f"token_log_probs: x (..., K), weight (R, K), bias (V,), targets (...), got {x.shape}, {weight.shape}, "
-                 f"{bias.shape}, {targets.shape}")
-        _require(x.shape[-1] in (weight.shape[1], -1), f"token_log_probs: inner dims {x.shape[-1]} and {weight.shape[1]} differ")
-        _require(-1 in (weight.shape[0], bias.shape[0]) or weight.shape[0] >= bias.shape[0],
-                 "token_log_probs: weight needs at least one row per bias entry")
+        _require(x.ndim == targets.ndim + 1, f"token_log_probs: x (..., K) and targets (...), got {x.shape}, "
+                                             f"{targets.shape}")
         return [(DataType.float32, broadcast_shape("token_log_probs", x.shape[:-1], targets.shape))]
 
     @staticmethod

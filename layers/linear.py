@@ -47,11 +47,19 @@ def fused_linear(x: Tensor, linears: Sequence[Linear], bias: bool = True) -> lis
     return outputs
 
 
-def _split_operands(x: Tensor, linear: Linear, dtype: DataType) -> tuple[Tensor, Tensor]:
-    """(x parts, weight parts) for one ``dtype`` GEMM with fp32 accumulation that computes an fp32 ``linear``'s
-    x·Wᵀ fp32-accurately (``fp32_accurate_product``); the weight's rows padded to a multiple of 64."""
+def fp32_accurate_operands(x: Tensor, linear: Linear, dtype: DataType) -> tuple[Tensor, Tensor]:
+    """(x', W') whose ``dtype`` product with fp32 accumulation, x'·W'ᵀ, is an fp32 ``linear``'s x·Wᵀ (its bias not
+    added), fp32-accurate; W''s rows padded to a multiple of 64, so that an odd vocabulary still gets an aligned GEMM
+    (the output-layer ops take the bias and skip the padded columns).
+
+    For a half ``dtype`` each fp32 operand v is split into hi = half(v) and lo = half(v - hi); x·Wᵀ ≈ x_hi·W_hiᵀ +
+    x_lo·W_hiᵀ + x_hi·W_loᵀ runs as one half GEMM over the parts concatenated along K (relative error near 2^-22 in
+    fp16 where a plain fp16 GEMM has 2^-11, near 2^-16 in bf16; with a half x, x_lo is zero and dropped). The weight
+    parts are constants, folded at build time."""
     f32 = DataType.float32
     weight = linear.weight.value
+    if dtype == f32:
+        return F.cast(x, f32), weight
     rows = -linear.out_features % 64
     if rows:
         weight = F.pad(weight, 0, 0, rows)
@@ -66,38 +74,20 @@ def _split_operands(x: Tensor, linear: Linear, dtype: DataType) -> tuple[Tensor,
     return F.concat(parts, -1), F.concat(weights, 1)
 
 
-def fp32_accurate_product(x: Tensor, linear: Linear, dtype: DataType) -> Tensor:
-    """x·Wᵀ for an fp32 ``linear`` (its bias not added), fp32-accurate, on ``dtype`` (half) tensor cores; fp32 out.
-    Its columns beyond ``linear.out_features`` pad the GEMM (the fused output ops take the bias and skip them).
-
-    Each fp32 operand v is split into hi = half(v) and lo = half(v - hi); x·Wᵀ ≈ x_hi·W_hiᵀ + x_lo·W_hiᵀ +
-    x_hi·W_loᵀ runs as one half GEMM over the parts concatenated along K that accumulates and returns fp32
-    (relative error near 2^-22 in fp16 where a plain fp16 GEMM has 2^-11, near 2^-16 in bf16; with a half x,
-    x_lo is zero and dropped). The weight parts are constants, folded at build time, their rows padded to a
-    multiple of 64 so that an odd vocabulary still gets an aligned GEMM."""
-    if dtype == DataType.float32:
-        return F.matmul(F.cast(x, DataType.float32), linear.weight.value, transpose_b=True)
-    x_parts, weight_parts = _split_operands(x, linear, dtype)
-    return F.matmul(x_parts, weight_parts, transpose_b=True, out_dtype=DataType.float32)
-
-
 def _bias_or_zeros(linear: Linear) -> Tensor:
     return linear.bias.value if linear.bias is not None else F.constant(torch.zeros(linear.out_features))
 
 
 def fp32_accurate_token_log_probs(x: Tensor, linear: Linear, targets: Tensor, dtype: DataType) -> Tensor:
-    """``log_softmax(x·Wᵀ + b)`` at each row's ``targets`` entry, x·Wᵀ fp32-accurate (``fp32_accurate_product``), as
+    """``log_softmax(x·Wᵀ + b)`` at each row's ``targets`` entry, x·Wᵀ fp32-accurate (``fp32_accurate_operands``), as
     one fused op that never writes the logits (``F.token_log_probs``)."""
-    bias = _bias_or_zeros(linear)
-    if dtype == DataType.float32:
-        return F.token_log_probs(F.cast(x, DataType.float32), linear.weight.value, bias, targets)
-    return F.token_log_probs(*_split_operands(x, linear, dtype), bias, targets)
+    return F.token_log_probs(*fp32_accurate_operands(x, linear, dtype), _bias_or_zeros(linear), targets)
 
 
 def fp32_accurate_top_k_log_probs(x: Tensor, linear: Linear, k: int, dtype: DataType) -> tuple[Tensor, Tensor]:
-    """The ``k`` best (log-prob, label) per row of ``log_softmax(x·Wᵀ + b)``: the fp32-accurate GEMM
-    (``fp32_accurate_product``), then one fused op that never writes the log-probs (``F.top_k_log_probs``)."""
-    return F.top_k_log_probs(fp32_accurate_product(x, linear, dtype), _bias_or_zeros(linear), k)
+    """The ``k`` best (log-prob, label) per row of ``log_softmax(x·Wᵀ + b)``, x·Wᵀ fp32-accurate
+    (``fp32_accurate_operands``), as one fused op that never writes the logits (``F.top_k_log_probs``)."""
+    return F.top_k_log_probs(*fp32_accurate_operands(x, linear, dtype), _bias_or_zeros(linear), k)
 
 
 class WeightOnlyInt8Linear(Module):

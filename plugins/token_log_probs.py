@@ -19,15 +19,13 @@ from plugins import kernel_available, launchable, register_op, tl, triton
 if triton is not None:
 
     @triton.jit
-    def _token_log_probs_kernel(X, W, BIAS, TARGETS, PARTS, M, stride_xm,
-                                V: tl.constexpr, K: tl.constexpr, SPLITS: tl.constexpr,
-                                BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
-                                PRECISION: tl.constexpr):
-        # the vocabulary tile varies fastest: the programs running at once share their rows of x in L2
-        split = tl.program_id(0)
-        block_m = tl.program_id(1)
-        rows = block_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        cols = split * BLOCK_V + tl.arange(0, BLOCK_V)
+    def logits_tile(X, W, BIAS, M, stride_xm, V: tl.constexpr, K: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+        """Program (split, row block)'s rows, columns and (BLOCK_M, BLOCK_V) fp32 tile of ``x·Wᵀ + bias``, columns from
+        V on -inf (every tile holds at least one real column). The vocabulary tile varies fastest over the programs:
+        those running at once share their rows of x in L2."""
+        rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = tl.program_id(0) * BLOCK_V + tl.arange(0, BLOCK_V)
         ks = tl.arange(0, BLOCK_K)
         acc = tl.zeros([BLOCK_M, BLOCK_V], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):  # static bounds: Triton pipelines the loads (num_stages)
@@ -37,15 +35,34 @@ if triton is not None:
                         mask=(cols[:, None] < V) & ((k0 + ks)[None, :] < K), other=0.0)
             acc = tl.dot(x, tl.trans(w), acc, input_precision=PRECISION)
         logits = acc + tl.load(BIAS + cols, mask=cols < V, other=0.0)[None, :]
-        logits = tl.where(cols[None, :] < V, logits, float("-inf"))  # every tile holds at least one real column
+        return rows, cols, tl.where(cols[None, :] < V, logits, float("-inf"))
+
+    @triton.jit
+    def store_softmax_parts(PARTS, logits, rows, M, SPLITS: tl.constexpr):
+        """The tile's max and sum of exp(logit - max) per row, into PARTS (2, SPLITS, M) fp32 at this program's
+        split; ``log_normalizer`` combines a row's splits."""
         tile_max = tl.max(logits, 1)
-        tile_sum = tl.sum(tl.exp(logits - tile_max[:, None]), 1)
+        out = PARTS + tl.program_id(0) * M + rows
+        tl.store(out, tile_max, mask=rows < M)
+        tl.store(out + SPLITS * M, tl.sum(tl.exp(logits - tile_max[:, None]), 1), mask=rows < M)
+
+    @triton.jit
+    def _token_log_probs_kernel(X, W, BIAS, TARGETS, PARTS, PICKED, M, stride_xm,
+                                V: tl.constexpr, K: tl.constexpr, SPLITS: tl.constexpr,
+                                BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
+                                PRECISION: tl.constexpr):
+        rows, cols, logits = logits_tile(X, W, BIAS, M, stride_xm, V, K, BLOCK_M, BLOCK_V, BLOCK_K, PRECISION)
+        store_softmax_parts(PARTS, logits, rows, M, SPLITS)
         target = tl.load(TARGETS + rows, mask=rows < M, other=-1)
         picked = tl.sum(tl.where(cols[None, :] == target[:, None], logits, 0.0), 1)
-        out = PARTS + split * M + rows  # PARTS: (3, SPLITS, M) fp32
-        tl.store(out, tile_max, mask=rows < M)
-        tl.store(out + SPLITS * M, tile_sum, mask=rows < M)
-        tl.store(out + 2 * SPLITS * M, picked, mask=rows < M)
+        tl.store(PICKED + tl.program_id(0) * M + rows, picked, mask=rows < M)
+
+
+def log_normalizer(parts: torch.Tensor) -> torch.Tensor:
+    """Each row's log(sum(exp(logits))) from its splits' (max, sum of exp(logit - max)), parts (2, SPLITS, M)."""
+    tile_max, tile_sum = parts.unbind(0)
+    row_max = tile_max.amax(0)
+    return row_max + torch.log((tile_sum * torch.exp(tile_max - row_max)).sum(0))
 
 
 def config(k: int) -> dict:
@@ -64,14 +81,17 @@ def launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: t
     m = rows.shape[0]
     meta = {**config(k), **tiles}
     splits = triton.cdiv(vocab, meta["BLOCK_V"])
-    parts = torch.empty((3, splits, m), dtype=torch.float32, device=x.device)
+    parts = torch.empty((2, splits, m), dtype=torch.float32, device=x.device)
+    picked = torch.empty((splits, m), dtype=torch.float32, device=x.device)
     launchable(_token_log_probs_kernel)[(splits, triton.cdiv(m, meta["BLOCK_M"]))](
-        rows, weight, bias, targets.reshape(-1), parts, m, rows.stride(0), V=vocab, K=k, SPLITS=splits,
-        PRECISION="ieee" if x.dtype == torch.float32 else "tf32", **meta)
-    tile_max, tile_sum, picked = parts.unbind(0)
-    row_max = tile_max.amax(0)
-    log_norm = row_max + torch.log((tile_sum * torch.exp(tile_max - row_max)).sum(0))
-    return (picked.sum(0) - log_norm).view(targets.shape)
+        rows, weight, bias, targets.reshape(-1), parts, picked, m, rows.stride(0), V=vocab, K=k, SPLITS=splits,
+        PRECISION=precision(x), **meta)
+    return (picked.sum(0) - log_normalizer(parts)).view(targets.shape)
+
+
+def precision(x: torch.Tensor) -> str:
+    """The dot's input precision: fp32 products for fp32 operands (half ones have no choice)."""
+    return "ieee" if x.dtype == torch.float32 else "tf32"
 
 
 def decomposed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -200,9 +200,9 @@ def test_int8_quantization_ops_and_weight_only_linear():
     torch.testing.assert_close(out["qdq"], out["q"].float() * 0.05)
 
 
-def test_fp32_accurate_product_on_half_inputs():
+def test_fp32_accurate_operands_on_half_inputs():
     """Split-precision half GEMM with fp32 output: fp32 accuracy where a plain fp16 linear is off by ~1e-3."""
-    from layers.linear import Linear, fp32_accurate_product
+    from layers.linear import Linear, fp32_accurate_operands
 
     torch.manual_seed(0)
     layer = Linear(64, 37, dtype=DataType.float32)  # 37 rows: padded to 64 inside
@@ -215,7 +215,8 @@ def test_fp32_accurate_product_on_half_inputs():
         x32 = net.add_input("x32", DataType.float32, [B, T, 64])
         x16 = net.add_input("x16", DataType.float16, [B, T, 64])
         for name, x in (("from_fp32", x32), ("from_fp16", x16)):
-            product = fp32_accurate_product(x, layer, DataType.float16)
+            product = F.matmul(*fp32_accurate_operands(x, layer, DataType.float16), transpose_b=True,
+                               out_dtype=DataType.float32)
             assert product.shape[-1] == 64  # the padded columns
             net.mark_output(F.slice(product, 2, 0, 37) + layer.bias.value, name)
         net.mark_output(F.cast(F.matmul(x16, F.cast(layer.weight.value, DataType.float16), transpose_b=True),

@@ -64,52 +64,67 @@ TOKEN_CASES = {
     "odd_k_one_partial_tile": ((50, 40), 130, 130),
 }
 
-# name: (leading dims, columns R, vocabulary V, k, integer logits (ties)): a tail block after the largest power of
-# two, padded columns and no tail, the best labels in the tail, ties broken to the lower label, k = 1
+# name: (leading dims, K, weight rows R, vocabulary V, k, integer logits (ties: x integers, the weight the
+# identity)): a partial last vocabulary tile, padded weight rows, the best labels in a last tile of fewer real
+# columns than k, the k best in one group of 16 labels, ties broken to the lower label, k = 1, several row blocks,
+# the AISHELL vocabulary, ties across tiles
 TOP_K_CASES = {
-    "tail_block": ((3, 7), 300, 300, 5, False),
-    "padded_columns_no_tail": ((20,), 320, 256, 8, False),
-    "best_in_tail": ((4,), 130, 130, 3, False),
-    "ties_to_lower_label": ((6,), 100, 100, 10, True),
-    "k_one": ((5,), 64, 64, 1, False),
-    "aishell_vocabulary": ((6,), 4288, 4233, 10, False),
-    "ties_across_groups": ((4,), 2100, 2100, 10, True),  # the best ties from label 2,040 on, past group boundaries
+    "partial_last_tile": ((3, 7), 40, 300, 300, 5, False),
+    "padded_weight_rows": ((20,), 64, 320, 256, 8, False),
+    "best_in_a_short_last_tile": ((4,), 32, 130, 130, 3, False),
+    "best_in_one_group": ((5,), 32, 300, 300, 10, False),  # all k best among labels 32-47
+    "ties_to_lower_label": ((6,), 100, 100, 100, 10, True),
+    "k_one": ((5,), 16, 64, 64, 1, False),
+    "row_blocks": ((2, 150), 32, 200, 200, 4, False),
+    "aishell_vocabulary": ((6,), 512, 4288, 4233, 10, False),
+    "ties_across_tiles": ((4,), 2100, 2100, 2100, 10, True),  # the best tie from label 2,040 on, past a tile's end
 }
 
 
-def make_top_k_inputs(case: str, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor, int]:
-    leading, columns, vocab, k, ties = TOP_K_CASES[case]
+def make_top_k_inputs(case: str, dtype: torch.dtype = torch.float32,
+                      device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    leading, inner, rows, vocab, k, ties = TOP_K_CASES[case]
     g = torch.Generator().manual_seed(len(case))
-    x = torch.randint(0, 3, (*leading, columns), generator=g).float() if ties else \
-        3 * torch.randn(*leading, columns, generator=g)
-    bias = torch.zeros(vocab) if ties else torch.randn(vocab, generator=g)
-    if case == "best_in_tail":
+    if ties:
+        x, weight = torch.randint(0, 3, (*leading, inner), generator=g).float(), torch.eye(rows, inner)
+        bias = torch.zeros(vocab)
+    else:
+        x = torch.randn(*leading, inner, generator=g)
+        weight = 3 * torch.randn(rows, inner, generator=g) / inner ** 0.5
+        bias = torch.randn(vocab, generator=g)
+    if case == "best_in_a_short_last_tile":
         bias[128:] += 8.0
-    if case == "ties_across_groups":
+    if case == "best_in_one_group":
+        bias[32:48] += 20.0
+    if case == "ties_across_tiles":
         x[..., :2040] = 0.0
-    return x.to(device), bias.to(device), k
+    return x.to(dtype=dtype, device=device), weight.to(dtype=dtype, device=device), bias.to(device), k
 
 
 def top_k_failures(device: str) -> list[str]:
-    """The cases where the kernel's (values, labels) are not a top k of the log-softmax (ties: not in label order),
-    or differ from the decomposition's beyond near-ties."""
+    """The cases (fp32 and half inputs) where the kernels' (values, labels) are not a top k of the log-softmax (ties:
+    not in label order), or differ from the decomposition's beyond near-ties."""
     from plugins.top_k_log_probs import decomposed, launch
     from tests.reference_check import assert_same_top_k, assert_top_k_of
 
     failures = []
-    for case, (*_, vocab, k, ties) in TOP_K_CASES.items():
-        x, bias, k = make_top_k_inputs(case, device)
-        values, labels = launch(x, bias, k)
-        log_probs = torch.log_softmax(x[..., :vocab] + bias, -1)
-        try:
-            assert values.shape == labels.shape == (*x.shape[:-1], k) and labels.dtype == torch.int32
-            assert_top_k_of(values.cpu(), labels.cpu(), log_probs.cpu(), 1e-5)
-            if ties:  # a stable sort orders tied log-probs by label
-                assert torch.equal(labels.long().cpu(), torch.sort(-log_probs.cpu(), stable=True, dim=-1).indices[..., :k])
-            else:
-                assert_same_top_k((values, labels), decomposed(x, bias, k), 1e-5)
-        except AssertionError as e:
-            failures.append(f"{case}: {e}")
+    for case, (_, inner, _, vocab, k, ties) in TOP_K_CASES.items():
+        tol = 2e-6 * inner ** 0.5  # fp32 sums of K products in another order
+        for dtype in (torch.float32, torch.float16):
+            x, weight, bias, k = make_top_k_inputs(case, dtype, device)
+            values, labels = launch(x, weight, bias, k)
+            exact = x.cpu().double() @ weight[:vocab].cpu().double().T + bias.cpu().double()
+            log_probs = torch.log_softmax(exact, -1)
+            try:
+                assert values.shape == labels.shape == (*x.shape[:-1], k) and labels.dtype == torch.int32
+                assert_top_k_of(values.cpu().double(), labels.cpu(), log_probs, tol)
+                if ties:  # a stable sort orders tied log-probs by label
+                    want = torch.sort(-log_probs, stable=True, dim=-1).indices[..., :k]
+                    assert torch.equal(labels.long().cpu(), want)
+                else:
+                    assert_same_top_k((values, labels), decomposed(x, weight, bias, k), 2 * tol)
+            except AssertionError as e:
+                failures.append(f"{case}/{str(dtype)[6:]}: {e}")
     return failures
 
 
@@ -257,10 +272,10 @@ def test_top_k_log_probs_on_the_gpu():
 def test_top_k_log_probs_decomposition_is_the_unfused_math():
     from plugins.top_k_log_probs import decomposed as top_k_decomposed
 
-    x, bias, k = make_top_k_inputs("padded_columns_no_tail")
-    values, labels = top_k_decomposed(x, bias, k)
-    want = torch.log_softmax(x[..., :len(bias)] + bias, -1).topk(k, -1)
-    assert torch.equal(labels.long(), want.indices) and (values - want.values).abs().max() < 1e-6
+    x, weight, bias, k = make_top_k_inputs("padded_weight_rows")
+    values, labels = top_k_decomposed(x, weight, bias, k)
+    want = torch.log_softmax(x @ weight[:len(bias)].T + bias, -1).topk(k, -1)
+    assert torch.equal(labels.long(), want.indices) and (values - want.values).abs().max() < 1e-5
 
 
 def test_fully_masked_rows_are_zero_and_others_are_not():

@@ -14,7 +14,7 @@ from models.wenet.encoder import ConformerEncoder
 
 
 class CTC(Module):
-    """The projection to the vocabulary is fp32-accurate whatever the model's dtype (``fp32_accurate_product``):
+    """The projection to the vocabulary is fp32-accurate whatever the model's dtype (``fp32_accurate_operands``):
     fp16 would round a logit near 16 to 1/64, enough to swap near-tied tokens against an fp32 reference.
     ``dtype``: the tensor cores it runs on (the model's dtype; its input is fp32 whatever that is)."""
 
