@@ -34,8 +34,10 @@ from safetensors.torch import load_file, save_file
 from torch._inductor.runtime.cache_dir_utils import cache_dir, temporary_cache_dir
 
 import plugins.attention  # noqa: F401 - these register the custom ops that exported graphs call
+import plugins.depthwise  # noqa: F401
 import plugins.linear  # noqa: F401
 import plugins.token_log_probs  # noqa: F401
+import plugins.top_k_log_probs  # noqa: F401
 from core.dtype import fp32_exact
 from core.network import Dim, InputSpec, Network
 from core.torch_backend import TorchEngine

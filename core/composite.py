@@ -1,8 +1,8 @@
 """Fused ops and their decompositions.
 
-A fused op (``attention``, ``linear_act``, ``token_log_probs``, ``top_k_log_probs``) is one node of a network. Its
-PyTorch lowering is a plugin: a Triton kernel registered as a torch custom op (``plugins/``). Its TensorRT lowering,
-and the plugin's path where no kernel runs (the CPU), use its decomposition: the same math in primitive ops of
+A fused op (``attention``, ``linear_act``, ``token_log_probs``, ``top_k_log_probs``, ``depthwise_norm_act``) is one
+node of a network. Its PyTorch lowering is a plugin: a Triton kernel registered as a torch custom op (``plugins/``). Its
+TensorRT lowering, and the plugin's path where no kernel runs (the CPU), use its decomposition: the same math in primitive ops of
 ``core.functional``, recorded into a small network on demand. The math is written once in our API; the kernel is held
 to it by tests.
 """
@@ -119,9 +119,33 @@ def top_k_log_probs(x: Tensor, weight: Tensor, bias: Tensor, *, k: int) -> tuple
     return F.topk(F.log_softmax(_logits(x, weight, bias), -1), k, -1)
 
 
+def depthwise_norm_act(x: Tensor, taps: Tensor, bias: Tensor, valid: Tensor | None = None,
+                       norm_weight: Tensor | None = None, norm_bias: Tensor | None = None, *, kernel_size: int,
+                       pad_left: int, pad_right: int, eps: float, activation: str, out_dtype: str) -> Tensor:
+    """The conformer conv module's middle: ``activation(cast(norm(depthwise_conv(x)), out_dtype))`` on channels-last
+    x (B, T, C), in fp32 up to the cast: frames where ``valid`` (B, T) is false read as zero, then ``pad_left`` /
+    ``pad_right`` zero frames; the convolution is the sum of ``kernel_size`` time-shifted slices times per-channel
+    taps (C, kernel_size) in order, plus bias (C,); the norm a LayerNorm over C where given. -> (B, T', C)."""
+    f32 = DataType.float32
+    x = F.cast(x, f32)
+    if valid is not None:
+        x = F.where(F.unsqueeze(valid, 2), x, 0.0)
+    if pad_left or pad_right:
+        x = F.pad(x, 1, pad_left, pad_right)
+    frames = F.shape(x, 1) - (kernel_size - 1)
+    y = None
+    for i in range(kernel_size):
+        term = F.slice(x, 1, i, frames) * F.squeeze(F.slice(taps, 1, i, 1), 1)
+        y = term if y is None else y + term
+    y = y + bias
+    if norm_weight is not None:
+        y = F.layer_norm(y, norm_weight, norm_bias, eps)
+    return F.activation(F.cast(y, DataType(out_dtype)), activation)
+
+
 DECOMPOSITIONS: dict[str, Callable[..., Tensor | tuple[Tensor, ...]]] = {
     "attention": attention, "linear_act": linear_act, "token_log_probs": token_log_probs,
-    "top_k_log_probs": top_k_log_probs}
+    "top_k_log_probs": top_k_log_probs, "depthwise_norm_act": depthwise_norm_act}
 # per op: the decomposition's arguments that a node's inputs always fill, then the optional ones by their flag
 INPUT_NAMES = {"attention": (["q", "k", "v"], [("has_lengths", ["key_lengths"]), ("has_key_ends", ["key_ends"]),
                                                ("has_rows", ["rows"]), ("has_slots", ["slots"]),
@@ -129,7 +153,9 @@ INPUT_NAMES = {"attention": (["q", "k", "v"], [("has_lengths", ["key_lengths"]),
                                                ("has_q_bias", ["q_bias"]), ("has_kv_bias", ["k_bias", "v_bias"])]),
                "linear_act": (["x", "weight"], [("has_bias", ["bias"])]),
                "token_log_probs": (["x", "weight", "bias", "targets"], []),
-               "top_k_log_probs": (["x", "weight", "bias"], [])}
+               "top_k_log_probs": (["x", "weight", "bias"], []),
+               "depthwise_norm_act": (["x", "taps", "bias"], [("has_valid", ["valid"]),
+                                                             ("has_norm", ["norm_weight", "norm_bias"])])}
 
 
 def _input_names(op: str, attrs: dict) -> list[str]:

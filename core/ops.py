@@ -958,3 +958,45 @@ class TokenLogProbs:
         return (token_log_probs if fused else decomposed)(x, weight, bias, targets)
 
     tensorrt = None
+
+
+@register
+class DepthwiseNormAct:
+    """The conformer conv module's depthwise convolution + LayerNorm + activation, channels last
+    (``core.composite.depthwise_norm_act`` says what it computes). Inputs: x (B, T, C) float, fp32 taps (C, k) and
+    bias (C,), then valid (B, T) bool if ``has_valid``, then fp32 norm weight and bias (C,) if ``has_norm``.
+    PyTorch lowering: the ``wenet_trt::depthwise_norm_act`` plugin (a Triton kernel) on CUDA, else the
+    decomposition. TensorRT lowering: ``composite`` -- the decomposition.
+    """
+
+    name = "depthwise_norm_act"
+    composite = True
+
+    @staticmethod
+    def infer(x, taps, bias, *rest, kernel_size: int, pad_left: int, pad_right: int, eps: float, activation: str,
+              out_dtype: str, has_valid: bool, has_norm: bool) -> list[Spec]:
+        f32 = DataType.float32
+        _require(x.dtype.is_float and x.ndim == 3, f"depthwise_norm_act: float x (B, T, C), got {x.dtype.value} {x.shape}")
+        _require(taps.dtype == bias.dtype == f32 and taps.shape[1:] == (kernel_size,) and bias.ndim == 1,
+                 f"depthwise_norm_act: fp32 taps (C, {kernel_size}) and bias (C,), got {taps.shape}, {bias.shape}")
+        _require(len(rest) == int(has_valid) + 2 * int(has_norm), "depthwise_norm_act: inputs must match the flags")
+        _require(not has_valid or rest[0].dtype == DataType.bool, "depthwise_norm_act: valid must be bool")
+        _require(all(t.dtype == f32 for t in rest[int(has_valid):]), "depthwise_norm_act: fp32 norm weight and bias")
+        _require(activation in ("swish", "relu"), f"depthwise_norm_act: unsupported activation {activation!r}")
+        frames = x.shape[1] + pad_left + pad_right - kernel_size + 1 if x.shape[1] != -1 else -1
+        return [(DataType(out_dtype), (x.shape[0], frames, x.shape[2]))]
+
+    @staticmethod
+    def torch(x, taps, bias, *rest, kernel_size: int, pad_left: int, pad_right: int, eps: float, activation: str,
+              out_dtype: str, has_valid: bool, has_norm: bool):
+        from plugins import kernel_available
+        from plugins.depthwise import decomposed, depthwise_norm_act
+
+        valid = rest[0] if has_valid else None
+        norm_weight, norm_bias = rest[int(has_valid):] if has_norm else (None, None)
+        # without a kernel the decomposition runs inline, so that export and Inductor see plain ops
+        run = depthwise_norm_act if kernel_available(x.device) else decomposed
+        return run(x, taps, bias, valid, norm_weight, norm_bias, kernel_size, pad_left, pad_right, eps, activation,
+                   getattr(torch, out_dtype))
+
+    tensorrt = None

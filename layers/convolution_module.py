@@ -34,16 +34,13 @@ class ConvolutionModule(Module):
     def forward(self, x: Tensor, valid: Tensor) -> Tensor:
         """x (B, T, D), valid (B, T) bool; channels last throughout. The GLU (in the first pointwise convolution's
         epilogue), the depthwise convolution and the norm run in fp32, rounded to the layer's dtype once, before the
-        second pointwise convolution."""
+        activation and the second pointwise convolution."""
         dtype = x.dtype
         mask = F.unsqueeze(valid, 2)  # (B, T, 1)
         x = F.where(mask, x, 0.0)
         if self.lorder:
             x = F.pad(x, 1, self.lorder, 0)
         x = self.pointwise_conv1.pointwise(x, "glu", DataType.float32)
-        if not self.lorder:
-            x = F.where(mask, x, 0.0)
-        x = self.depthwise_conv.depthwise(x)
-        x = self.norm(x, dtype) if self.norm is not None else F.cast(x, dtype)
-        x = self.pointwise_conv2.pointwise(F.activation(x, self.activation))
-        return F.where(mask, x, 0.0)
+        x = self.depthwise_conv.depthwise_norm_act(x, self.activation, dtype, self.norm,
+                                                   valid=None if self.lorder else valid)
+        return F.where(mask, self.pointwise_conv2.pointwise(x), 0.0)

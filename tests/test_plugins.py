@@ -1,5 +1,5 @@
-"""Plugins (Triton kernels as torch custom ops: attention, linear_act, token_log_probs, top_k_log_probs) against the
-decompositions of their fused ops.
+"""Plugins (Triton kernels as torch custom ops: attention, linear_act, token_log_probs, top_k_log_probs,
+depthwise_norm_act) against the decompositions of their fused ops.
 
 On the CPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1``), which must be
 set before Triton compiles anything, so those cases run in a child process. On a CUDA machine
@@ -63,6 +63,28 @@ TOKEN_CASES = {
     "three_vocab_tiles_padded_weight": ((3, 37, 96), 300, 320),
     "odd_k_one_partial_tile": ((50, 40), 130, 130),
 }
+
+# name: (x (B, T, C), kernel size, padding, valid frames per utterance or None, LayerNorm, activation): the u2++
+# conv module (causal: x pre-padded, a norm), the conformer's (symmetric padding, masked frames, batch norm folded
+# away), channels off a power of two with a partial frame tile
+DEPTHWISE_CASES = {
+    "causal_norm_swish": ((2, 44, 64), 8, (0, 0), None, True, "swish"),
+    "symmetric_valid_no_norm": ((3, 30, 48), 15, (7, 7), [30, 12, 1], False, "swish"),
+    "relu_norm_odd_channels": ((2, 20, 40), 3, (1, 1), [20, 9], True, "relu"),
+}
+
+
+def make_depthwise_inputs(case: str, dtype: torch.dtype, device: str = "cpu"):
+    shape, k, (left, right), lengths, norm, activation = DEPTHWISE_CASES[case]
+    g = torch.Generator().manual_seed(len(case))
+    x = torch.randn(*shape, generator=g).to(dtype=dtype, device=device)
+    taps = (torch.randn(shape[2], k, generator=g) / k ** 0.5).to(device)
+    bias = torch.randn(shape[2], generator=g).to(device)
+    valid = (torch.arange(shape[1])[None, :] < torch.tensor(lengths)[:, None]).to(device) if lengths else None
+    norm_weight, norm_bias = ((1 + 0.1 * torch.randn(shape[2], generator=g)).to(device),
+                              torch.randn(shape[2], generator=g).to(device)) if norm else (None, None)
+    return x, taps, bias, valid, norm_weight, norm_bias, k, left, right, 1e-5, activation, dtype
+
 
 # name: (leading dims, K, weight rows R, vocabulary V, k, integer logits (ties: x integers, the weight the
 # identity)): a partial last vocabulary tile, padded weight rows, the best labels in a last tile of fewer real
@@ -216,7 +238,7 @@ def linear_act_lowering(x, weight, bias, activation, out_dtype) -> torch.Tensor:
 def errors(device: str) -> dict:
     """Max |kernel - decomposition| per plugin (and the linear_act op's lowering), case and dtype (the decomposition
     in fp32 on the same inputs)."""
-    from plugins import linear, token_log_probs
+    from plugins import depthwise, linear, token_log_probs
     from plugins.attention import _launch
 
     out = {}
@@ -224,7 +246,8 @@ def errors(device: str) -> dict:
             (_launch, CASES, make_inputs, decomposed),
             (linear.launch, LINEAR_CASES, make_linear_inputs, lambda args: linear.decomposed(*args)),
             (linear_act_lowering, LINEAR_CASES, make_linear_inputs, lambda args: linear.decomposed(*args)),
-            (token_log_probs.launch, TOKEN_CASES, make_token_inputs, lambda args: token_log_probs.decomposed(*args))):
+            (token_log_probs.launch, TOKEN_CASES, make_token_inputs, lambda args: token_log_probs.decomposed(*args)),
+            (depthwise.launch, DEPTHWISE_CASES, make_depthwise_inputs, lambda args: depthwise.decomposed(*args))):
         for case in cases:
             for dtype in (torch.float32, torch.float16):
                 args = inputs(case, dtype, device)
@@ -243,7 +266,7 @@ def interpreted():
 
 
 def _check(results: dict):
-    assert len(results) == 2 * (len(CASES) + 2 * len(LINEAR_CASES) + len(TOKEN_CASES))
+    assert len(results) == 2 * (len(CASES) + 2 * len(LINEAR_CASES) + len(TOKEN_CASES) + len(DEPTHWISE_CASES))
     for name, (error, scale, same_shape, dtype, beyond_half) in results.items():
         assert same_shape, name
         if "fp32_out" in name:  # the activation's fp32 result, not rounded to half
@@ -359,3 +382,19 @@ def test_token_log_probs_decomposition_is_the_unfused_math():
     want = log_probs.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)
     got = token_decomposed(x, weight, bias, targets)
     assert got.shape == targets.shape and (got - want).abs().max() < 1e-5
+
+
+def test_depthwise_norm_act_decomposition_is_the_unfused_math():
+    from plugins.depthwise import decomposed as depthwise_decomposed
+
+    for case in DEPTHWISE_CASES:
+        args = make_depthwise_inputs(case, torch.float32)
+        x, taps, bias, valid, norm_weight, norm_bias, k, left, right, eps, activation, _ = args
+        masked = x if valid is None else torch.where(valid[..., None], x, 0.0)
+        y = torch.nn.functional.conv1d(torch.nn.functional.pad(masked.transpose(1, 2), (left, right)),
+                                       taps[:, None, :], bias, groups=x.shape[2]).transpose(1, 2)
+        if norm_weight is not None:
+            y = torch.nn.functional.layer_norm(y, (x.shape[2],), norm_weight, norm_bias, eps)
+        want = torch.nn.functional.silu(y) if activation == "swish" else torch.relu(y)
+        got = depthwise_decomposed(*args)
+        assert got.shape == want.shape and (got - want).abs().max() < 1e-5, case
