@@ -9,9 +9,10 @@ parts) and the maximum of each group of G labels. The second, one program per ro
 (ties to the lower group), whose groups hold the row's k best labels, reads those k·G logits in one load and makes
 the k picks among them (ties to the lower label): it never reads the whole row.
 
-Before, cuBLAS wrote the logits and a top-k kernel read each row whole for its normaliser and group maxima: at
-16,000 rows x 4,233 units (64 utterances x 10 s) 0.14 + 0.26 ms (H200). Picking inside the GEMM's tiles instead (k
-passes over every tile, nothing written) took 0.54 ms, bound by the passes' arithmetic.
+At 16,000 rows x 4,233 units (64 utterances x 10 s; H200) this takes 0.32 ms. Before, cuBLAS wrote the logits and
+a top-k kernel read each row whole for its normaliser and group maxima: 0.14 + 0.26 ms. Picking inside the GEMM's
+tiles instead (k passes over every tile, nothing written) took 0.54 ms, bound by the passes' arithmetic. At 250 rows
+(batch 1) the two kernels take ~19 us in the engine against the old path's ~15.
 """
 
 from __future__ import annotations
