@@ -1,10 +1,10 @@
 """Fused ops and their decompositions.
 
 A fused op (``attention``, ``linear_act``, ``token_log_probs``, ``top_k_log_probs``, ``depthwise_norm_act``) is one
-node of a network. Its PyTorch lowering is a plugin: a Triton kernel registered as a torch custom op (``plugins/``). Its
-TensorRT lowering, and the plugin's path where no kernel runs (the CPU), use its decomposition: the same math in primitive ops of
-``core.functional``, recorded into a small network on demand. The math is written once in our API; the kernel is held
-to it by tests.
+node of a network. Its PyTorch lowering is a plugin: a Triton kernel registered as a torch custom op (``plugins/``).
+Its TensorRT lowering, and the plugin's path where no kernel runs (the CPU), use its decomposition: the same math in
+primitive ops of ``core.functional``, recorded into a small network on demand. The math is written once in our API;
+the kernel is held to it by tests.
 """
 
 from __future__ import annotations

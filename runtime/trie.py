@@ -100,7 +100,7 @@ def packed_tries(tokens: np.ndarray, lengths: np.ndarray, count: np.ndarray, sos
 
 
 def build_trie(tokens: np.ndarray, lengths: np.ndarray, count: np.ndarray, sos: int, eos: int,
-                     reverse: bool = False) -> Trie:
+               reverse: bool = False) -> Trie:
     """The tries of a batch's n-best, padded (``packed_tries`` packs them): hypothesis r < count[b] of utterance b
     is ``tokens[b, r, :lengths[b, r]]`` (reversed if ``reverse``). Whole-array numpy over the batch, with one step
     per hypothesis rank (a Python step per token would cost more than the decoder)."""
