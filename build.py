@@ -57,7 +57,7 @@ def build_engines(model_dir: str, output_dir: str, dtype: str = "float32", profi
     builder_config = BuilderConfig(dtype=dtype, backend=backend, decoder_dtype=decoder_dtype or dtype, code=code_fingerprint(),
                                    compile=compile_device is not None,
                                    compile_device=compile_device or "cuda",
-                                   buckets=profiles.buckets(ckpt.config.encoder.input_layer) if compile_device else {})
+                                   programs=profiles.programs(ckpt.config.encoder.input_layer) if compile_device else [])
     config = Builder(builder_config).build(
         networks, output_dir, {"wenet": ckpt.config.to_json(), "profiles": profiles.to_json(),
                                "checkpoint": ckpt.files.checkpoint, "vocabulary": VOCAB_FILE,
@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max_seconds", type=float, default=40.0, help="longest utterance the engines accept")
     p.add_argument("--opt_seconds", type=float, default=10.0)
     p.add_argument("--beam_size", type=int, default=10, help="most hypotheses per utterance")
+    p.add_argument("--program_batches", type=int, nargs="*", default=[1],
+                   help="compiled engines: the largest batch of each program but the last (whose is --max_batch_size);"
+                        " each program's kernels are tiled for its batch range (default: 1, a program for lone files)")
     p.add_argument("--backend", choices=["auto", "torch", "tensorrt"], default="auto",
                    help="auto: tensorrt where TensorRT imports and a GPU is present, else the PyTorch lowering")
     p.add_argument("--no_compile", action="store_true",
@@ -91,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     backend = args.backend
     if backend == "auto":
         backend = "tensorrt" if tensorrt_usable() else "torch"
-    profiles = Profiles(args.max_batch_size, args.opt_batch_size, args.max_seconds, args.opt_seconds, args.beam_size)
+    profiles = Profiles(args.max_batch_size, args.opt_batch_size, args.max_seconds, args.opt_seconds, args.beam_size,
+                        tuple(args.program_batches))
     start = time.perf_counter()
     try:
         compile_device = "cuda" if backend == "torch" and torch.cuda.is_available() and not args.no_compile else None
@@ -101,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"build.py: error: {e}", file=sys.stderr)
         return 1
     for name, info in config["networks"].items():
-        compiled = f" + {info['compiled']['program']}" if "compiled" in info else ""
+        compiled = "".join(f" + {p['program']}" for p in info["compiled"]["programs"]) if "compiled" in info else ""
         print(f"{name:14s} {info['nodes']:5d} nodes  {info['parameters'] / 1e6:7.2f} M weights  -> {info['artifact']}"
               f"{compiled}")
     if "compiled" in config["builder"]:

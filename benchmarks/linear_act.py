@@ -86,7 +86,7 @@ def measure(name: str, m: int, n: int, k: int, act: str) -> dict:
           f"{default_ms * 1e3:.1f} us, best {best_ms * 1e3:.1f} us {best}; max |error| {error:.2e}", flush=True)
     return {"shape": name, "rows": m, "n": n, "k": k, "activation": act, "cublas_mm_ms": mm_ms,
             "cublas_plus_inductor_epilogue_ms": cublas_ms, "plugin_default_ms": default_ms,
-            "default_tiles": config(linear_act_features(n, act), k, act), "plugin_best_ms": best_ms,
+            "default_tiles": config(linear_act_features(n, act), k, act, m), "plugin_best_ms": best_ms,
             "best_tiles": best, "max_abs_error": error,
             "tflops_at_best": 2 * m * n * k / best_ms / 1e9,
             "sweep": [{"ms": ms, **tiles} for ms, tiles in sweep]}

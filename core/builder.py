@@ -24,7 +24,9 @@ class BuilderConfig:
     backend: str = "torch"
     compile: bool = False  # torch backend: export + Inductor (+ CUDA graphs on CUDA), core/compiled.py
     compile_device: str = "cuda"
-    buckets: dict[str, list[int]] = field(default_factory=dict)  # per dynamic dim, for compiled engines
+    # compiled engines' programs (TensorRT's optimization profiles): each {"opt": sizes its kernels are tuned for,
+    # "buckets": its shape buckets}, per dynamic dim
+    programs: list[dict[str, dict]] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -66,26 +68,22 @@ class Builder:
 
     def _compile(self, networks: list[Network], output_dir: str, summary: dict) -> dict:
         """Exports and compiles, on the compile device, every network whose dynamic dims all have
-        buckets; records each one's ``compiled`` artifacts and output dims. Returns what it ran on."""
+        buckets, once per program; records each one's ``compiled`` artifacts. Returns what it ran on."""
         import time
 
         import torch
 
-        from core.compiled import compile_network, dynamic_dims, export_network, output_dims
+        from core.compiled import compile_network, dynamic_dims
 
         device = torch.device(self.config.compile_device)
-        buckets = self.config.buckets
         start = time.perf_counter()
         for network in networks:
-            if not set(dynamic_dims(network.inputs)) <= set(buckets):
+            if not all(set(dynamic_dims(network.inputs)) <= set(p["buckets"]) for p in self.config.programs):
                 continue
-            exported = export_network(network, buckets, device)
-            compiled = compile_network(exported, network.inputs, device)
-            summary[network.name]["compiled"] = {**compiled.save(output_dir, network.name),
-                                                 "output_dims": output_dims(exported, network.inputs)}
+            compiled = compile_network(network, self.config.programs, device)
+            summary[network.name]["compiled"] = compiled.save(output_dir, network.name)
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        return {"torch": torch.__version__, "device": name, "buckets": buckets,
-                "seconds": round(time.perf_counter() - start, 1)}
+        return {"torch": torch.__version__, "device": name, "seconds": round(time.perf_counter() - start, 1)}
 
     def _write(self, network: Network, output_dir: str) -> str:
         if self.config.backend == "torch":

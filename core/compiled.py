@@ -1,17 +1,20 @@
 """Compiled engines (CUDA): the PyTorch lowering exported, compiled by Inductor, replayed as CUDA graphs.
 
-Build time: each network's lowering is exported with ``torch.export`` (its dynamic dims bounded by
-the smallest shape bucket and the profile's max) and the exported graph is compiled once by
-Inductor with symbolic shapes (``torch._inductor.standalone_compile``, shapes "from the graph"): one
-compiled program serves every shape in range, with no guards and no recompilation. Written to the
-engine dir: ``<network>.inductor`` (the compiled artifact: generated kernels and wrapper) and
-``<network>.constants.safetensors`` (its weights, in its input order). AOTInductor packages, the
+Build time: a build has one or more programs (TensorRT's optimization profiles), each a range of shape buckets
+and the opt sizes its kernels are tuned for. Per program, each network's lowering is exported with ``torch.export``
+(its dynamic dims bounded by the program's smallest and largest bucket, traced at the program's opt sizes) and the
+exported graph is compiled once by Inductor with symbolic shapes (``torch._inductor.standalone_compile``, shapes
+"from the graph"): one compiled program serves every shape in its range, with no guards and no recompilation. The
+plugins choose their tiles from the sizes traced (``plugins.planned_size``), so a batch-1 program and a batch-64
+one run differently tiled kernels. Written to the engine dir: ``<network>.<i>.inductor`` (program i's compiled
+artifact: generated kernels and wrapper) and ``<network>.constants.safetensors`` (the weights, in the programs'
+input order). AOTInductor packages, the
 other serialized form, crash on load in torch 2.11 (every loader, on CUDA and CPU: see
 docs/architecture.md).
 
-Run time (``CompiledEngine``): inputs are copied into one device buffer allocated once for the
-profile maximum (``InputArena``; host inputs all in one copy from a page-locked mirror), padded up
-to their shape bucket (batch rows repeat row 0, so padding rows are valid inputs; other dims are
+Run time (``CompiledEngine``): the first program whose buckets hold the inputs runs them. Inputs are copied
+into one device buffer allocated once for the profile maximum (``InputArena``; host inputs all in one copy from a
+page-locked mirror), padded up to their shape bucket (batch rows repeat row 0, so padding rows are valid inputs; other dims are
 zero-padded and masked by the lengths inputs), and each bucket runs as a CUDA graph captured on
 first use. Outputs are views of the graph's static outputs, cut back
 to the real sizes of the dims they share with the inputs, and valid until the next call.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import bisect
 import functools
 import hashlib
+import json
 import math
 import os
 from collections.abc import Callable
@@ -76,22 +80,30 @@ def example_inputs(inputs: dict[str, InputSpec], sizes: dict[str, int], device: 
                              dtype=spec.dtype.torch, device=device) for name, spec in inputs.items()}
 
 
-def trace_sizes(inputs: dict[str, InputSpec], buckets: dict[str, list[int]]) -> dict[str, int]:
-    """The dim sizes that export and compilation trace at: a middle bucket (sizes 0 and 1 would be
-    specialized into the graph, and so may a size that equals the profile max)."""
-    return {n: max(buckets[n][len(buckets[n]) // 2], 2) for n in dynamic_dims(inputs)}
+def export_dims(inputs: dict[str, InputSpec], program: dict) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
+    """A program's ([min, max] of each dim it leaves dynamic, the size of each dim it traces at). A dim is static where
+    the program holds its minimum alone (nothing is padded up to it: a batch-1 program); a dim of one larger bucket
+    keeps a two-value range (a one-value Dim would be a constant, and its outputs uncut). Traced at the program's opt
+    sizes, at least 2 (sizes 0 and 1 would be specialized into the graph)."""
+    ranges, sizes = {}, {}
+    for name, d in dynamic_dims(inputs).items():
+        buckets = program["buckets"][name]
+        if buckets == [d.min]:
+            sizes[name] = d.min
+            continue
+        low, high = min(buckets[0], buckets[-1] - 1), buckets[-1]
+        ranges[name] = (low, high)
+        sizes[name] = min(max(program["opt"].get(name, buckets[len(buckets) // 2]), low, 2), high)
+    return ranges, sizes
 
 
-def export_network(network: Network, buckets: dict[str, list[int]], device: torch.device):
-    """``torch.export`` of the lowering; each dynamic dim ranges over [smallest bucket, profile max].
-    Traced at ``trace_sizes``."""
-    dims = dynamic_dims(network.inputs)
-    # A dim of one bucket keeps a two-value range: a one-value Dim would be a constant, and its outputs uncut.
-    export_dims = {n: torch.export.Dim(n.replace(".", "_"), min=min(buckets[n][0], d.max - 1), max=d.max)
-                   for n, d in dims.items()}
-    dynamic = {name: {axis: export_dims[d.name] for axis, d in enumerate(spec.dims) if isinstance(d, Dim)}
+def export_network(network: Network, program: dict, device: torch.device):
+    """``torch.export`` of the lowering over one program's ranges (``export_dims``)."""
+    ranges, sizes = export_dims(network.inputs, program)
+    dims = {n: torch.export.Dim(n.replace(".", "_"), min=low, max=high) for n, (low, high) in ranges.items()}
+    dynamic = {name: {axis: dims[d.name] for axis, d in enumerate(spec.dims) if isinstance(d, Dim) and d.name in dims}
                for name, spec in network.inputs.items()}
-    example = example_inputs(network.inputs, trace_sizes(network.inputs, buckets), device)
+    example = example_inputs(network.inputs, sizes, device)
     with torch.no_grad():
         return torch.export.export(NetworkModule(network, device), (example,), dynamic_shapes={"inputs": dynamic},
                                    strict=False)
@@ -104,39 +116,61 @@ def output_dims(exported, inputs: dict[str, InputSpec]) -> dict[str, list[str | 
     symbols = {}
     for node, spec in zip(user, inputs.values()):  # user inputs flatten in dict order
         for axis, d in enumerate(spec.dims):
-            if isinstance(d, Dim):
-                symbols[str(node.meta["val"].shape[axis])] = d.name
+            size = node.meta["val"].shape[axis]
+            if isinstance(d, Dim) and isinstance(size, torch.SymInt):  # not the dims a program holds one size of
+                symbols[str(size)] = d.name
     output_node = next(n for n in exported.graph.nodes if n.op == "output")
     values = pytree.tree_unflatten([n.meta["val"] for n in output_node.args[0]], exported.call_spec.out_spec)
     return {name: [symbols.get(str(s)) for s in value.shape] for name, value in values.items()}
 
 
 @dataclass
-class CompiledNetwork:
-    """Inductor's program for a network, its constant inputs, and how its flat outputs are named."""
+class Program:
+    """One compiled program of a network: what it runs, the shape buckets it serves (per dynamic dim) and, per output
+    axis, the input dim whose size it has (``output_dims``)."""
 
-    program: Callable
+    run: Callable
+    buckets: dict[str, list[int]]
+    output_dims: dict[str, list[str | None]]
+
+    def holds(self, sizes: dict[str, int]) -> bool:
+        return all(size <= self.buckets[name][-1] for name, size in sizes.items())
+
+
+@dataclass
+class CompiledNetwork:
+    """Inductor's programs for a network, their constant inputs (the same for every program), and how their flat
+    outputs are named."""
+
+    programs: list[Program]
     constants: list[torch.Tensor]
     input_names: list[str]
     output_names: list[str]
 
-    def __call__(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        outputs = self.program(*self.constants, *(inputs[n] for n in self.input_names))
+    def __call__(self, program: Program, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        outputs = program.run(*self.constants, *(inputs[n] for n in self.input_names))
         return dict(zip(self.output_names, outputs))
 
     def save(self, engine_dir: str, name: str) -> dict:
-        self.program.save(path=os.path.join(engine_dir, f"{name}{PROGRAM_SUFFIX}"), format="binary")
+        """Writes the programs and the constants; returns what ``load`` reads (the network's config.json entry)."""
+        programs = []
+        for i, program in enumerate(self.programs):
+            path = f"{name}.{i}{PROGRAM_SUFFIX}"
+            program.run.save(path=os.path.join(engine_dir, path), format="binary")
+            programs.append({"program": path, "buckets": program.buckets, "output_dims": program.output_dims})
         # safetensors wants one owner per storage: constants that share memory are copied apart
         save_file({f"{i:05d}": t.detach().cpu().clone().contiguous() for i, t in enumerate(self.constants)},
                   os.path.join(engine_dir, f"{name}{CONSTANTS_SUFFIX}"))
-        return {"program": f"{name}{PROGRAM_SUFFIX}", "constants": f"{name}{CONSTANTS_SUFFIX}",
-                "input_names": self.input_names, "output_names": self.output_names}
+        return {"programs": programs, "constants": f"{name}{CONSTANTS_SUFFIX}", "input_names": self.input_names,
+                "output_names": self.output_names}
 
     @staticmethod
     def load(engine_dir: str, info: dict, device: torch.device) -> CompiledNetwork:
-        program = torch._inductor.CompiledArtifact.load(path=os.path.join(engine_dir, info["program"]), format="binary")
+        programs = [Program(torch._inductor.CompiledArtifact.load(path=os.path.join(engine_dir, p["program"]),
+                                                                  format="binary"), p["buckets"], p["output_dims"])
+                    for p in info["programs"]]
         constants = load_file(os.path.join(engine_dir, info["constants"]), device=str(device))
-        return CompiledNetwork(program, [constants[k] for k in sorted(constants)], info["input_names"],
+        return CompiledNetwork(programs, [constants[k] for k in sorted(constants)], info["input_names"],
                                info["output_names"])
 
 
@@ -154,12 +188,19 @@ def plugins_digest() -> str:
     return digest.hexdigest()[:16]
 
 
-def compile_network(exported, inputs: dict[str, InputSpec], device: torch.device) -> CompiledNetwork:
+def network_programs(inputs: dict[str, InputSpec], programs: list[dict]) -> list[dict]:
+    """The build's programs as one network sees them: restricted to its dims, those it sees alike merged."""
+    names = set(dynamic_dims(inputs))
+    seen = []
+    for program in programs:
+        mine = {part: {n: v for n, v in program[part].items() if n in names} for part in ("opt", "buckets")}
+        if mine not in seen:
+            seen.append(mine)
+    return seen
+
+
+def compile_program(exported, program: dict) -> Callable:
     """One Inductor compilation of the exported graph, symbolic in every dim the export left dynamic."""
-    signature = exported.graph_signature
-    constants = [exported.state_dict[s.target] if s.target in exported.state_dict else exported.constants[s.target]
-                 for s in signature.input_specs if s.kind.name != "USER_INPUT"]
-    constants = [c.to(device) for c in constants]
     # Compile from the export's own fake inputs: its symbols (with their ranges) for the dynamic dims
     # and static sizes for everything else. standalone_compile finds the export's fake mode through
     # the outputs' "example_value" (Dynamo's name for export's "val").
@@ -167,10 +208,29 @@ def compile_network(exported, inputs: dict[str, InputSpec], device: torch.device
     fake_inputs = [node.meta["val"] for node in graph.graph.nodes if node.op == "placeholder"]
     for node in graph.graph.find_nodes(op="output")[0].args[0]:
         node.meta["example_value"] = node.meta["val"]
-    with temporary_cache_dir(os.path.join(cache_dir(), f"wenet_trt-plugins-{plugins_digest()}")):
-        program = torch._inductor.standalone_compile(graph, fake_inputs, dynamic_shapes="from_graph")
-    names = pytree.tree_unflatten(list(range(len(signature.output_specs))), exported.call_spec.out_spec)
-    return CompiledNetwork(program, constants, list(inputs), sorted(names, key=names.get))
+    # The cache may not tell programs apart by the sizes their plugins' tiles were chosen for: one cache per opt too.
+    opt = hashlib.sha256(json.dumps(program["opt"], sort_keys=True).encode()).hexdigest()[:8]
+    with temporary_cache_dir(os.path.join(cache_dir(), f"wenet_trt-plugins-{plugins_digest()}-{opt}")):
+        return torch._inductor.standalone_compile(graph, fake_inputs, dynamic_shapes="from_graph")
+
+
+def compile_network(network: Network, programs: list[dict], device: torch.device) -> CompiledNetwork:
+    """The network exported and compiled once per program it sees (``network_programs``)."""
+    compiled, constants, names = [], None, None
+    for program in network_programs(network.inputs, programs):
+        exported = export_network(network, program, device)
+        signature = exported.graph_signature
+        targets = [s.target for s in signature.input_specs if s.kind.name != "USER_INPUT"]
+        if constants is None:
+            constants = [(exported.state_dict[t] if t in exported.state_dict else exported.constants[t]).to(device)
+                         for t in targets]
+            order = pytree.tree_unflatten(list(range(len(signature.output_specs))), exported.call_spec.out_spec)
+            names = targets, sorted(order, key=order.get)
+        elif targets != names[0]:
+            raise RuntimeError(f"{network.name}: its programs take their constants in different orders")
+        compiled.append(Program(compile_program(exported, program), program["buckets"],
+                                output_dims(exported, network.inputs)))
+    return CompiledNetwork(compiled, constants, list(network.inputs), names[1])
 
 
 class InputArena:
@@ -291,55 +351,58 @@ class CompiledEngine:
     """A compiled network on one CUDA device; called like ``TorchEngine``, with CUDA graphs per bucket. Inputs
     may be on the host or the device."""
 
-    def __init__(self, network: CompiledNetwork, inputs: dict[str, InputSpec], buckets: dict[str, list[int]],
-                 output_dims: dict[str, list[str | None]], device: torch.device):
+    def __init__(self, network: CompiledNetwork, inputs: dict[str, InputSpec], device: torch.device):
         self.device = device
         self.inputs = inputs
-        self.buckets = buckets
-        self.output_dims = output_dims
         self.module = network
         self.cuda_graphs = device.type == "cuda"
         self.arena = InputArena(inputs, {n: d.max for n, d in dynamic_dims(inputs).items()}, device)
-        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph | None, dict | None, Bucket]] = {}
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph | None, dict | None, Bucket, Program]] = {}
         self.pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
 
     @property
-    def capturable(self) -> CompiledNetwork | None:
+    def capturable(self) -> Callable[[dict], dict] | None:
         """The compiled network itself, for a caller that captures it into a CUDA graph of its own: called on device
         tensors of any shape in the profiles, without input checks, arena or graph. None off CUDA."""
-        return self.module if self.cuda_graphs else None
+        return self._run_program if self.cuda_graphs else None
 
-    def bucket_sizes(self, inputs: dict[str, torch.Tensor]) -> tuple[dict[str, int], dict[str, int]]:
-        real = {}
-        for name, spec in self.inputs.items():
-            for axis, d in enumerate(spec.dims):
-                if isinstance(d, Dim):
-                    real[d.name] = inputs[name].shape[axis]
-        return real, {n: pick_bucket(self.buckets[n], s) for n, s in real.items()}
+    def _run_program(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.module(self.program(self.sizes(inputs)), inputs)
 
-    def _capture(self, static: dict[str, torch.Tensor]):
+    def sizes(self, inputs: dict[str, torch.Tensor]) -> dict[str, int]:
+        """The size of each dynamic dim in ``inputs``."""
+        return {d.name: inputs[name].shape[axis] for name, spec in self.inputs.items()
+                for axis, d in enumerate(spec.dims) if isinstance(d, Dim)}
+
+    def program(self, sizes: dict[str, int]) -> Program:
+        """The first program whose buckets hold ``sizes`` (the last one holds the profile maximum)."""
+        return next((p for p in self.module.programs if p.holds(sizes)), self.module.programs[-1])
+
+    def _capture(self, program: Program, static: dict[str, torch.Tensor]):
         """(graph, static outputs) of one bucket; no graph off CUDA."""
         if not self.cuda_graphs:
             return None, None
-        return capture_graph(lambda: self.module(static), self.device, self.pool)
+        return capture_graph(lambda: self.module(program, static), self.device, self.pool)
 
     @torch.no_grad()
     def __call__(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        real, sizes = self.bucket_sizes(inputs)
+        real = self.sizes(inputs)
+        program = self.program(real)
+        sizes = {n: pick_bucket(program.buckets[n], s) for n, s in real.items()}
         key = tuple(sorted(sizes.items()))
         entry = self.graphs.get(key)
         bucket = entry[2] if entry is not None else self.arena.views(sizes)
         self.arena.fill(bucket, inputs)
         if entry is None:
             with fp32_exact():  # what a replay runs is chosen as it is captured
-                entry = self.graphs[key] = (*self._capture(bucket.device), bucket)
-        graph, outputs, _ = entry
+                entry = self.graphs[key] = (*self._capture(program, bucket.device), bucket, program)
+        graph, outputs, _, program = entry
         if graph is None:
             with fp32_exact():
-                outputs = self.module(bucket.device)
+                outputs = self.module(program, bucket.device)
         else:
             graph.replay()  # a replay reads no flags: the ~7 us of switching cuDNN's are saved on this path
-        return {name: _cut(value, self.output_dims.get(name, []), real) for name, value in outputs.items()}
+        return {name: _cut(value, program.output_dims.get(name, []), real) for name, value in outputs.items()}
 
 
 def _shape(spec: InputSpec, sizes: dict[str, int]) -> list[int]:

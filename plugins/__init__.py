@@ -40,6 +40,17 @@ def register_op(name: str, fn: Callable, fake: Callable):
     return op
 
 
+def planned_size(size: int | torch.SymInt) -> int:
+    """The size a kernel's tiles are chosen for: ``size`` itself or, where it is a symbol (torch.export and Inductor
+    tracing a compiled program), the size the program was traced at: its opt size (``core.compiled.export_dims``), as
+    TensorRT picks its tactics at a profile's opt shape. Reading it adds no guard: the program still serves its whole
+    range. A symbol without one is planned as large."""
+    if isinstance(size, torch.SymInt):
+        hint = size.node.hint
+        return int(hint) if hint is not None else 1 << 30
+    return int(size)
+
+
 def kernel_available(device: torch.device) -> bool:
     """Whether Triton kernels run for tensors on ``device`` (CUDA, or the CPU under the interpreter)."""
     return triton is not None and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from core.composite import run_decomposition
-from plugins import _INTERPRETED, kernel_available, launchable, register_op, tl, triton
+from plugins import _INTERPRETED, kernel_available, launchable, planned_size, register_op, tl, triton
 
 if triton is not None:
 
@@ -157,11 +157,26 @@ if triton is not None:
                      out.to(OUT.dtype.element_ty), mask=(rows[:, None] < M) & (dv[None, :] < DV))
 
 
+def config(head_dim: int, has_pos: bool, tree: bool, rows: int = 1 << 30) -> dict:
+    """Tiles for a head dim (rounded up to a power of two), the position term, a tree mask and the planned query rows
+    in all (``plugins.planned_size``)."""
+    if has_pos and rows <= 1024 and head_dim <= 64:
+        # few queries: more, smaller programs over longer key blocks (the encoder at batch 1 x 10 s, H200: 6.95
+        # against 8.26 us, session 20)
+        return {"BLOCK_M": 16, "BLOCK_N": 128, "num_warps": 8, "num_stages": 1}
+    # finer key blocks skip more of a tree (H200, 64 x 4 heads x 2,367 nodes: 0.44 / 0.66 ms).
+    # Prefetching the next key block pays only for plain K/V (cross-attention: 22.8 against 25.3 us at 64 x 10 s, H200);
+    # with the position term's third tile it cost occupancy (36.6 against 33.0 us, the encoder at 64 x 10 s), and a
+    # tree's block skip is a branch the pipeliner does not cross
+    return {"BLOCK_M": 64, "BLOCK_N": 32 if tree or head_dim > 64 else 64, "num_warps": 4,
+            "num_stages": 1 if has_pos or tree else 3}
+
+
 def _launch(q, k, v, key_lengths, key_ends, rows, slots, pos, pos_bias_u, pos_bias_v, q_bias, k_bias, v_bias, scale,
             causal, packed_kv=False, **tiles):
     """The kernel; ``tiles`` overrides its tiling (benchmarks)."""
-    # No Python branch on a size here: under torch.export and Inductor sizes are symbols, and a
-    # branch would specialize the compiled engine to the traced size.
+    # No Python branch on a size here but through planned_size: under torch.export and Inductor sizes are symbols,
+    # and a branch would specialize the compiled engine to the traced size.
     heads, d = q.shape[1], q.shape[3]
     batch, m = rows.shape if rows is not None else (q.shape[0], q.shape[2])
     n, dv = (m if packed_kv else k.shape[2]), v.shape[3]
@@ -174,13 +189,6 @@ def _launch(q, k, v, key_lengths, key_ends, rows, slots, pos, pos_bias_u, pos_bi
     q_batch_stride = 0 if rows is not None else q.stride(0)
     kv_batch_strides = (0, 0) if packed_kv else (k.stride(0), v.stride(0))
     block_d, block_dv = triton.next_power_of_2(d), triton.next_power_of_2(dv)
-    block_n = 64 if max(block_d, block_dv) <= 64 else 32
-    if key_ends is not None:  # finer key blocks skip more of a tree (H200, 64 x 4 heads x 2,367 nodes: 0.44 / 0.66 ms)
-        block_n = 32
-    # Prefetching the next key block pays only for plain K/V (cross-attention: 22.8 against 25.3 us at 64 x 10 s, H200);
-    # with the position term's third tile it cost occupancy (36.6 against 33.0 us, the encoder at 64 x 10 s), and a
-    # tree's block skip is a branch the pipeliner does not cross
-    stages = 3 if pos is None and key_ends is None else 1
     launchable(_attention_kernel)[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), batch * heads)](
         q, k, v, p, pos_bias_u if has_pos else q, pos_bias_v if has_pos else q,
         q_bias if q_bias is not None else q, k_bias if k_bias is not None else q, v_bias if v_bias is not None else q,
@@ -195,7 +203,7 @@ def _launch(q, k, v, key_lengths, key_ends, rows, slots, pos, pos_bias_u, pos_bi
         HAS_ROWS=rows is not None, PACKED_KV=packed_kv, PACKED_OUT=slots is not None,
         HAS_Q_BIAS=q_bias is not None, HAS_KV_BIAS=k_bias is not None, D=d, DV=dv,
         BLOCK_D=block_d, BLOCK_DV=block_dv, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        **{"BLOCK_M": 64, "BLOCK_N": block_n, "num_stages": stages, **tiles})
+        **{**config(max(block_d, block_dv), has_pos, key_ends is not None, planned_size(batch * m)), **tiles})
     return out
 
 

@@ -17,7 +17,7 @@ import torch
 from core.composite import run_decomposition
 from core.dtype import DataType
 from core.ops import linear_act_features
-from plugins import kernel_available, launchable, register_op, times_sigmoid, tl, triton
+from plugins import kernel_available, launchable, planned_size, register_op, times_sigmoid, tl, triton
 
 if triton is not None:
 
@@ -64,17 +64,23 @@ if triton is not None:
                  mask=(rows[:, None] < M) & (cols[None, :] < N))
 
 
-def config(n: int, k: int, activation: str = "swish") -> dict:
-    """Tile sizes from the static dims only (n output columns): under torch.export and Inductor the row count is a
-    symbol, and a branch on it would specialise the engine to the traced size. 64 x 128 tiles with 4 warps were the
-    best or within 14 % of the best of 12 tilings at every shape of ``benchmarks/linear_act.py`` (H200; 250 to 1.3 M
-    rows). glu's two accumulators take 128 x 64 tiles on 8 warps (14.8 us at 16,448 x 256 -> 512, against 17.0 for
-    64 x 64 on 4 warps and 11.0 for cuBLAS's product alone)."""
+def config(n: int, k: int, activation: str = "swish", rows: int = 1 << 30) -> dict:
+    """Tile sizes for n output columns, from the static dims and the planned row count (``plugins.planned_size``: in a
+    compiled program the row count is a symbol, whose opt size is read, never branched on). 64 x 128 tiles with 4
+    warps were the best or within 14 % of the best of 12 tilings at every shape of ``benchmarks/linear_act.py`` (H200;
+    250 to 1.3 M rows); up to 512 rows, 64 x 64 tiles give more programs (an FFN's w_1 at 250 rows: 3.41 against 3.87
+    us). glu's two accumulators take 128 x 64 tiles on 8 warps (14.8 us at 16,448 x 256 -> 512, against 17.0 for
+    64 x 64 on 4 warps and 11.0 for cuBLAS's product alone), and narrow ones for few rows (at 250 / 1,000 rows:
+    16 x 32 2.85 us, 64 x 32 3.27 us, against 5.1 and 5.3 for 128 x 64)."""
     block_k = min(64, triton.next_power_of_2(k))
     if activation == "glu":
+        if rows <= 1024:
+            return {"BLOCK_M": 16 if rows <= 512 else 64, "BLOCK_N": 32, "BLOCK_K": block_k, "GROUP_M": 8,
+                    "num_warps": 4, "num_stages": 3}
         return {"BLOCK_M": 128, "BLOCK_N": 64 if n >= 64 else max(16, triton.next_power_of_2(n)),
                 "BLOCK_K": block_k, "GROUP_M": 8, "num_warps": 8, "num_stages": 3}
-    block_n = 128 if n >= 128 else max(16, triton.next_power_of_2(n))
+    widest = 64 if rows <= 512 else 128
+    block_n = widest if n >= widest else max(16, triton.next_power_of_2(n))
     return {"BLOCK_M": 64, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": 8, "num_warps": 4, "num_stages": 3}
 
 
@@ -86,7 +92,7 @@ def launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act
     rows = x.reshape(-1, k)
     m = rows.shape[0]
     out = torch.empty((m, n), dtype=out_dtype or x.dtype, device=x.device)
-    meta = {**config(n, k, activation), **tiles}
+    meta = {**config(n, k, activation, planned_size(m)), **tiles}
     launchable(_linear_act_kernel)[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)](
         rows, weight, bias if bias is not None else weight, out, m, rows.stride(0), out.stride(0),
         N=n, K=k, ACT=activation, HAS_BIAS=bias is not None, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from core.composite import run_decomposition
-from plugins import kernel_available, launchable, register_op, tl, triton
+from plugins import kernel_available, launchable, planned_size, register_op, tl, triton
 from plugins.token_log_probs import config, precision
 
 GROUP = 16  # labels per group maximum
@@ -78,7 +78,7 @@ def launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, k: int,
     vocab = bias.shape[0]
     rows = x.reshape(-1, inner)
     m = rows.shape[0]
-    meta = {**config(inner), **tiles}
+    meta = {**config(inner, planned_size(m)), **tiles}
     splits = triton.cdiv(vocab, meta["BLOCK_V"])
     width = splits * meta["BLOCK_V"]
     parts = torch.empty((2, splits, m), dtype=torch.float32, device=x.device)

@@ -51,14 +51,14 @@ class Session:
         self._engine = engine
 
     @staticmethod
-    def compiled(engine_dir: str, name: str, info: dict, buckets: dict, device: str | torch.device) -> Session:
+    def compiled(engine_dir: str, name: str, info: dict, device: str | torch.device) -> Session:
         """A compiled network (``info``: its config.json entry) with CUDA graphs per bucket on CUDA."""
         from core.compiled import CompiledEngine, CompiledNetwork
 
         device = torch.device(device)
         specs = _input_specs(info["inputs"])
-        network = CompiledNetwork.load(engine_dir, info["compiled"], device)
-        return Session(name, specs, CompiledEngine(network, specs, buckets, info["compiled"]["output_dims"], device))
+        return Session(name, specs, CompiledEngine(CompiledNetwork.load(engine_dir, info["compiled"], device), specs,
+                                                   device))
 
     @staticmethod
     def from_artifact(path: str, device: str | torch.device = "cpu", inputs: list[dict] | None = None) -> Session:
@@ -146,8 +146,12 @@ class EngineDir:
 
     @property
     def buckets(self) -> dict[str, list[int]]:
-        """The CUDA graphs' shape buckets per dynamic dim (compiled engines; else none)."""
-        return self.config["builder"].get("compiled", {}).get("buckets", {})
+        """The CUDA graphs' shape buckets per dynamic dim, all programs' (compiled engines; else none)."""
+        buckets: dict[str, set[int]] = {}
+        for program in self.config["builder"].get("programs", []) if self.compiled else []:
+            for name, sizes in program["buckets"].items():
+                buckets.setdefault(name, set()).update(sizes)
+        return {name: sorted(sizes) for name, sizes in buckets.items()}
 
     @property
     def dtype(self) -> torch.dtype:
@@ -158,7 +162,7 @@ class EngineDir:
         sessions = {}
         for name, info in self.config["networks"].items():
             if self.compiled and "compiled" in info:
-                sessions[name] = Session.compiled(self.path, name, info, self.buckets, self.device)
+                sessions[name] = Session.compiled(self.path, name, info, self.device)
             else:
                 sessions[name] = Session.from_artifact(os.path.join(self.path, info["artifact"]), self.device,
                                                        info["inputs"])

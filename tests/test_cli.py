@@ -119,7 +119,7 @@ def test_compiled_engines_of_another_torch_are_a_clear_error(tmp_path, random_mo
     engine_dir = shutil.copytree(random_models["u2pp"][1], tmp_path / "e")
     with open(engine_dir / "config.json") as f:
         config = json.load(f)
-    config["builder"]["compiled"] = {"torch": "1.0.0", "device": "cpu", "buckets": {}}
+    config["builder"]["compiled"] = {"torch": "1.0.0", "device": "cpu"}
     with open(engine_dir / "config.json", "w") as f:
         json.dump(config, f)
     assert not EngineDir(str(engine_dir), "cpu").compiled  # the CPU runs the uncompiled networks by default

@@ -40,17 +40,26 @@ def engine_dir(tmp_path_factory):
 
 
 def test_build_records_compiled_networks(engine_dir):
+    """Two programs per network: batch 1 alone (a static batch: no outputs to cut along it), then batches 2-4."""
     with open(os.path.join(engine_dir, "config.json")) as f:
         config = json.load(f)
     compiled = {name: info["compiled"] for name, info in config["networks"].items() if "compiled" in info}
     assert sorted(compiled) == ["cross_kv", "decoder", "encoder"]  # decoder_step has unbucketed dims
-    assert compiled["encoder"]["output_dims"] == {"encoder_out": ["batch", None, None], "encoder_out_lens": ["batch"],
-                                                  "ctc_top_log_probs": ["batch", None, None],
-                                                  "ctc_top_labels": ["batch", None, None]}
-    assert compiled["decoder"]["output_dims"]["scores"] == ["batch", "hyps"]
     for info in compiled.values():
-        assert os.path.getsize(os.path.join(engine_dir, info["program"])) > 0
-    assert config["builder"]["compiled"]["buckets"]["batch"] == [1, 2, 4]
+        assert [p["buckets"]["batch"] for p in info["programs"]] == [[1], [2, 4]]
+        for program in info["programs"]:
+            assert os.path.getsize(os.path.join(engine_dir, program["program"])) > 0
+    single, batched = compiled["encoder"]["programs"]
+    assert batched["output_dims"] == {"encoder_out": ["batch", None, None], "encoder_out_lens": ["batch"],
+                                      "ctc_top_log_probs": ["batch", None, None],
+                                      "ctc_top_labels": ["batch", None, None]}
+    assert single["output_dims"]["encoder_out_lens"] == [None]
+    assert compiled["decoder"]["programs"][1]["output_dims"]["scores"] == ["batch", "hyps"]
+    assert compiled["decoder"]["programs"][0]["output_dims"]["scores"] == [None, "hyps"]
+    # the batch-1 program's packed tries hold one utterance's
+    rows = [p["buckets"]["trie_rows"][-1] for p in compiled["decoder"]["programs"]]
+    assert 4 * rows[0] == rows[1]
+    assert [p["opt"]["batch"] for p in config["builder"]["programs"]] == [1, 4]
 
 
 def test_compiled_encoder_equals_eager_at_untraced_shapes(engine_dir):

@@ -6,6 +6,8 @@ set before Triton compiles anything, so those cases run in a child process. On a
 the same cases also run on the GPU in this process.
 """
 
+import itertools
+
 import pytest
 import torch
 
@@ -126,15 +128,16 @@ def make_top_k_inputs(case: str, dtype: torch.dtype = torch.float32,
 def top_k_failures(device: str) -> list[str]:
     """The cases (fp32 and half inputs) where the kernels' (values, labels) are not a top k of the log-softmax (ties:
     not in label order), or differ from the decomposition's beyond near-ties."""
-    from plugins.top_k_log_probs import decomposed, launch
+    from plugins.top_k_log_probs import config, decomposed, launch
     from tests.reference_check import assert_same_top_k, assert_top_k_of
 
     failures = []
-    for case, (_, inner, _, vocab, k, ties) in TOP_K_CASES.items():
+    for (case, (_, inner, _, vocab, k, ties)), (plan, rows) in itertools.product(
+            TOP_K_CASES.items(), PLANNED_ROWS.items()):
         tol = 2e-6 * inner ** 0.5  # fp32 sums of K products in another order
         for dtype in (torch.float32, torch.float16):
             x, weight, bias, k = make_top_k_inputs(case, dtype, device)
-            values, labels = launch(x, weight, bias, k)
+            values, labels = launch(x, weight, bias, k, **config(inner, rows))
             exact = x.cpu().double() @ weight[:vocab].cpu().double().T + bias.cpu().double()
             log_probs = torch.log_softmax(exact, -1)
             try:
@@ -146,7 +149,7 @@ def top_k_failures(device: str) -> list[str]:
                 else:
                     assert_same_top_k((values, labels), decomposed(x, weight, bias, k), 2 * tol)
             except AssertionError as e:
-                failures.append(f"{case}/{str(dtype)[6:]}: {e}")
+                failures.append(f"{case}/{str(dtype)[6:]}/{plan}: {e}")
     return failures
 
 
@@ -235,9 +238,32 @@ def linear_act_lowering(x, weight, bias, activation, out_dtype) -> torch.Tensor:
                            has_bias=bias is not None, out_dtype=str(out_dtype)[6:] if out_dtype else None)
 
 
+PLANNED_ROWS = {"few": 1, "many": 1 << 30}  # every case runs with the tiles a kernel picks for each
+
+
+def tile_plans(kernel, args) -> dict[str, dict]:
+    """The tiles ``kernel`` picks for few and for many rows (``plugins.planned_size``); one plan, its own, for the
+    kernels and lowerings that have no choice."""
+    from core.ops import linear_act_features
+    from plugins import attention, depthwise, linear, triton
+
+    if kernel is attention._launch:
+        q, v, key_ends, pos = args[0], args[2], args[4], args[7]
+        head_dim = triton.next_power_of_2(max(q.shape[3], v.shape[3]))
+        return {plan: attention.config(head_dim, pos is not None, key_ends is not None, rows)
+                for plan, rows in PLANNED_ROWS.items()}
+    if kernel is linear.launch:
+        x, weight, _, activation, _ = args
+        n = linear_act_features(weight.shape[0], activation)
+        return {plan: linear.config(n, x.shape[-1], activation, rows) for plan, rows in PLANNED_ROWS.items()}
+    if kernel is depthwise.launch:
+        return {plan: {"block_t": depthwise.frame_tile(rows)} for plan, rows in PLANNED_ROWS.items()}
+    return {"planned": {}}
+
+
 def errors(device: str) -> dict:
-    """Max |kernel - decomposition| per plugin (and the linear_act op's lowering), case and dtype (the decomposition
-    in fp32 on the same inputs)."""
+    """Max |kernel - decomposition| per plugin (and the linear_act op's lowering), case, dtype and tile plan (the
+    decomposition in fp32 on the same inputs)."""
     from plugins import depthwise, linear, token_log_probs
     from plugins.attention import _launch
 
@@ -251,12 +277,13 @@ def errors(device: str) -> dict:
         for case in cases:
             for dtype in (torch.float32, torch.float16):
                 args = inputs(case, dtype, device)
-                got = kernel(*args)
                 as_fp32 = [a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
                 want = reference(as_fp32)
-                out[f"{kernel.__module__}/{case}/{str(dtype)[6:]}"] = [
-                    float((got.float() - want).abs().max()), float(want.abs().max()),
-                    list(got.shape) == list(want.shape), str(got.dtype)[6:], bool((got != got.half()).any())]
+                for plan, tiles in tile_plans(kernel, args).items():
+                    got = kernel(*args, **tiles)
+                    out[f"{kernel.__module__}/{case}/{str(dtype)[6:]}/{plan}"] = [
+                        float((got.float() - want).abs().max()), float(want.abs().max()),
+                        list(got.shape) == list(want.shape), str(got.dtype)[6:], bool((got != got.half()).any())]
     return out
 
 
@@ -266,12 +293,13 @@ def interpreted():
 
 
 def _check(results: dict):
-    assert len(results) == 2 * (len(CASES) + 2 * len(LINEAR_CASES) + len(TOKEN_CASES) + len(DEPTHWISE_CASES))
+    two_plans = len(CASES) + len(LINEAR_CASES) + len(DEPTHWISE_CASES)
+    assert len(results) == 2 * (2 * two_plans + len(LINEAR_CASES) + len(TOKEN_CASES))
     for name, (error, scale, same_shape, dtype, beyond_half) in results.items():
         assert same_shape, name
         if "fp32_out" in name:  # the activation's fp32 result, not rounded to half
             assert dtype == "float32" and beyond_half, (name, dtype)
-        assert error <= (2e-5 if name.endswith("float32") else 2e-3 * max(scale, 1.0)), (name, error)
+        assert error <= (2e-5 if "/float32/" in name else 2e-3 * max(scale, 1.0)), (name, error)
 
 
 def test_kernels_match_decompositions_under_the_interpreter(interpreted):

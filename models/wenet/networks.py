@@ -14,7 +14,7 @@ The cross K/V are computed once per utterance and broadcast over its N hypothese
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from core import functional as F
 from core.dtype import DataType
@@ -52,6 +52,8 @@ class Profiles:
     max_seconds: float = 40.0
     opt_seconds: float = 10.0
     beam_size: int = 10  # the most hypotheses per utterance (prefix beam n-best, attention beams)
+    # compiled engines: the largest batch of each program but the last, whose is max_batch_size (``programs``)
+    program_batches: tuple[int, ...] = (1,)
 
     def frames(self, input_layer: str) -> Dim:
         min_frames = 1
@@ -66,6 +68,22 @@ class Profiles:
         most = 1 + self.beam_size * (encoder_frames + 1)
         opt = (self.beam_size // 2 if right else 1) * (opt_encoder_frames // 2) + self.beam_size
         return Dim("r_trie_nodes" if right else "trie_nodes", 2, min(opt, most), most)
+
+    def dims(self, input_layer: str) -> dict[str, Dim]:
+        """Every dynamic dim of the engine networks, by name."""
+        frames = self.frames(input_layer)
+        encoder = Dim("encoder_frames", 1, subsampled_length(frames.opt, input_layer),
+                      subsampled_length(frames.max, input_layer))
+        batch = Dim("batch", 1, min(self.opt_batch_size, self.max_batch_size), self.max_batch_size)
+        dims = [frames, encoder, batch, Dim("hyps", 1, self.beam_size, self.beam_size),
+                Dim("hyp_tokens", 1, min(32, encoder.max + 1), encoder.max + 1),  # a hypothesis' tokens + eos
+                Dim("beams", 1, batch.opt * self.beam_size, batch.max * self.beam_size),
+                Dim("cache_len", 0, min(16, encoder.max), encoder.max + 1)]
+        for right, prefix in ((False, ""), (True, "r_")):
+            nodes = self.trie_nodes(encoder.max, right, encoder.opt)
+            # a batch's tries, packed back to back
+            dims += [nodes, Dim(f"{prefix}trie_rows", 2, batch.opt * nodes.opt, batch.max * nodes.max)]
+        return {d.name: d for d in dims}
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -86,15 +104,19 @@ class Profiles:
                 "hyps": [self.beam_size], "hyp_tokens": sorted({min(n, tokens_max) for n in range(8, tokens_max + 8, 8)}),
                 "trie_nodes": nodes, "r_trie_nodes": nodes, "trie_rows": rows, "r_trie_rows": rows}
 
-
-def _encoder_frames(model: WeNetModel, profiles: Profiles) -> Dim:
-    frames = profiles.frames(model.config.encoder.input_layer)
-    layer = model.config.encoder.input_layer
-    return Dim("encoder_frames", 1, subsampled_length(frames.opt, layer), subsampled_length(frames.max, layer))
-
-
-def _batch(profiles: Profiles) -> Dim:
-    return Dim("batch", 1, min(profiles.opt_batch_size, profiles.max_batch_size), profiles.max_batch_size)
+    def programs(self, input_layer: str) -> list[dict[str, dict[str, int | list[int]]]]:
+        """The compiled engines' programs, one per range of batch sizes (TensorRT's optimization profiles): each
+        network is compiled once per program, its kernels' tiles chosen for the program's ``opt`` sizes (its
+        ``dims``' opts at that batch range), and serves the sizes of its shape ``buckets``. A batch of one runs
+        kernels tiled for 250 rows, a batch of 64 others tiled for 16,000."""
+        programs, low = [], 0
+        for most in sorted({b for b in self.program_batches if 0 < b < self.max_batch_size} | {self.max_batch_size}):
+            part = replace(self, max_batch_size=most, opt_batch_size=min(max(self.opt_batch_size, low + 1), most))
+            buckets = part.buckets(input_layer)
+            buckets["batch"] = [b for b in buckets["batch"] if b > low]
+            programs.append({"opt": {n: d.opt for n, d in part.dims(input_layer).items()}, "buckets": buckets})
+            low = most
+        return programs
 
 
 def cross_kv_names(decoder: TransformerDecoder) -> list[tuple[str, str]]:
@@ -118,9 +140,9 @@ def top_k(model: WeNetModel, profiles: Profiles) -> int:
 def encoder_network(model: WeNetModel, profiles: Profiles) -> Network:
     net = Network("encoder")
     with net_guard(net):
-        batch = _batch(profiles)
-        speech = net.add_input("speech", DataType.float32,
-                               [batch, profiles.frames(model.config.encoder.input_layer), model.config.input_dim])
+        dims = profiles.dims(model.config.encoder.input_layer)
+        batch = dims["batch"]
+        speech = net.add_input("speech", DataType.float32, [batch, dims["frames"], model.config.input_dim])
         lengths = net.add_input("speech_lengths", DataType.int32, [batch])
         encoder_out, encoder_lens = model.encoder(speech, lengths)
         net.mark_output(F.cast(encoder_out, model.dtype), "encoder_out")
@@ -134,8 +156,8 @@ def encoder_network(model: WeNetModel, profiles: Profiles) -> Network:
 def cross_kv_network(model: WeNetModel, profiles: Profiles) -> Network:
     net = Network("cross_kv")
     with net_guard(net):
-        memory = net.add_input("encoder_out", model.dtype,
-                               [_batch(profiles), _encoder_frames(model, profiles), model.config.d_model])
+        dims = profiles.dims(model.config.encoder.input_layer)
+        memory = net.add_input("encoder_out", model.dtype, [dims["batch"], dims["encoder_frames"], model.config.d_model])
         decoders = model.decoders()
         for name, kv in model.cross_kv(memory).items():
             for (k_name, v_name), (k, v) in zip(cross_kv_names(decoders[name]), kv):
@@ -157,9 +179,8 @@ def decoder_network(model: WeNetModel, profiles: Profiles) -> Network:
     inside, so one call takes the encoder output as it is."""
     net = Network("decoder")
     with net_guard(net):
-        batch, frames = _batch(profiles), _encoder_frames(model, profiles)
-        hyps_dim = Dim("hyps", 1, profiles.beam_size, profiles.beam_size)
-        steps_dim = Dim("hyp_tokens", 1, min(32, frames.max + 1), frames.max + 1)  # a hypothesis' tokens + eos
+        dims = profiles.dims(model.config.encoder.input_layer)
+        batch, frames, hyps_dim = dims["batch"], dims["encoder_frames"], dims["hyps"]
         hyps_lens = net.add_input("hyps_lens_sos", DataType.int32, [batch, hyps_dim])  # its steps
         ctc_scores = net.add_input("ctc_scores", DataType.float32, [batch, hyps_dim])
         ctc_weight = net.add_input("ctc_weight", DataType.float32, [1])
@@ -169,16 +190,14 @@ def decoder_network(model: WeNetModel, profiles: Profiles) -> Network:
         memory = model.cross_kv(encoder_out)
 
         def direction_scores(direction: str, prefix: str) -> Tensor:
-            nodes = profiles.trie_nodes(frames.max, direction == "right", frames.opt)
-            rows = Dim(f"{prefix}trie_rows", 2, batch.opt * nodes.opt, batch.max * nodes.max)
-
+            nodes, rows = dims[f"{prefix}trie_nodes"], dims[f"{prefix}trie_rows"]
             tokens, positions, parents, utterances = (net.add_input(f"{prefix}trie_{name}", DataType.int32, [rows])
                                                        for name in PACKED_TRIE_INPUTS)
             ends = net.add_input(f"{prefix}trie_ends", DataType.int32, [batch, nodes])
             starts = net.add_input(f"{prefix}trie_starts", DataType.int32, [batch])
             # a trie's size is its root's subtree end
             packing = Packing.of(starts, F.slice(ends, 1, 0, 1), utterances, F.shape(ends, 1))
-            path = net.add_input(f"{prefix}hyps_path", DataType.int32, [batch, hyps_dim, steps_dim])
+            path = net.add_input(f"{prefix}hyps_path", DataType.int32, [batch, hyps_dim, dims["hyp_tokens"]])
             tokens, positions, parents = (F.unsqueeze(t, 0) for t in (tokens, positions, parents))  # (1, P)
             node_log_probs = decoders[direction](tokens, positions, ends, parents, memory[direction], encoder_lens,
                                                  packing)  # (1, P)
@@ -202,9 +221,8 @@ def decoder_step_network(model: WeNetModel, profiles: Profiles) -> Network:
     """One step of attention beam search over the left decoder with a self-attention KV cache."""
     net = Network("decoder_step")
     with net_guard(net):
-        batch, frames = _batch(profiles), _encoder_frames(model, profiles)
-        beams = Dim("beams", 1, batch.opt * profiles.beam_size, batch.max * profiles.beam_size)
-        cache_len = Dim("cache_len", 0, min(16, frames.max), frames.max + 1)
+        dims = profiles.dims(model.config.encoder.input_layer)
+        batch, frames, beams, cache_len = dims["batch"], dims["encoder_frames"], dims["beams"], dims["cache_len"]
         decoder = model.decoders()["left"]
         heads = model.config.decoder.attention_heads
         tokens = net.add_input("tokens", DataType.int32, [beams, 1])
