@@ -2,13 +2,14 @@
 
     python benchmarks/gpu_engines.py [--recipes conformer u2pp] [--parts kernels profile e2e latency agreement]
         [--utterances 1000] [--dtypes float16 bfloat16] [--reference_parts kernels e2e] [--seconds 5 10 20]
-        [--batches 1 16 64] [--hyp_tokens 20] [--out DIR]
+        [--batches 1 16 64] [--hyp_tokens 20] [--program_batches 1] [--out DIR]
 
 For each AISHELL-1 recipe at real size (random weights), on one CUDA GPU:
 - encoder+CTC time for batch 1, 16, 64 at 5, 10, 20 s of audio (or the ``--batches`` x ``--seconds`` given),
   and rescoring time (10 hypotheses of 20 tokens per utterance; cross-attention K/V included) at the same shapes,
   for: reference.py eager fp32 and fp16, ``torch.compile(mode="reduce-overhead")`` of reference.py in fp16, and
-  our compiled engines in fp16 and bf16 (CUDA events, median of 20 after warm-up);
+  our compiled engines in fp16 and bf16 (CUDA events, median of 20 after warm-up), built for batches up to 64 with a
+  program for batch 1 and one for 2-64 (``--program_batches``, as build.py's);
 - each row's floor: the larger of FLOPs (counted on the reference by torch's FlopCounterMode) over
   the measured matmul peak, and the fewest bytes (weights once, inputs and outputs once) over the
   measured device copy bandwidth; and the fraction of the floor reached;
@@ -423,6 +424,8 @@ def main() -> None:
     p.add_argument("--seconds", nargs="+", type=int, default=list(SECONDS), help="kernels: audio lengths")
     p.add_argument("--batches", nargs="+", type=int, default=list(BATCHES), help="kernels: batch sizes")
     p.add_argument("--hyp_tokens", type=int, default=HYP_TOKENS, help="profile: tokens per rescored hypothesis")
+    p.add_argument("--program_batches", nargs="*", type=int, default=[1],
+                   help="the engines' programs: the largest batch of each but the last (64), build.py's option")
     p.add_argument("--out", default=".")
     args = p.parse_args()
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
@@ -443,9 +446,9 @@ def main() -> None:
         for dtype, short in builds:
             path = os.path.join(root, f"{recipe}_{short}")
             start = time.perf_counter()
-            config = build_engines(model_dir, path, dtype, Profiles(max_batch_size=64, opt_batch_size=16,
-                                                                    max_seconds=20.5, beam_size=HYPS),
-                                   compile_device="cuda")
+            profiles = Profiles(max_batch_size=64, opt_batch_size=16, max_seconds=20.5, beam_size=HYPS,
+                                program_batches=tuple(args.program_batches))
+            config = build_engines(model_dir, path, dtype, profiles, compile_device="cuda")
             print(f"built {recipe} {dtype} in {time.perf_counter() - start:.0f} s "
                   f"(compile {config['builder']['compiled']['seconds']} s)", flush=True)
             engines[f"engines {short}"] = path

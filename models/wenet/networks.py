@@ -111,7 +111,9 @@ class Profiles:
         kernels tiled for 250 rows, a batch of 64 others tiled for 16,000."""
         programs, low = [], 0
         for most in sorted({b for b in self.program_batches if 0 < b < self.max_batch_size} | {self.max_batch_size}):
-            part = replace(self, max_batch_size=most, opt_batch_size=min(max(self.opt_batch_size, low + 1), most))
+            # the profile's opt batch where the range holds it, else the range's largest
+            opt = self.opt_batch_size if low < self.opt_batch_size <= most else most
+            part = replace(self, max_batch_size=most, opt_batch_size=opt)
             buckets = part.buckets(input_layer)
             buckets["batch"] = [b for b in buckets["batch"] if b > low]
             programs.append({"opt": {n: d.opt for n, d in part.dims(input_layer).items()}, "buckets": buckets})
