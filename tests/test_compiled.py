@@ -62,6 +62,34 @@ def test_build_records_compiled_networks(engine_dir):
     assert [p["opt"]["batch"] for p in config["builder"]["programs"]] == [1, 4]
 
 
+def test_programs_are_traced_at_their_opt_sizes_which_plugins_plan_for():
+    """A program's dims are bounded by its buckets and traced at its opt sizes (a dim it holds one minimal size of is
+    static); under torch.export a plugin's planned size is the traced one, with no guard on the symbol."""
+    from core.compiled import export_dims
+    from core.dtype import DataType
+    from core.network import Dim, InputSpec
+    from plugins import planned_size
+
+    inputs = {"x": InputSpec("x", DataType.float32, [Dim("batch", 1, 8, 64), Dim("frames", 1, 100, 1000), 4])}
+    frames = [128, 256, 1000]
+    single = {"opt": {"batch": 1, "frames": 250}, "buckets": {"batch": [1], "frames": frames}}
+    batched = {"opt": {"batch": 16, "frames": 250}, "buckets": {"batch": [2, 4, 64], "frames": frames}}
+    assert export_dims(inputs, single) == ({"frames": (128, 1000)}, {"batch": 1, "frames": 250})
+    assert export_dims(inputs, batched) == ({"batch": (2, 64), "frames": (128, 1000)}, {"batch": 16, "frames": 250})
+
+    planned = []
+
+    class Rows(torch.nn.Module):
+        def forward(self, x):
+            planned.append(planned_size(x.shape[0] * x.shape[1]))
+            return x.reshape(-1, 4) * 2
+
+    dims = {0: torch.export.Dim("batch", min=2, max=64), 1: torch.export.Dim("frames", min=128, max=1000)}
+    exported = torch.export.export(Rows(), (torch.zeros(16, 250, 4),), dynamic_shapes=(dims,), strict=False)
+    assert planned == [4000] and planned_size(7) == 7
+    assert exported.module()(torch.ones(3, 999, 4)).shape == (2997, 4)  # not specialized to the traced sizes
+
+
 def test_compiled_encoder_equals_eager_at_untraced_shapes(engine_dir):
     eager = EngineDir(engine_dir, "cpu", compiled=False).sessions["encoder"]
     compiled = EngineDir(engine_dir, "cpu", compiled=True).sessions["encoder"]
