@@ -161,9 +161,9 @@ def config(head_dim: int, has_pos: bool, tree: bool, rows: int = 1 << 30) -> dic
     """Tiles for a head dim (rounded up to a power of two), the position term, a tree mask and the planned query rows
     in all (``plugins.planned_size``)."""
     if has_pos and rows <= 1024 and head_dim <= 64:
-        # few queries: more, smaller programs over longer key blocks (the encoder at batch 1 x 10 s, H200: 6.95
-        # against 8.26 us, session 20)
-        return {"BLOCK_M": 16, "BLOCK_N": 128, "num_warps": 8, "num_stages": 1}
+        # few queries: more, smaller programs over longer key blocks (the encoder at batch 1 x 10 s, H200: 5.12 us
+        # against 6.50 on 8 warps unpipelined and 8.26 for the many-rows tiles; session 26)
+        return {"BLOCK_M": 16, "BLOCK_N": 128, "num_warps": 4, "num_stages": 2}
     # finer key blocks skip more of a tree (H200, 64 x 4 heads x 2,367 nodes: 0.44 / 0.66 ms).
     # Prefetching the next key block pays only for plain K/V (cross-attention: 22.8 against 25.3 us at 64 x 10 s, H200);
     # with the position term's third tile it cost occupancy (36.6 against 33.0 us, the encoder at 64 x 10 s), and a
