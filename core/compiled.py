@@ -8,16 +8,15 @@ exported graph is compiled once by Inductor with symbolic shapes (``torch._induc
 plugins choose their tiles from the sizes traced (``plugins.planned_size``), so a batch-1 program and a batch-64
 one run differently tiled kernels. Written to the engine dir: ``<network>.<i>.inductor`` (program i's compiled
 artifact: generated kernels and wrapper) and ``<network>.constants.safetensors`` (the weights, in the programs'
-input order). AOTInductor packages, the
-other serialized form, crash on load in torch 2.11 (every loader, on CUDA and CPU: see
-docs/architecture.md).
+input order). AOTInductor packages, the other serialized form, crash on load in torch 2.11 (every loader, on CUDA
+and CPU: see docs/architecture.md).
 
-Run time (``CompiledEngine``): the first program whose buckets hold the inputs runs them. Inputs are copied
-into one device buffer allocated once for the profile maximum (``InputArena``; host inputs all in one copy from a
-page-locked mirror), padded up to their shape bucket (batch rows repeat row 0, so padding rows are valid inputs; other dims are
-zero-padded and masked by the lengths inputs), and each bucket runs as a CUDA graph captured on
-first use. Outputs are views of the graph's static outputs, cut back
-to the real sizes of the dims they share with the inputs, and valid until the next call.
+Run time (``CompiledEngine``): the first program whose buckets hold the inputs runs them. Inputs are copied into one
+device buffer allocated once for the profile maximum (``InputArena``; host inputs all in one copy from a page-locked
+mirror), padded up to their shape bucket (batch rows repeat row 0, so padding rows are valid inputs; other dims are
+zero-padded and masked by the lengths inputs), and each bucket runs as a CUDA graph captured on first use. Outputs
+are views of the graph's static outputs, cut back to the real sizes of the dims they share with the inputs, and
+valid until the next call.
 """
 
 from __future__ import annotations
