@@ -138,6 +138,9 @@ class EngineDir:
         if self.compiled and built_by != torch.__version__:  # Inductor's artifacts hold code for one torch version
             raise ValueError(f"{path}: compiled by torch {built_by}, this is torch {torch.__version__}; rebuild the "
                              "engines with build.py")
+        if self.compiled and any("program" in info.get("compiled", {}) for info in self.config["networks"].values()):
+            raise ValueError(f"{path}: compiled by an older build.py (one program per network, before session 26's "
+                             "programs per batch range); rebuild the engines with build.py")
 
     @property
     def reuses_outputs(self) -> bool:

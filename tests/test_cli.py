@@ -113,7 +113,7 @@ def test_demo_engines_are_rebuilt_when_missing_or_built_by_other_code(tmp_path, 
     assert "other code" in run.demo_engines_outdated("cpu")
 
 
-def test_compiled_engines_of_another_torch_are_a_clear_error(tmp_path, random_models):
+def test_compiled_engines_of_another_torch_or_layout_are_a_clear_error(tmp_path, random_models):
     from runtime.session import EngineDir
 
     engine_dir = shutil.copytree(random_models["u2pp"][1], tmp_path / "e")
@@ -124,6 +124,12 @@ def test_compiled_engines_of_another_torch_are_a_clear_error(tmp_path, random_mo
         json.dump(config, f)
     assert not EngineDir(str(engine_dir), "cpu").compiled  # the CPU runs the uncompiled networks by default
     with pytest.raises(ValueError, match="compiled by torch 1.0.0.*rebuild"):
+        EngineDir(str(engine_dir), "cpu", compiled=True)
+    config["builder"]["compiled"]["torch"] = torch.__version__  # and a build of the one-program layout
+    config["networks"]["encoder"]["compiled"] = {"program": "encoder.inductor", "constants": "encoder.constants.safetensors"}
+    with open(engine_dir / "config.json", "w") as f:
+        json.dump(config, f)
+    with pytest.raises(ValueError, match="older build.py.*rebuild"):
         EngineDir(str(engine_dir), "cpu", compiled=True)
 
 
