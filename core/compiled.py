@@ -92,7 +92,7 @@ def export_dims(inputs: dict[str, InputSpec], program: dict) -> tuple[dict[str, 
             continue
         low, high = min(buckets[0], buckets[-1] - 1), buckets[-1]
         ranges[name] = (low, high)
-        sizes[name] = min(max(program["opt"].get(name, buckets[len(buckets) // 2]), low, 2), high)
+        sizes[name] = min(max(program["opt"][name], low, 2), high)
     return ranges, sizes
 
 
@@ -215,21 +215,22 @@ def compile_program(exported, program: dict) -> Callable:
 
 def compile_network(network: Network, programs: list[dict], device: torch.device) -> CompiledNetwork:
     """The network exported and compiled once per program it sees (``network_programs``)."""
-    compiled, constants, names = [], None, None
+    compiled, targets, constants, output_names = [], None, [], []
     for program in network_programs(network.inputs, programs):
         exported = export_network(network, program, device)
         signature = exported.graph_signature
-        targets = [s.target for s in signature.input_specs if s.kind.name != "USER_INPUT"]
-        if constants is None:
+        these = [s.target for s in signature.input_specs if s.kind.name != "USER_INPUT"]
+        if targets is None:  # the first export names the constants and outputs for all
+            targets = these
             constants = [(exported.state_dict[t] if t in exported.state_dict else exported.constants[t]).to(device)
                          for t in targets]
             order = pytree.tree_unflatten(list(range(len(signature.output_specs))), exported.call_spec.out_spec)
-            names = targets, sorted(order, key=order.get)
-        elif targets != names[0]:
+            output_names = sorted(order, key=order.get)
+        elif these != targets:
             raise RuntimeError(f"{network.name}: its programs take their constants in different orders")
         compiled.append(Program(compile_program(exported, program), program["buckets"],
                                 output_dims(exported, network.inputs)))
-    return CompiledNetwork(compiled, constants, list(network.inputs), names[1])
+    return CompiledNetwork(compiled, constants, list(network.inputs), output_names)
 
 
 class InputArena:
@@ -356,7 +357,7 @@ class CompiledEngine:
         self.module = network
         self.cuda_graphs = device.type == "cuda"
         self.arena = InputArena(inputs, {n: d.max for n, d in dynamic_dims(inputs).items()}, device)
-        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph | None, dict | None, Bucket, Program]] = {}
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph | None, dict | None, Bucket]] = {}
         self.pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
 
     @property
@@ -394,8 +395,8 @@ class CompiledEngine:
         self.arena.fill(bucket, inputs)
         if entry is None:
             with fp32_exact():  # what a replay runs is chosen as it is captured
-                entry = self.graphs[key] = (*self._capture(program, bucket.device), bucket, program)
-        graph, outputs, _, program = entry
+                entry = self.graphs[key] = (*self._capture(program, bucket.device), bucket)
+        graph, outputs, _ = entry
         if graph is None:
             with fp32_exact():
                 outputs = self.module(program, bucket.device)

@@ -40,6 +40,9 @@ def register_op(name: str, fn: Callable, fake: Callable):
     return op
 
 
+MANY_ROWS = 1 << 30  # a planned size that every tile choice takes as many rows
+
+
 def planned_size(size: int | torch.SymInt) -> int:
     """The size a kernel's tiles are chosen for: ``size`` itself or, where it is a symbol (torch.export and Inductor
     tracing a compiled program), the size the program was traced at: its opt size (``core.compiled.export_dims``), as
@@ -47,7 +50,7 @@ def planned_size(size: int | torch.SymInt) -> int:
     range. A symbol without one is planned as large."""
     if isinstance(size, torch.SymInt):
         hint = size.node.hint
-        return int(hint) if hint is not None else 1 << 30
+        return int(hint) if hint is not None else MANY_ROWS
     return int(size)
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from core.composite import run_decomposition
-from plugins import _INTERPRETED, kernel_available, launchable, planned_size, register_op, tl, triton
+from plugins import _INTERPRETED, MANY_ROWS, kernel_available, launchable, planned_size, register_op, tl, triton
 
 if triton is not None:
 
@@ -157,7 +157,7 @@ if triton is not None:
                      out.to(OUT.dtype.element_ty), mask=(rows[:, None] < M) & (dv[None, :] < DV))
 
 
-def config(head_dim: int, has_pos: bool, tree: bool, rows: int = 1 << 30) -> dict:
+def config(head_dim: int, has_pos: bool, tree: bool, rows: int = MANY_ROWS) -> dict:
     """Tiles for a head dim (rounded up to a power of two), the position term, a tree mask and the planned query rows
     in all (``plugins.planned_size``)."""
     if has_pos and rows <= 1024 and head_dim <= 64:

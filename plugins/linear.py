@@ -17,7 +17,7 @@ import torch
 from core.composite import run_decomposition
 from core.dtype import DataType
 from core.ops import linear_act_features
-from plugins import kernel_available, launchable, planned_size, register_op, times_sigmoid, tl, triton
+from plugins import MANY_ROWS, kernel_available, launchable, planned_size, register_op, times_sigmoid, tl, triton
 
 if triton is not None:
 
@@ -64,7 +64,7 @@ if triton is not None:
                  mask=(rows[:, None] < M) & (cols[None, :] < N))
 
 
-def config(n: int, k: int, activation: str = "swish", rows: int = 1 << 30) -> dict:
+def config(n: int, k: int, activation: str = "swish", rows: int = MANY_ROWS) -> dict:
     """Tile sizes for n output columns, from the static dims and the planned row count (``plugins.planned_size``: in a
     compiled program the row count is a symbol, whose opt size is read, never branched on). 64 x 128 tiles with 4
     warps were the best or within 14 % of the best of 12 tilings at every shape of ``benchmarks/linear_act.py`` (H200;

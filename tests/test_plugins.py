@@ -11,6 +11,7 @@ import itertools
 import pytest
 import torch
 
+from plugins import MANY_ROWS
 from tests.conftest import under_triton_interpreter
 
 pytest.importorskip("triton")
@@ -238,7 +239,7 @@ def linear_act_lowering(x, weight, bias, activation, out_dtype) -> torch.Tensor:
                            has_bias=bias is not None, out_dtype=str(out_dtype)[6:] if out_dtype else None)
 
 
-PLANNED_ROWS = {"few": 1, "many": 1 << 30}  # every case runs with the tiles a kernel picks for each
+PLANNED_ROWS = {"few": 1, "many": MANY_ROWS}  # every case runs with the tiles a kernel picks for each
 
 
 def tile_plans(kernel, args) -> dict[str, dict]:
