@@ -120,18 +120,24 @@ def top_k_log_probs(x: Tensor, weight: Tensor, bias: Tensor, *, k: int) -> tuple
 
 
 def depthwise_norm_act(x: Tensor, taps: Tensor, bias: Tensor, valid: Tensor | None = None,
-                       norm_weight: Tensor | None = None, norm_bias: Tensor | None = None, *, kernel_size: int,
-                       pad_left: int, pad_right: int, eps: float, activation: str, out_dtype: str) -> Tensor:
+                       pad_value: Tensor | None = None, norm_weight: Tensor | None = None,
+                       norm_bias: Tensor | None = None, *, kernel_size: int, pad_left: int, pad_right: int,
+                       eps: float, activation: str, out_dtype: str) -> Tensor:
     """The conformer conv module's middle: ``activation(cast(norm(depthwise_conv(x)), out_dtype))`` on channels-last
     x (B, T, C), in fp32 up to the cast: frames where ``valid`` (B, T) is false read as zero, then ``pad_left`` /
-    ``pad_right`` zero frames; the convolution is the sum of ``kernel_size`` time-shifted slices times per-channel
-    taps (C, kernel_size) in order, plus bias (C,); the norm a LayerNorm over C where given. -> (B, T', C)."""
+    ``pad_right`` padding frames, zero or ``pad_value`` (C,) fp32; the convolution is the sum of ``kernel_size``
+    time-shifted slices times per-channel taps (C, kernel_size) in order, plus bias (C,); the norm a LayerNorm over C
+    where given. -> (B, T', C)."""
     f32 = DataType.float32
     x = F.cast(x, f32)
     if valid is not None:
         x = F.where(F.unsqueeze(valid, 2), x, 0.0)
     if pad_left or pad_right:
+        frames = F.arange(F.shape(x, 1))
         x = F.pad(x, 1, pad_left, pad_right)
+        if pad_value is not None:  # (1, T + pads, 1): true at x's own frames
+            inside = F.unsqueeze(F.unsqueeze(F.pad(frames, 0, pad_left, pad_right, value=-1) > -1, 0), 2)
+            x = F.where(inside, x, pad_value)
     frames = F.shape(x, 1) - (kernel_size - 1)
     y = None
     for i in range(kernel_size):
@@ -154,7 +160,7 @@ INPUT_NAMES = {"attention": (["q", "k", "v"], [("has_lengths", ["key_lengths"]),
                "linear_act": (["x", "weight"], [("has_bias", ["bias"])]),
                "token_log_probs": (["x", "weight", "bias", "targets"], []),
                "top_k_log_probs": (["x", "weight", "bias"], []),
-               "depthwise_norm_act": (["x", "taps", "bias"], [("has_valid", ["valid"]),
+               "depthwise_norm_act": (["x", "taps", "bias"], [("has_valid", ["valid"]), ("has_pad_value", ["pad_value"]),
                                                              ("has_norm", ["norm_weight", "norm_bias"])])}
 
 

@@ -220,17 +220,19 @@ def top_k_log_probs(x: Tensor, weight: Tensor, bias: Tensor, k: int) -> tuple[Te
 
 
 def depthwise_norm_act(x: Tensor, taps: Tensor, bias: Tensor, *, padding: tuple[int, int] = (0, 0),
-                       valid: Tensor | None = None, norm: tuple[Tensor, Tensor, float] | None = None,
-                       activation: str, out_dtype: DataType) -> Tensor:
+                       valid: Tensor | None = None, pad_value: Tensor | None = None,
+                       norm: tuple[Tensor, Tensor, float] | None = None, activation: str,
+                       out_dtype: DataType) -> Tensor:
     """The conformer conv module's depthwise convolution, norm and activation on channels-last x (B, T, C), one node
     (``core.composite.depthwise_norm_act`` defines it; ``plugins.depthwise`` runs it): frames where ``valid`` (B, T)
-    is false read as zero, ``padding`` zero frames before and after, fp32 taps (C, k) and bias (C,), an fp32
-    LayerNorm over C from ``norm`` (weight, bias, eps) where given, the result cast to ``out_dtype`` and then
-    ``activation`` (swish or relu). -> (B, T + padding - k + 1, C)."""
-    inputs = [x, taps, bias] + ([valid] if valid is not None else []) + (list(norm[:2]) if norm is not None else [])
+    is false read as zero, ``padding`` frames before and after, zero or ``pad_value`` (C,) fp32, fp32 taps (C, k) and
+    bias (C,), an fp32 LayerNorm over C from ``norm`` (weight, bias, eps) where given, the result cast to
+    ``out_dtype`` and then ``activation`` (swish or relu). -> (B, T + padding - k + 1, C)."""
+    inputs = [x, taps, bias] + [t for t in (valid, pad_value) if t is not None] + \
+        (list(norm[:2]) if norm is not None else [])
     return _one("depthwise_norm_act", inputs, kernel_size=taps.shape[1], pad_left=padding[0], pad_right=padding[1],
                 eps=float(norm[2]) if norm is not None else 0.0, activation=activation, out_dtype=out_dtype.value,
-                has_valid=valid is not None, has_norm=norm is not None)
+                has_valid=valid is not None, has_pad_value=pad_value is not None, has_norm=norm is not None)
 
 
 def softmax(x: Tensor, dim: int = -1) -> Tensor:

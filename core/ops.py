@@ -217,7 +217,8 @@ class Where:
 @register
 class MatMul:
     """``a @ b`` (either transposed); ``out_dtype`` float32 with half inputs: products accumulated and
-    returned in fp32, never rounded to the inputs' dtype."""
+    returned in fp32, never rounded to the inputs' dtype. PyTorch lowering: cuBLAS, except a half GEMM with a
+    weight over few planned rows (``plugins.split_k``)."""
 
     name = "matmul"
 
@@ -243,7 +244,10 @@ class MatMul:
         if all(s == 1 for s in b.shape[:-2]):  # a shared weight: one GEMM over all rows of a, not a batched one
             b = b.reshape(b.shape[-2:])
         if out == a.dtype:
-            return torch.matmul(a, b)
+            from plugins import split_k
+
+            # few rows (a batch-1 program's): narrow tiles, a long K split, the partial products summed after
+            return split_k.matmul(a, b) if split_k.takes(a, b) else torch.matmul(a, b)
         if a.is_cuda and b.ndim == 2:  # one cuBLAS GEMM with fp32 output
             flat = torch.ops.aten.mm.dtype(a.reshape(-1, a.shape[-1]), b, out)
             return flat.view(*a.shape[:-1], b.shape[-1])
@@ -964,7 +968,8 @@ class TokenLogProbs:
 class DepthwiseNormAct:
     """The conformer conv module's depthwise convolution + LayerNorm + activation, channels last
     (``core.composite.depthwise_norm_act`` says what it computes). Inputs: x (B, T, C) float, fp32 taps (C, k) and
-    bias (C,), then valid (B, T) bool if ``has_valid``, then fp32 norm weight and bias (C,) if ``has_norm``.
+    bias (C,), then valid (B, T) bool if ``has_valid``, the padding frames' fp32 value (C,) if ``has_pad_value``,
+    then fp32 norm weight and bias (C,) if ``has_norm``.
     PyTorch lowering: the ``wenet_trt::depthwise_norm_act`` plugin (a Triton kernel) on CUDA, else the
     decomposition. TensorRT lowering: ``composite`` -- the decomposition.
     """
@@ -974,29 +979,32 @@ class DepthwiseNormAct:
 
     @staticmethod
     def infer(x, taps, bias, *rest, kernel_size: int, pad_left: int, pad_right: int, eps: float, activation: str,
-              out_dtype: str, has_valid: bool, has_norm: bool) -> list[Spec]:
+              out_dtype: str, has_valid: bool, has_norm: bool, has_pad_value: bool = False) -> list[Spec]:
         f32 = DataType.float32
         _require(x.dtype.is_float and x.ndim == 3, f"depthwise_norm_act: float x (B, T, C), got {x.dtype.value} {x.shape}")
         _require(taps.dtype == bias.dtype == f32 and taps.shape[1:] == (kernel_size,) and bias.ndim == 1,
                  f"depthwise_norm_act: fp32 taps (C, {kernel_size}) and bias (C,), got {taps.shape}, {bias.shape}")
-        _require(len(rest) == int(has_valid) + 2 * int(has_norm), "depthwise_norm_act: inputs must match the flags")
+        _require(len(rest) == int(has_valid) + int(has_pad_value) + 2 * int(has_norm),
+                 "depthwise_norm_act: inputs must match the flags")
         _require(not has_valid or rest[0].dtype == DataType.bool, "depthwise_norm_act: valid must be bool")
-        _require(all(t.dtype == f32 for t in rest[int(has_valid):]), "depthwise_norm_act: fp32 norm weight and bias")
+        _require(all(t.dtype == f32 and t.ndim == 1 for t in rest[int(has_valid):]),
+                 "depthwise_norm_act: fp32 (C,) pad value, norm weight and bias")
         _require(activation in ("swish", "relu"), f"depthwise_norm_act: unsupported activation {activation!r}")
         frames = x.shape[1] + pad_left + pad_right - kernel_size + 1 if x.shape[1] != -1 else -1
         return [(DataType(out_dtype), (x.shape[0], frames, x.shape[2]))]
 
     @staticmethod
     def torch(x, taps, bias, *rest, kernel_size: int, pad_left: int, pad_right: int, eps: float, activation: str,
-              out_dtype: str, has_valid: bool, has_norm: bool):
+              out_dtype: str, has_valid: bool, has_norm: bool, has_pad_value: bool = False):
         from plugins import kernel_available
         from plugins.depthwise import decomposed, depthwise_norm_act
 
-        valid = rest[0] if has_valid else None
-        norm_weight, norm_bias = rest[int(has_valid):] if has_norm else (None, None)
+        rest = list(rest)
+        valid, pad_value = (rest.pop(0) if flag else None for flag in (has_valid, has_pad_value))
+        norm_weight, norm_bias = rest if has_norm else (None, None)
         # without a kernel the decomposition runs inline, so that export and Inductor see plain ops
         run = depthwise_norm_act if kernel_available(x.device) else decomposed
-        return run(x, taps, bias, valid, norm_weight, norm_bias, kernel_size, pad_left, pad_right, eps, activation,
-                   getattr(torch, out_dtype))
+        return run(x, taps, bias, valid, pad_value, norm_weight, norm_bias, kernel_size, pad_left, pad_right, eps,
+                   activation, getattr(torch, out_dtype))
 
     tensorrt = None

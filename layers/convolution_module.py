@@ -12,8 +12,10 @@ class ConvolutionModule(Module):
     """The conformer convolution module: pointwise conv + GLU, depthwise conv, norm, activation, pointwise conv.
 
     BatchNorm is folded into ``depthwise_conv`` when weights are loaded, so only the LayerNorm
-    variant has a norm here. Causal: the (k-1) left frames are padded *before* pointwise_conv1, so
-    they read GLU(bias) as in WeNet. Non-causal: padded frames are zeroed after the GLU so that
+    variant has a norm here. Causal: WeNet pads the (k-1) left frames *before* pointwise_conv1, so
+    they read GLU(bias); here the depthwise convolution pads them with that constant, so that the
+    norm before the module writes its frames unpadded, in the same kernel as the residual add (a
+    padded copy took a pass of its own). Non-causal: padded frames are zeroed after the GLU so that
     they cannot leak into the last frames of shorter utterances (WeNet's batched leak), which
     gives every utterance its batch-1 result.
     """
@@ -24,9 +26,9 @@ class ConvolutionModule(Module):
         if not causal and kernel_size % 2 != 1:
             raise ValueError(f"a non-causal conv module needs an odd kernel, got {kernel_size}")
         self.activation = activation
-        self.lorder = kernel_size - 1 if causal else 0
+        self.causal = causal
         self.pointwise_conv1 = Conv1d(channels, 2 * channels, 1, dtype=dtype)
-        padding = 0 if causal else (kernel_size - 1) // 2
+        padding = (kernel_size - 1, 0) if causal else (kernel_size - 1) // 2
         self.depthwise_conv = Conv1d(channels, channels, kernel_size, padding=padding, groups=channels, dtype=dtype)
         self.norm = LayerNorm(channels, norm_eps) if norm == "layer_norm" else None
         self.pointwise_conv2 = Conv1d(channels, channels, 1, dtype=dtype)
@@ -38,9 +40,9 @@ class ConvolutionModule(Module):
         dtype = x.dtype
         mask = F.unsqueeze(valid, 2)  # (B, T, 1)
         x = F.where(mask, x, 0.0)
-        if self.lorder:
-            x = F.pad(x, 1, self.lorder, 0)
         x = self.pointwise_conv1.pointwise(x, "glu", DataType.float32)
+        bias = self.pointwise_conv1.bias
+        pad_value = F.activation(F.cast(bias.value, DataType.float32), "glu") if self.causal and bias is not None else None
         x = self.depthwise_conv.depthwise_norm_act(x, self.activation, dtype, self.norm,
-                                                   valid=None if self.lorder else valid)
+                                                   valid=None if self.causal else valid, pad_value=pad_value)
         return F.where(mask, self.pointwise_conv2.pointwise(x), 0.0)

@@ -18,15 +18,17 @@ from plugins import kernel_available, launchable, planned_size, register_op, tim
 if triton is not None:
 
     @triton.jit
-    def _depthwise_norm_act_kernel(X, TAPS, BIAS, VALID, NORM_W, NORM_B, OUT, T_IN, T_OUT, eps, C: tl.constexpr,
-                                   CP: tl.constexpr, KS: tl.constexpr, PAD_LEFT: tl.constexpr,
-                                   BLOCK_T: tl.constexpr, HAS_VALID: tl.constexpr, HAS_NORM: tl.constexpr,
-                                   SWISH: tl.constexpr):
+    def _depthwise_norm_act_kernel(X, TAPS, BIAS, VALID, PAD_VALUE, NORM_W, NORM_B, OUT, T_IN, T_OUT, eps,
+                                   C: tl.constexpr, CP: tl.constexpr, KS: tl.constexpr, PAD_LEFT: tl.constexpr,
+                                   BLOCK_T: tl.constexpr, HAS_VALID: tl.constexpr, HAS_PAD_VALUE: tl.constexpr,
+                                   HAS_NORM: tl.constexpr, SWISH: tl.constexpr):
         b = tl.program_id(1).to(tl.int64)
         t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
         c = tl.arange(0, CP)
         channel = c < C
         acc = tl.zeros([BLOCK_T, CP], dtype=tl.float32)
+        if HAS_PAD_VALUE:
+            pad_value = tl.load(PAD_VALUE + c, mask=channel, other=0.0)[None, :]
         for i in tl.static_range(KS):  # in the decomposition's order: tap 0 first
             src = t + (i - PAD_LEFT)
             real = (src >= 0) & (src < T_IN) & (t < T_OUT)
@@ -34,6 +36,8 @@ if triton is not None:
                 real = real & (tl.load(VALID + b * T_IN + src, mask=real, other=0) != 0)
             x = tl.load(X + (b * T_IN + src)[:, None] * C + c[None, :], mask=real[:, None] & channel[None, :],
                         other=0.0).to(tl.float32)
+            if HAS_PAD_VALUE:  # a padding frame (not a masked one) reads the pad value
+                x = tl.where(((src < 0) | (src >= T_IN))[:, None], pad_value, x)
             acc += x * tl.load(TAPS + c * KS + i, mask=channel, other=0.0)[None, :]
         acc += tl.load(BIAS + c, mask=channel, other=0.0)[None, :]
         if HAS_NORM:
@@ -56,7 +60,8 @@ def frame_tile(rows: int) -> int:
 
 
 def launch(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor, valid: torch.Tensor | None,
-           norm_weight: torch.Tensor | None, norm_bias: torch.Tensor | None, kernel_size: int, pad_left: int,
+           pad_value: torch.Tensor | None, norm_weight: torch.Tensor | None, norm_bias: torch.Tensor | None,
+           kernel_size: int, pad_left: int,
            pad_right: int, eps: float, activation: str, out_dtype: torch.dtype, block_t: int | None = None,
            num_warps: int = 8) -> torch.Tensor:
     """The kernel on contiguous x (B, T, C), in tiles of ``block_t`` frames (default: ``frame_tile``) on 8 warps."""
@@ -65,35 +70,39 @@ def launch(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor, valid: torch
     block_t = block_t or frame_tile(planned_size(batch * frames))
     out = torch.empty((batch, frames, channels), dtype=out_dtype, device=x.device)
     launchable(_depthwise_norm_act_kernel)[(triton.cdiv(frames, block_t), batch)](
-        x, taps, bias, valid if valid is not None else x, norm_weight if norm_weight is not None else bias,
-        norm_bias if norm_bias is not None else bias, out, frames_in, frames, eps, C=channels,
-        CP=triton.next_power_of_2(channels), KS=kernel_size, PAD_LEFT=pad_left, BLOCK_T=block_t,
-        HAS_VALID=valid is not None, HAS_NORM=norm_weight is not None, SWISH=activation == "swish",
-        num_warps=num_warps)
+        x, taps, bias, valid if valid is not None else x, pad_value if pad_value is not None else bias,
+        norm_weight if norm_weight is not None else bias, norm_bias if norm_bias is not None else bias, out, frames_in,
+        frames, eps, C=channels, CP=triton.next_power_of_2(channels), KS=kernel_size, PAD_LEFT=pad_left,
+        BLOCK_T=block_t, HAS_VALID=valid is not None, HAS_PAD_VALUE=pad_value is not None,
+        HAS_NORM=norm_weight is not None, SWISH=activation == "swish", num_warps=num_warps)
     return out
 
 
 def decomposed(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor, valid: torch.Tensor | None,
-               norm_weight: torch.Tensor | None, norm_bias: torch.Tensor | None, kernel_size: int, pad_left: int,
-               pad_right: int, eps: float, activation: str, out_dtype: torch.dtype) -> torch.Tensor:
+               pad_value: torch.Tensor | None, norm_weight: torch.Tensor | None, norm_bias: torch.Tensor | None,
+               kernel_size: int, pad_left: int, pad_right: int, eps: float, activation: str,
+               out_dtype: torch.dtype) -> torch.Tensor:
     """The op through its decomposition (``core.composite.depthwise_norm_act``), on any device."""
-    optional = ([valid] if valid is not None else []) + ([norm_weight, norm_bias] if norm_weight is not None else [])
+    optional = [t for t in (valid, pad_value) if t is not None] + \
+        ([norm_weight, norm_bias] if norm_weight is not None else [])
     attrs = {"kernel_size": kernel_size, "pad_left": pad_left, "pad_right": pad_right, "eps": eps,
              "activation": activation, "out_dtype": str(out_dtype).removeprefix("torch."),
-             "has_valid": valid is not None, "has_norm": norm_weight is not None}
+             "has_valid": valid is not None, "has_pad_value": pad_value is not None,
+             "has_norm": norm_weight is not None}
     return run_decomposition("depthwise_norm_act", [x, taps, bias, *optional], attrs)
 
 
 def _depthwise_norm_act(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor, valid: torch.Tensor | None,
-                        norm_weight: torch.Tensor | None, norm_bias: torch.Tensor | None, kernel_size: int,
-                        pad_left: int, pad_right: int, eps: float, activation: str,
-                        out_dtype: torch.dtype) -> torch.Tensor:
+                        pad_value: torch.Tensor | None, norm_weight: torch.Tensor | None,
+                        norm_bias: torch.Tensor | None, kernel_size: int, pad_left: int, pad_right: int, eps: float,
+                        activation: str, out_dtype: torch.dtype) -> torch.Tensor:
     run = launch if kernel_available(x.device) else decomposed
-    return run(x.contiguous(), taps.contiguous(), bias, valid, norm_weight, norm_bias, kernel_size, pad_left,
-               pad_right, eps, activation, out_dtype)
+    return run(x.contiguous(), taps.contiguous(), bias, valid, pad_value, norm_weight, norm_bias, kernel_size,
+               pad_left, pad_right, eps, activation, out_dtype)
 
 
-def _fake(x, taps, bias, valid, norm_weight, norm_bias, kernel_size, pad_left, pad_right, eps, activation, out_dtype):
+def _fake(x, taps, bias, valid, pad_value, norm_weight, norm_bias, kernel_size, pad_left, pad_right, eps, activation,
+          out_dtype):
     frames = x.shape[1] + pad_left + pad_right - kernel_size + 1
     return x.new_empty((x.shape[0], frames, x.shape[2]), dtype=out_dtype)
 

@@ -1,5 +1,5 @@
 """Plugins (Triton kernels as torch custom ops: attention, linear_act, token_log_probs, top_k_log_probs,
-depthwise_norm_act) against the decompositions of their fused ops.
+depthwise_norm_act, and the matmul op's split-K products) against the decompositions of their fused ops.
 
 On the CPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1``), which must be
 set before Triton compiles anything, so those cases run in a child process. On a CUDA machine
@@ -61,32 +61,62 @@ LINEAR_CASES = {
     "glu_no_bias_two_k_tiles": ((70, 96), 64, "glu", False, None),
 }
 
+# name: (x shape (..., K), N): a half GEMM over few rows, which the matmul op's lowering runs as the split-K plugin
+# (``plugins.split_k``): an FFN's w_2 split over K, K off the split size with partial row and column tiles, one pass
+# (a short K) over the wider tiles and over a K off the step
+SPLIT_K_CASES = {
+    "ffn_w2_split": ((3, 41, 2048), 256),
+    "partial_split_and_tiles": ((70, 1088), 80),
+    "one_pass_wide": ((2, 30, 256), 768),
+    "one_pass_odd_k": ((45, 100), 40),
+}
+
+
+def make_split_k_inputs(case: str, dtype: torch.dtype, device: str = "cpu"):
+    shape, n = SPLIT_K_CASES[case]
+    g = torch.Generator().manual_seed(len(case))
+    x = torch.randn(*shape, generator=g).to(dtype=dtype, device=device)
+    return x, (torch.randn(n, shape[-1], generator=g) / shape[-1] ** 0.5).to(dtype=dtype, device=device)
+
+
+def matmul_lowering(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The ``matmul`` op's PyTorch lowering of x·weightᵀ, which takes the split-K plugin for half x (checked)."""
+    from core.ops import MatMul
+    from plugins import split_k
+
+    assert split_k.takes(x, weight.t()) == (x.dtype != torch.float32)
+    return MatMul.torch(x, weight, transpose_b=True)
+
+
 # name: (x shape (..., K), vocabulary V, weight rows R >= V): partial tiles in rows and vocabulary, K off a tile
 TOKEN_CASES = {
     "three_vocab_tiles_padded_weight": ((3, 37, 96), 300, 320),
     "odd_k_one_partial_tile": ((50, 40), 130, 130),
 }
 
-# name: (x (B, T, C), kernel size, padding, valid frames per utterance or None, LayerNorm, activation): the u2++
-# conv module (causal: x pre-padded, a norm), the conformer's (symmetric padding, masked frames, batch norm folded
-# away), channels off a power of two with a partial frame tile
+# name: (x (B, T, C), kernel size, padding, valid frames per utterance or None, padding frames' value or zero,
+# LayerNorm, activation): the u2++ conv module (causal: left padding that reads GLU(bias), a norm), the conformer's
+# (symmetric zero padding, masked frames, batch norm folded away), channels off a power of two with a partial frame
+# tile, a value padded on both sides
 DEPTHWISE_CASES = {
-    "causal_norm_swish": ((2, 44, 64), 8, (0, 0), None, True, "swish"),
-    "symmetric_valid_no_norm": ((3, 30, 48), 15, (7, 7), [30, 12, 1], False, "swish"),
-    "relu_norm_odd_channels": ((2, 20, 40), 3, (1, 1), [20, 9], True, "relu"),
+    "causal_pad_value_norm_swish": ((2, 44, 64), 8, (7, 0), None, True, True, "swish"),
+    "symmetric_valid_no_norm": ((3, 30, 48), 15, (7, 7), [30, 12, 1], False, False, "swish"),
+    "relu_norm_odd_channels": ((2, 20, 40), 3, (1, 1), [20, 9], False, True, "relu"),
+    "pad_value_both_sides_valid": ((2, 20, 40), 5, (2, 2), [20, 9], True, False, "relu"),
 }
 
 
 def make_depthwise_inputs(case: str, dtype: torch.dtype, device: str = "cpu"):
-    shape, k, (left, right), lengths, norm, activation = DEPTHWISE_CASES[case]
+    shape, k, (left, right), lengths, pad_value, norm, activation = DEPTHWISE_CASES[case]
     g = torch.Generator().manual_seed(len(case))
     x = torch.randn(*shape, generator=g).to(dtype=dtype, device=device)
     taps = (torch.randn(shape[2], k, generator=g) / k ** 0.5).to(device)
     bias = torch.randn(shape[2], generator=g).to(device)
     valid = (torch.arange(shape[1])[None, :] < torch.tensor(lengths)[:, None]).to(device) if lengths else None
+    pad_value = torch.randn(shape[2], generator=g).to(device) if pad_value else None
     norm_weight, norm_bias = ((1 + 0.1 * torch.randn(shape[2], generator=g)).to(device),
                               torch.randn(shape[2], generator=g).to(device)) if norm else (None, None)
-    return x, taps, bias, valid, norm_weight, norm_bias, k, left, right, 1e-5, activation, dtype
+    return x, taps, bias, valid, pad_value, norm_weight, norm_bias, k, left, right, 1e-5, activation, dtype
 
 
 # name: (leading dims, K, weight rows R, vocabulary V, k, integer logits (ties: x integers, the weight the
@@ -274,7 +304,8 @@ def errors(device: str) -> dict:
             (linear.launch, LINEAR_CASES, make_linear_inputs, lambda args: linear.decomposed(*args)),
             (linear_act_lowering, LINEAR_CASES, make_linear_inputs, lambda args: linear.decomposed(*args)),
             (token_log_probs.launch, TOKEN_CASES, make_token_inputs, lambda args: token_log_probs.decomposed(*args)),
-            (depthwise.launch, DEPTHWISE_CASES, make_depthwise_inputs, lambda args: depthwise.decomposed(*args))):
+            (depthwise.launch, DEPTHWISE_CASES, make_depthwise_inputs, lambda args: depthwise.decomposed(*args)),
+            (matmul_lowering, SPLIT_K_CASES, make_split_k_inputs, lambda args: args[0] @ args[1].T)):
         for case in cases:
             for dtype in (torch.float32, torch.float16):
                 args = inputs(case, dtype, device)
@@ -295,7 +326,7 @@ def interpreted():
 
 def _check(results: dict):
     two_plans = len(CASES) + len(LINEAR_CASES) + len(DEPTHWISE_CASES)
-    assert len(results) == 2 * (2 * two_plans + len(LINEAR_CASES) + len(TOKEN_CASES))
+    assert len(results) == 2 * (2 * two_plans + len(LINEAR_CASES) + len(TOKEN_CASES) + len(SPLIT_K_CASES))
     for name, (error, scale, same_shape, dtype, beyond_half) in results.items():
         assert same_shape, name
         if "fp32_out" in name:  # the activation's fp32 result, not rounded to half
@@ -418,10 +449,14 @@ def test_depthwise_norm_act_decomposition_is_the_unfused_math():
 
     for case in DEPTHWISE_CASES:
         args = make_depthwise_inputs(case, torch.float32)
-        x, taps, bias, valid, norm_weight, norm_bias, k, left, right, eps, activation, _ = args
+        x, taps, bias, valid, pad_value, norm_weight, norm_bias, k, left, right, eps, activation, _ = args
         masked = x if valid is None else torch.where(valid[..., None], x, 0.0)
-        y = torch.nn.functional.conv1d(torch.nn.functional.pad(masked.transpose(1, 2), (left, right)),
-                                       taps[:, None, :], bias, groups=x.shape[2]).transpose(1, 2)
+        if pad_value is not None:  # padding frames of the value (B, frames, C), concatenated
+            pads = [pad_value.expand(x.shape[0], n, -1) for n in (left, right)]
+            padded = torch.cat([pads[0], masked, pads[1]], 1).transpose(1, 2)
+        else:
+            padded = torch.nn.functional.pad(masked.transpose(1, 2), (left, right))
+        y = torch.nn.functional.conv1d(padded, taps[:, None, :], bias, groups=x.shape[2]).transpose(1, 2)
         if norm_weight is not None:
             y = torch.nn.functional.layer_norm(y, (x.shape[2],), norm_weight, norm_bias, eps)
         want = torch.nn.functional.silu(y) if activation == "swish" else torch.relu(y)
