@@ -195,6 +195,7 @@ def kernel_rows(recipe: str, model_dir: str, engines: dict[str, str], peaks: dic
     return rows
 
 KERNEL_GROUPS = (("attention plugin", ("_attention_kernel",)), ("linear_act plugin", ("_linear_act_kernel",)),
+                 ("split_k plugin", ("_split_k_kernel",)),
                  ("Inductor fused", ("triton_",)),
                  ("GEMM", ("gemm", "nvjet", "cutlass", "cublas", "sm90_xmma")), ("convolution", ("conv", "cudnn")))
 
