@@ -133,11 +133,11 @@ def depthwise_norm_act(x: Tensor, taps: Tensor, bias: Tensor, valid: Tensor | No
     if valid is not None:
         x = F.where(F.unsqueeze(valid, 2), x, 0.0)
     if pad_left or pad_right:
-        frames = F.arange(F.shape(x, 1))
-        x = F.pad(x, 1, pad_left, pad_right)
+        padded = F.pad(x, 1, pad_left, pad_right)
         if pad_value is not None:  # (1, T + pads, 1): true at x's own frames
-            inside = F.unsqueeze(F.unsqueeze(F.pad(frames, 0, pad_left, pad_right, value=-1) > -1, 0), 2)
-            x = F.where(inside, x, pad_value)
+            own = F.pad(F.arange(F.shape(x, 1)), 0, pad_left, pad_right, value=-1) > -1
+            padded = F.where(F.unsqueeze(F.unsqueeze(own, 0), 2), padded, pad_value)
+        x = padded
     frames = F.shape(x, 1) - (kernel_size - 1)
     y = None
     for i in range(kernel_size):

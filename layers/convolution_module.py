@@ -42,7 +42,9 @@ class ConvolutionModule(Module):
         x = F.where(mask, x, 0.0)
         x = self.pointwise_conv1.pointwise(x, "glu", DataType.float32)
         bias = self.pointwise_conv1.bias
-        pad_value = F.activation(F.cast(bias.value, DataType.float32), "glu") if self.causal and bias is not None else None
+        pad_value = None  # causal: WeNet's padded frames, zeros before pointwise_conv1, read GLU(bias) after it
+        if self.causal and bias is not None:
+            pad_value = F.activation(F.cast(bias.value, DataType.float32), "glu")
         x = self.depthwise_conv.depthwise_norm_act(x, self.activation, dtype, self.norm,
                                                    valid=None if self.causal else valid, pad_value=pad_value)
         return F.where(mask, self.pointwise_conv2.pointwise(x), 0.0)

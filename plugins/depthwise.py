@@ -61,9 +61,8 @@ def frame_tile(rows: int) -> int:
 
 def launch(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor, valid: torch.Tensor | None,
            pad_value: torch.Tensor | None, norm_weight: torch.Tensor | None, norm_bias: torch.Tensor | None,
-           kernel_size: int, pad_left: int,
-           pad_right: int, eps: float, activation: str, out_dtype: torch.dtype, block_t: int | None = None,
-           num_warps: int = 8) -> torch.Tensor:
+           kernel_size: int, pad_left: int, pad_right: int, eps: float, activation: str, out_dtype: torch.dtype,
+           block_t: int | None = None, num_warps: int = 8) -> torch.Tensor:
     """The kernel on contiguous x (B, T, C), in tiles of ``block_t`` frames (default: ``frame_tile``) on 8 warps."""
     batch, frames_in, channels = x.shape
     frames = frames_in + pad_left + pad_right - kernel_size + 1
