@@ -7,9 +7,9 @@
 For each AISHELL-1 recipe at real size (random weights), on one CUDA GPU:
 - encoder+CTC time for batch 1, 16, 64 at 5, 10, 20 s of audio (or the ``--batches`` x ``--seconds`` given),
   and rescoring time (10 hypotheses of 20 tokens per utterance; cross-attention K/V included) at the same shapes,
-  for: reference.py eager fp32 and fp16, ``torch.compile(mode="reduce-overhead")`` of reference.py in fp16, and
-  our compiled engines in fp16 and bf16 (CUDA events, median of 20 after warm-up), built for batches up to 64 with a
-  program for batch 1 and one for 2-64 (``--program_batches``, as build.py's);
+  for: reference.py eager fp32 and fp16, ``torch.compile(mode="reduce-overhead")`` of reference.py in fp16 (static,
+  compiled for each shape), and our compiled engines in fp16 and bf16 (CUDA events, median of 20 after warm-up),
+  built for batches up to 64 with a program for batch 1 and one for 2-64 (``--program_batches``, as build.py's);
 - each row's floor: the larger of FLOPs (counted on the reference by torch's FlopCounterMode) over
   the measured matmul peak, and the fewest bytes (weights once, inputs and outputs once) over the
   measured device copy bandwidth; and the fraction of the floor reached;
@@ -137,8 +137,14 @@ def kernel_rows(recipe: str, model_dir: str, engines: dict[str, str], peaks: dic
         ref.load_checkpoint(ckpt.state, ckpt.cmvn)
         refs[name] = ref.to("cuda", dtype)
     compiled_ref = refs["reference eager fp16"]
-    compiled = {"encode": torch.compile(lambda s, n: compiled_ref.encode(s, n)[:3], mode="reduce-overhead"),
-                "rescore": torch.compile(lambda *a: reference_rescore(compiled_ref, *a), mode="reduce-overhead")}
+    # Static shapes, a compilation per shape of the matrix, as one compiles for the shape one serves. With torch's
+    # automatic dynamic shapes the second shape met recompiles for symbolic sizes, and every later shape runs that
+    # slower graph (u2pp, b64 x 10 s: 11.09 ms against 9.53 compiled for that shape alone; H200, session 27).
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(seconds_list) * len(batches))
+    compiled = {"encode": torch.compile(lambda s, n: compiled_ref.encode(s, n)[:3], mode="reduce-overhead",
+                                        dynamic=False),
+                "rescore": torch.compile(lambda *a: reference_rescore(compiled_ref, *a), mode="reduce-overhead",
+                                         dynamic=False)}
     ours = {name: Transcriber(path, "cuda") for name, path in engines.items()}
     weight_bytes = {"float32": 4, "float16": 2, "bfloat16": 2}
     n_params = sum(p.numel() for p in refs["reference eager fp32"].parameters())
