@@ -140,7 +140,10 @@ def kernel_rows(recipe: str, model_dir: str, engines: dict[str, str], peaks: dic
     # Static shapes, a compilation per shape of the matrix, as one compiles for the shape one serves. With torch's
     # automatic dynamic shapes the second shape met recompiles for symbolic sizes, and every later shape runs that
     # slower graph (u2pp, b64 x 10 s: 11.09 ms against 9.53 compiled for that shape alone; H200, session 27).
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(seconds_list) * len(batches))
+    # Dynamo keeps each function's graphs under one limit (8 by default, beyond which it runs eagerly): here a graph
+    # per shape, with room for the recompiles a shape's first calls may add.
+    shapes = len(seconds_list) * len(batches)
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * shapes)
     compiled = {"encode": torch.compile(lambda s, n: compiled_ref.encode(s, n)[:3], mode="reduce-overhead",
                                         dynamic=False),
                 "rescore": torch.compile(lambda *a: reference_rescore(compiled_ref, *a), mode="reduce-overhead",
