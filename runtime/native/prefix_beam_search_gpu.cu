@@ -3,10 +3,11 @@
 //
 // The search is a chain of frames, so its time is one frame's latency times the frame count. The Triton kernel
 // (plugins/ctc_prefix_beam_search.py) spends ~6 us a frame on reductions, layout conversions and barriers; here a
-// frame is two phases between two barriers, with the beam and the keys in shared memory: 1.5 us a frame on an H200
-// (1,024 threads, beam 10; 2.9 before the keys beaten for sure were left out, 1.9 while the loops' tests
-// short-circuited). Each thread's part is a chain of shared-memory loads, so the frame's latency is the longest chain:
-// two warps per utterance took 3.2-3.4 us, eight threads per extension's merge test 1.9-2.0, 512 threads 1.4-1.5.
+// frame is two phases between two barriers, with the beam and the keys in shared memory: 1.3 us a frame on an H200
+// (512 threads, beam 10; 2.9 before the keys beaten for sure were left out, 1.9 while the loops' tests short-circuited
+// and a shared atomic counted the live keys). Each thread's part is a chain of shared-memory loads and the frame's
+// latency is the longest chain: 1,024 threads took 1.4-1.5 us, two warps per utterance 3.2-3.4, eight threads per
+// extension's merge test 1.9-2.0, one shared atomic per warp instead of per key (as written by hand) 1.9.
 //
 // One frame. Every key of the next beam is either slot m's own prefix (touched by a blank, a repeat of its last
 // label, or an extension from the slot holding its parent) or prefix i extended by candidate j, a new prefix unless
@@ -24,7 +25,7 @@
 
 namespace {
 
-constexpr int kThreads = 1024;  // a multiple of 32, beyond kMaxBeam + 32
+constexpr int kThreads = 512;  // a multiple of 32, beyond kMaxBeam + 32
 constexpr int kParts = 8;  // threads ranking one key, each against every kParts-th key
 constexpr int kMaxBeam = 32;  // also the most candidates per frame
 constexpr int kMaxKeys = kMaxBeam + kMaxBeam * kMaxBeam;
@@ -169,13 +170,13 @@ __global__ void __launch_bounds__(kThreads) PrefixBeamSearch(
         }
       }
     }
-    if (tid == 0) alive_count[c ^ 1] = 0, ranked[c ^ 1] = 0;
+    if (tid == 0) ranked[c ^ 1] = 0;
     __syncthreads();
     // phase 2: ranks (ranked keys better than this one), each key's counted by kParts threads of one warp; the kept
     // keys fill the next beam
     const int part = tid % kParts, keys = ranked[c];
+    if (tid == 0) alive_count[c ^ 1] = keys;  // every ranked key is alive; the beam keeps the best of them
     const unsigned group = ((1u << kParts) - 1) << (tid % 32 / kParts * kParts);
-    int alive_here = 0;
     for (int x = tid / kParts; x < keys; x += kThreads / kParts) {
       const int order = key_order[x], e = key_index[x];
       const double score = key_score[x];
@@ -188,7 +189,6 @@ __global__ void __launch_bounds__(kThreads) PrefixBeamSearch(
 #pragma unroll
       for (int lane = 1; lane < kParts; lane *= 2) rank += __shfl_xor_sync(group, rank, lane);
       if (part != 0) continue;
-      ++alive_here;
       if (rank >= beam) continue;
       if (e < beam) {
         out.node[rank] = in.node[e], out.last[rank] = in.last[e], out.depth[rank] = in.depth[e];
@@ -203,7 +203,6 @@ __global__ void __launch_bounds__(kThreads) PrefixBeamSearch(
         out.s[rank] = -INFINITY, out.ns[rank] = score, out.total[rank] = score;
       }
     }
-    if (alive_here) atomicAdd(&alive_count[c ^ 1], alive_here);
     if (tid < 32) {
       StoreCandidates(tid, tid < k && t + 1 < length, p_next, label_next, k, blank, cand_p[c ^ 1], cand_label[c ^ 1],
                       &blank_at[c ^ 1]);
