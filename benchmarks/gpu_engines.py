@@ -6,7 +6,8 @@
 
 For each AISHELL-1 recipe at real size (random weights), on one CUDA GPU:
 - encoder+CTC time for batch 1, 16, 64 at 5, 10, 20 s of audio (or the ``--batches`` x ``--seconds`` given),
-  and rescoring time (10 hypotheses of 20 tokens per utterance; cross-attention K/V included) at the same shapes,
+  and rescoring time (10 hypotheses of 20 tokens per utterance, on the device before the timed call, as the prefix
+  search leaves them; cross-attention K/V included; ours also from the n-best on the host) at the same shapes,
   for: reference.py eager fp32 and fp16, ``torch.compile(mode="reduce-overhead")`` of reference.py in fp16 (static,
   compiled for each shape), and our compiled engines in fp16 and bf16 (CUDA events, median of 20 after warm-up),
   built for batches up to 64 with a program for batch 1 and one for 2-64 (``--program_batches``, as build.py's);
@@ -116,8 +117,20 @@ def reference_rescoring_inputs(ref: ReferenceModel, prefix: list[DecodeResult], 
 
 
 def rescore(tr: Transcriber, nbest: NBest, enc) -> list[DecodeResult]:
-    """Our rescoring of a batch: all hypotheses in one decoder call (cross-attention K/V inside)."""
+    """Our rescoring of a batch from an n-best on the host: its tries built there, all hypotheses in one decoder call
+    (cross-attention K/V inside), the ranked results."""
     return tr.decoding.rescore(nbest, enc.encoder_out, enc.encoder_lens, 0.5, 0.3)
+
+
+def device_nbest(nbest: NBest) -> tuple[torch.Tensor, ...]:
+    """An n-best's arrays on the GPU, as the prefix search leaves them there."""
+    return tuple(torch.from_numpy(a).cuda() for a in (nbest.tokens, nbest.lengths, nbest.scores, nbest.count))
+
+
+def rescore_on_device(tr: Transcriber, nbest: NBest, on_device: tuple[torch.Tensor, ...], enc) -> list[DecodeResult]:
+    """Our rescoring of a batch decoded alone, from its n-best on the GPU (as the prefix search leaves it, and as the
+    reference's timed call gets its hypotheses): chain tries and decoder as one CUDA graph, the ranked results."""
+    return tr.decoding.on_device(nbest, on_device, enc.encoder_out, enc.encoder_lens, 0.5, 0.3).results()
 
 
 def reference_rescore(ref: ReferenceModel, mem, mask, ys_in, r_ys_in, lens):
@@ -169,6 +182,7 @@ def kernel_rows(recipe: str, model_dir: str, engines: dict[str, str], peaks: dic
             systems = (*(references if with_reference else ()), *ours)
             for system in systems:
                 dtype_name = "float32" if system.endswith("fp32") else ("bfloat16" if "bf16" in system else "float16")
+                host_nbest_ms = None  # ours: the rescoring from the n-best on the host as well
                 with torch.no_grad():
                     if system.startswith("reference"):
                         ref = refs.get(system, compiled_ref)
@@ -187,7 +201,10 @@ def kernel_rows(recipe: str, model_dir: str, engines: dict[str, str], peaks: dic
                         inputs = {"speech": speech, "speech_lengths": lens}
                         enc_ms = cuda_time(session.run, inputs)
                         enc = tr.encoding.encode([speech[i].cpu() for i in range(batch)])
-                        resc_ms = cuda_time(rescore, tr, NBest.from_results(prefix), enc)
+                        nbest = NBest.from_results(prefix)
+                        on_device = device_nbest(nbest)
+                        resc_ms = cuda_time(rescore_on_device, tr, nbest, on_device, enc)
+                        host_nbest_ms = cuda_time(rescore, tr, nbest, enc)
                 wb = weight_bytes[dtype_name]
                 enc_bytes = n_encoder * wb + speech.numel() * 4 + batch * t_out * (vocab * 4 + ckpt.config.d_model * wb)
                 resc_bytes = (n_params - n_encoder) * wb + batch * t_out * ckpt.config.d_model * wb
@@ -198,9 +215,14 @@ def kernel_rows(recipe: str, model_dir: str, engines: dict[str, str], peaks: dic
                     rows.append({"recipe": recipe, "stage": stage, "system": system, "batch": batch,
                                  "seconds": seconds, "ms": ms, "gflop": flops / 1e9, "mbytes": nbytes / 1e6,
                                  "floor_ms": floor, "fraction_of_floor": floor / ms})
-            print(f"{recipe} {seconds:2d} s b{batch:<3d} " + "  ".join(
-                f"{r['system'].replace('reference ', 'ref ')}: {r['ms']:.3f}" for r in rows[-2 * len(systems):]
-                if r["stage"] == "encoder+ctc"), flush=True)
+                if host_nbest_ms is not None:
+                    rows[-1]["host_nbest_ms"] = host_nbest_ms
+            for stage in ("encoder+ctc", "rescoring"):
+                print(f"{recipe} {seconds:2d} s b{batch:<3d} {stage}: " + "  ".join(
+                    f"{r['system'].replace('reference ', 'ref ')}: {r['ms']:.3f}" for r in rows[-2 * len(systems):]
+                    if r["stage"] == stage) + "".join(f"  ({r['system']} from the host's n-best: {r['host_nbest_ms']:.3f})"
+                                                      for r in rows[-2 * len(systems):]
+                                                      if r["stage"] == stage and "host_nbest_ms" in r), flush=True)
     return rows
 
 KERNEL_GROUPS = (("attention plugin", ("_attention_kernel",)), ("linear_act plugin", ("_linear_act_kernel",)),
@@ -227,8 +249,8 @@ def kernel_profile(fn, *args) -> list[tuple[str, int, float]]:
 
 def profile_rows(recipe: str, engine_name: str, engine_dir: str, seconds_list: tuple[int, ...],
                  batches: tuple[int, ...], hyp_tokens: int = HYP_TOKENS, top: int = 40) -> list[dict]:
-    """Per-kernel device time of one encoder+CTC call (a CUDA-graph replay) and one rescoring call (cross K/V and
-    the decoder, 10 hypotheses of ``hyp_tokens`` tokens) at each shape."""
+    """Per-kernel device time of one encoder+CTC call (a CUDA-graph replay) and one rescoring call (from the n-best
+    on the device: chain tries, cross K/V and the decoder, 10 hypotheses of ``hyp_tokens`` tokens) at each shape."""
     tr = Transcriber(engine_dir, "cuda")
     session = tr.encoding.session
     rows = []
@@ -238,7 +260,9 @@ def profile_rows(recipe: str, engine_name: str, engine_dir: str, seconds_list: t
             inputs = {"speech": speech, "speech_lengths": lens}
             enc = tr.encoding.encode([speech[i].cpu() for i in range(batch)])
             nbest = NBest.from_results(hypotheses(batch, tr.engine.model.vocab_size, seconds, hyp_tokens))
-            for stage, fn, args in (("encoder+ctc", session.run, (inputs,)), ("rescoring", rescore, (tr, nbest, enc))):
+            on_device = device_nbest(nbest)
+            for stage, fn, args in (("encoder+ctc", session.run, (inputs,)),
+                                    ("rescoring", rescore_on_device, (tr, nbest, on_device, enc))):
                 for _ in range(3):  # capture and warm-up
                     fn(*args)
                 kernels = kernel_profile(fn, *args)

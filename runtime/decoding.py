@@ -8,16 +8,23 @@ for the step-by-step attention beam search.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from core.compiled import capture_graph, pick_bucket
+from core.dtype import fp32_exact
 from models.wenet.networks import PACKED_TRIE_INPUTS
+from plugins.chain_tries import chain_tries
 from runtime.encoding import EncoderOutput
 from runtime.search import DecodeResult, NBest, NBestResult
 from runtime.session import EngineDir, copy_to_host
 from runtime.trie import PackedTries, packed_tries
+
+DeviceNBest = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # ``NBest``'s arrays on a GPU
 
 
 class RescoringScores(NamedTuple):
@@ -92,6 +99,23 @@ class WeNetDecoding:
             inputs["reverse_weight"] = reverse_weight
         return inputs
 
+    def chain_scores(self, decoder: Callable[[dict], dict], nbest: DeviceNBest, encoder_out: torch.Tensor,
+                     encoder_lens: torch.Tensor, weights: torch.Tensor, slots: int) -> torch.Tensor:
+        """Device work only, which a CUDA graph can hold: the rescored scores (B, N) fp32 of an n-best on the GPU,
+        each hypothesis a chain of its utterance's trie of ``slots`` nodes (``plugins.chain_tries``; the chains must
+        fit), through ``decoder``, a compiled decoder's ``capturable``. ``weights`` (2,) fp32 on the GPU: the CTC
+        and the reverse weight."""
+        tokens, lengths, scores, count = nbest
+        tries = [chain_tries(tokens, lengths, count, self.model.sos, self.model.eos, reverse, slots)
+                 for reverse in (False, True)[:1 + self.bidirectional]]
+        inputs = self.decoder_inputs((lengths + 1).int(), scores.float(), tries, weights[:1], weights[1:])
+        return decoder({**inputs, "encoder_out": encoder_out, "encoder_out_lens": encoder_lens})["scores"].float()
+
+    @functools.cached_property
+    def on_device(self) -> DeviceRescoring | None:
+        """The rescoring of an n-best that is on the GPU (compiled engines there; else None)."""
+        return DeviceRescoring(self) if self.decoder.capturable is not None else None
+
     def launch_rescoring(self, nbest: NBest, inputs: dict[str, torch.Tensor], encoder_out: torch.Tensor,
                          encoder_lens: torch.Tensor) -> RescoringScores:
         """``rescore`` from ``rescoring_inputs``: one decoder call, queued; its scores come back without waiting."""
@@ -149,3 +173,66 @@ class WeNetDecoding:
             results.append(DecodeResult(tokens[best], float(utterance[best]), [tokens[k] for k in order],
                                         [float(utterance[k]) for k in order]))
         return results
+
+
+class DeviceRescoring:
+    """``WeNetDecoding.rescore`` of an n-best that is still on the GPU (the prefix search's): its chain tries and the
+    compiled decoder as one CUDA graph per shape (batch, encoder frames bucket, trie size bucket), captured on first
+    use.
+
+    Why: from the host, a batch's rescoring builds the tries there and stages the decoder's 20 inputs, ~0.5 ms of host
+    work at batch 1 (H200 machine) in which the GPU idles unless other batches have work queued. So this serves a
+    batch decoded alone; the overlapped batches of the throughput path keep the host's tries, which share prefixes
+    (chains do not, so the decoder runs more rows over them)."""
+
+    def __init__(self, decoding: WeNetDecoding):
+        engine = decoding.engine
+        self.decoding, self.decoder, self.device = decoding, decoding.decoder.capturable, engine.device
+        self.frames, self.nodes = engine.buckets["encoder_frames"], engine.buckets["trie_nodes"]
+        self.pool = torch.cuda.graph_pool_handle()
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], torch.Tensor]] = {}
+        self.weights: dict[tuple[float, float], torch.Tensor] = {}
+
+    def __call__(self, nbest: NBest, on_device: DeviceNBest, encoder_out: torch.Tensor, encoder_lens: torch.Tensor,
+                 ctc_weight: float, reverse_weight: float) -> RescoringScores:
+        """Queued: the rescored scores of ``nbest``, whose arrays ``on_device`` holds on the GPU (the host copy gives
+        the tries' size), over the encoder output (B, T', D) and lengths (B,)."""
+        present = np.arange(nbest.lengths.shape[1]) < nbest.count[:, None]
+        slots = pick_bucket(self.nodes, int((1 + np.where(present, nbest.lengths + 1, 0).sum(1)).max()))
+        current = torch.cuda.current_stream(self.device)
+        for t in on_device:  # made on the search's stream, read by this one's copies below
+            t.record_stream(current)
+        weights = self.weights.get((ctc_weight, reverse_weight))
+        if weights is None:
+            weights = self.weights[ctc_weight, reverse_weight] = torch.tensor([ctc_weight, reverse_weight],
+                                                                             device=self.device)
+        batch, frames = encoder_out.shape[:2]
+        width = pick_bucket(self.frames, max(frames, on_device[0].shape[2]))
+        key = (batch, on_device[0].shape[1], width, encoder_out.dtype, slots)
+        inputs = dict(zip(("tokens", "lengths", "scores", "count"), on_device), encoder_out=encoder_out,
+                      encoder_lens=encoder_lens, weights=weights)
+        entry = self.graphs.get(key)
+        if entry is None:
+            shapes = {"tokens": (batch, on_device[0].shape[1], width), "encoder_out": (batch, width, encoder_out.shape[2])}
+            static = {name: torch.zeros(shapes.get(name, t.shape), device=self.device,
+                                        dtype=torch.int32 if name == "encoder_lens" else t.dtype)
+                      for name, t in inputs.items()}
+            self._place(static, inputs)
+            with fp32_exact():
+                graph, scores = capture_graph(lambda: self.decoding.chain_scores(
+                    self.decoder, tuple(static[n] for n in ("tokens", "lengths", "scores", "count")),
+                    static["encoder_out"], static["encoder_lens"], static["weights"], slots), self.device, self.pool)
+            entry = self.graphs[key] = (graph, static, scores)
+        graph, static, scores = entry
+        self._place(static, inputs)
+        graph.replay()
+        (host,), ready = copy_to_host(scores)
+        return RescoringScores(nbest, host, ready)
+
+    @staticmethod
+    def _place(static: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]) -> None:
+        """``inputs`` into the leading frames of the graph's inputs. What lies past them (zeros, or an earlier call's
+        frames) is never read: tokens past a hypothesis' length, keys past the encoder lengths."""
+        for name, value in inputs.items():
+            target = static[name]
+            target[tuple(map(slice, value.shape))].copy_(value, non_blocking=True)

@@ -25,7 +25,7 @@ import torch
 from core.compiled import capture_graph, pick_bucket
 from core.dtype import fp32_exact
 from layers.subsampling import subsampled_length
-from plugins.chain_tries import chain_tries, chain_tries_fit
+from plugins.chain_tries import chain_tries_fit
 from plugins.ctc_prefix_beam_search import prefix_beam_search
 from runtime.decoding import RescoringScores, WeNetDecoding
 from runtime.frontend import FbankGraphs, num_frames
@@ -125,16 +125,11 @@ class FileGraphs:
             nbest = prefix_beam_search(top_log_probs[..., :beam_size].contiguous(),
                                        top_labels[..., :beam_size].contiguous(), enc["encoder_out_lens"], beam_size,
                                        self.model.blank_id)
-            tokens, lengths, scores, count = nbest
-            back = {"top_log_prob": top_log_probs[..., :1], "top_label": top_labels[..., :1], "tokens": tokens,
-                    "lengths": lengths, "scores": scores, "count": count}
+            back = {"top_log_prob": top_log_probs[..., :1], "top_label": top_labels[..., :1],
+                    **dict(zip(("tokens", "lengths", "scores", "count"), nbest))}
             if rescoring:
-                tries = [chain_tries(tokens, lengths, count, self.model.sos, self.model.eos, reverse, slots)
-                         for reverse in (False, True)[:1 + self.decoding.bidirectional]]
-                inputs = self.decoding.decoder_inputs((lengths + 1).int(), scores.float(), tries, weights[:1],
-                                                      weights[1:])
-                back["rescored"] = self.decoder({**inputs, "encoder_out": enc["encoder_out"],
-                                                 "encoder_out_lens": enc["encoder_out_lens"]})["scores"].float()
+                back["rescored"] = self.decoding.chain_scores(self.decoder, nbest, enc["encoder_out"],
+                                                              enc["encoder_out_lens"], weights, slots)
             for name, value in back.items():
                 if name not in host:
                     host[name] = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)

@@ -171,7 +171,8 @@ def host_candidates(top_logp: torch.Tensor, top_labels: torch.Tensor) -> FrameCa
 class PendingNBest:
     """A batch's CTC prefix beam search, started: ``result()`` gives its ``NBest``. On a GPU (with Triton) the search
     runs there, queued behind the encoder, and only its n-best is copied back without waiting; elsewhere the top-k
-    candidates are copied back and ``result()`` runs the native search (host work that releases the GIL)."""
+    candidates are copied back and ``result()`` runs the native search (host work that releases the GIL).
+    ``on_device``: the GPU search's n-best, which stays there (``NBest``'s arrays; None elsewhere)."""
 
     def __init__(self, top_logp: torch.Tensor, top_labels: torch.Tensor, lengths: torch.Tensor, beam_size: int,
                  blank: int = 0, stream: torch.cuda.Stream | None = None):
@@ -194,11 +195,12 @@ class PendingNBest:
             with torch.cuda.stream(stream):
                 for t in (top_logp, top_labels, lengths):
                     t.record_stream(stream)  # their memory is not reused before the search has read them
-                self.host, self.ready = copy_to_host(*gpu_search.prefix_beam_search(top_logp, top_labels, lengths,
-                                                                                    beam_size, blank))
+                self.on_device = gpu_search.prefix_beam_search(top_logp, top_labels, lengths, beam_size, blank)
+                self.host, self.ready = copy_to_host(*self.on_device)
             self.candidates = None
         else:
             self.candidates, self.lengths = host_candidates(top_logp, top_labels), lengths
+            self.on_device = None
 
     def result(self) -> NBest:
         if self.candidates is not None:

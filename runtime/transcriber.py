@@ -361,7 +361,7 @@ class Transcriber:
         if alone:
             search = Future()
             try:
-                search.set_result(self.prefix_search(encoded, options))
+                search.set_result(self.prefix_search(encoded, options, on_device=True))
             except (ProfileError, RuntimeError) as e:
                 search.set_exception(e)
         else:
@@ -393,7 +393,7 @@ class Transcriber:
         """Every mode of ``options`` for a batch of fbank features (padded, or per utterance), in order: ``encode`` (device),
         ``prefix_search`` (host), ``rescore`` (device)."""
         encoded = self.encode(feats, options)
-        return self.rescore(encoded, *self.prefix_search(encoded, options), options)
+        return self.rescore(encoded, *self.prefix_search(encoded, options, on_device=True), options)
 
     def encode(self, feats: Features | list[torch.Tensor], options: DecodingOptions) -> Encoded:
         """A batch's device work: encoder, greedy search, the prefix search started (on a GPU the search itself,
@@ -426,15 +426,18 @@ class Transcriber:
             encoder_out = enc.encoder_out.clone() if self.engine.reuses_outputs else enc.encoder_out
         return Encoded(lens, search, encoder_out, out)
 
-    def prefix_search(self, encoded: Encoded,
-                      options: DecodingOptions) -> tuple[NBest | None, dict[str, torch.Tensor] | None]:
+    def prefix_search(self, encoded: Encoded, options: DecodingOptions,
+                      on_device: bool = False) -> tuple[NBest | None, dict[str, torch.Tensor] | None]:
         """Host work: the n-best of an encoded batch's CTC prefix beam search (waited for, or searched here), and the
-        rescoring's host inputs made from it (each None where no mode needs it)."""
+        rescoring's host inputs made from it (each None where no mode needs it). ``on_device``: a batch decoded alone,
+        whose rescoring is to read the n-best where the GPU search left it (``DeviceRescoring``), where it can: no
+        host inputs then."""
         if encoded.search is None:
             return None, None
         with self.times.stage("ctc prefix beam search"):
             nbest = encoded.search.result()
-        if "attention_rescoring" not in options.modes:
+        if "attention_rescoring" not in options.modes or (
+                on_device and encoded.search.on_device is not None and self.decoding.on_device is not None):
             return nbest, None
         return nbest, self.decoding.rescoring_inputs(nbest, *options.weights(self.engine.model))
 
@@ -447,6 +450,10 @@ class Transcriber:
             out["ctc_prefix_beam_search"] = prefix.results()
         if "attention_rescoring" in options.modes:
             with self.times.stage("rescoring"):
-                scores = self.decoding.launch_rescoring(prefix, inputs, encoded.encoder_out, encoded.lens)
+                if inputs is None:  # the n-best is on the GPU (``prefix_search``)
+                    scores = self.decoding.on_device(prefix, encoded.search.on_device, encoded.encoder_out,
+                                                     encoded.lens, *options.weights(self.engine.model))
+                else:
+                    scores = self.decoding.launch_rescoring(prefix, inputs, encoded.encoder_out, encoded.lens)
                 out["attention_rescoring"] = scores.results() if block or self.times.enabled else scores
         return {mode: out[mode] for mode in options.modes}

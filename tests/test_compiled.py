@@ -109,10 +109,10 @@ def test_compiled_encoder_equals_eager_at_untraced_shapes(engine_dir):
 
 def check_pipeline(engine_dir: str, device: str) -> None:
     """The compiled engines on ``device`` give the eager CPU lowering's transcripts and scores, at a full batch,
-    then at a smaller one (padded rows) and a full one again (reused CUDA graphs and input buffers); and so does
-    the whole file pipeline (uploads, overlapped batches), and each file alone (on a GPU: one CUDA graph from wave
-    to scores, ``runtime.file_graphs``, also when its n-best does not fit the graph's chain tries), where a bad file is
-    a failure naming it."""
+    then at a smaller one (padded rows) and a full one again (reused CUDA graphs and input buffers); and so do
+    the whole file pipeline (uploads, overlapped batches), a lone batch of files, and each file alone (on a GPU:
+    one CUDA graph from wave to scores, ``runtime.file_graphs``, also when its n-best does not fit the graph's chain
+    tries), where a bad file is a failure naming it."""
     files = WAVS + sample_flacs(3)
     feats = [fbank(load_audio(p)) for p in files][-4:]  # the built max batch
     options = DecodingOptions(["ctc_greedy_search", "ctc_prefix_beam_search", "attention_rescoring"], 4, batch_size=4)
@@ -133,6 +133,8 @@ def check_pipeline(engine_dir: str, device: str) -> None:
     want = texts(eager, items)
     assert len(want) == len(items) * len(options.modes)
     assert texts(compiled, items) == want
+    # a lone batch (on a GPU: rescored from the n-best the search left there, ``runtime.decoding.DeviceRescoring``)
+    assert texts(compiled, items[:2]) == {k: v for k, v in want.items() if k[0] in ("utt0", "utt1")}
     assert {k: v for item in items for k, v in texts(compiled, [item]).items()} == want
     if compiled.file_graphs is not None:  # chains with no room for any token: every n-best rescored by the staged path
         compiled.file_graphs.chain_room = 0.0
