@@ -164,10 +164,10 @@ def test_a_batch_that_fails_on_the_device_is_reported_and_the_others_complete(ra
     clean = {r.key: r.text for r in tr.transcribe(items, DecodingOptions(["attention_rescoring"], 4, batch_size=2))}
     search = Transcriber.prefix_search
 
-    def failing(self, encoded, options):
+    def failing(self, encoded, options, **kwargs):
         if len(encoded.lens) == failing_size:
             raise RuntimeError("injected failure")
-        return search(self, encoded, options)
+        return search(self, encoded, options, **kwargs)
 
     monkeypatch.setattr(Transcriber, "prefix_search", failing)
     for batch_size, failing_size in ((2, 2), (3, 3)):
