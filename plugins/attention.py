@@ -160,9 +160,11 @@ if triton is not None:
 def config(head_dim: int, has_pos: bool, tree: bool, rows: int = MANY_ROWS) -> dict:
     """Tiles for a head dim (rounded up to a power of two), the position term, a tree mask and the planned query rows
     in all (``plugins.planned_size``)."""
-    if has_pos and rows <= 1024 and head_dim <= 64:
-        # few queries: more, smaller programs over longer key blocks (the encoder at batch 1 x 10 s, H200: 5.12 us
-        # against 6.50 on 8 warps unpipelined and 8.26 for the many-rows tiles; session 26)
+    if rows <= 1024 and head_dim <= 64:
+        # few queries: more, smaller programs over longer key blocks. H200, us: the encoder at batch 1 x 10 s 5.12
+        # against 6.50 on 8 warps unpipelined and 8.26 for the many-rows tiles (session 26); the rescoring decoder at
+        # batch 1 over chain tries of 10 x 20 tokens, cross-attention 5.23 against 6.59 and the tree 7.16 against
+        # 7.22, of 10 x 124 tokens (a lone 10 s file's) the tree 14.34 against 17.12 (session 30)
         return {"BLOCK_M": 16, "BLOCK_N": 128, "num_warps": 4, "num_stages": 2}
     # finer key blocks skip more of a tree (H200, 64 x 4 heads x 2,367 nodes: 0.44 / 0.66 ms).
     # Prefetching the next key block pays only for plain K/V (cross-attention: 22.8 against 25.3 us at 64 x 10 s, H200);
