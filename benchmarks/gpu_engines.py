@@ -51,7 +51,7 @@ from models.wenet.networks import Profiles, seconds_to_frames  # noqa: E402
 from models.wenet.reference import ReferenceModel  # noqa: E402
 from runtime.audio import load_audio  # noqa: E402
 from runtime.frontend import fbank  # noqa: E402
-from runtime.search import DecodeResult, NBest, ctc_prefix_beam_search  # noqa: E402
+from runtime.search import NBEST_ARRAYS, DecodeResult, NBest, ctc_prefix_beam_search  # noqa: E402
 from runtime.transcriber import DecodingOptions, Transcriber  # noqa: E402
 from tools.make_random_model import SHARED, make_random_model  # noqa: E402
 from weights.files import read_model_dir  # noqa: E402
@@ -124,7 +124,7 @@ def rescore(tr: Transcriber, nbest: NBest, enc) -> list[DecodeResult]:
 
 def device_nbest(nbest: NBest) -> tuple[torch.Tensor, ...]:
     """An n-best's arrays on the GPU, as the prefix search leaves them there."""
-    return tuple(torch.from_numpy(a).cuda() for a in (nbest.tokens, nbest.lengths, nbest.scores, nbest.count))
+    return tuple(torch.from_numpy(getattr(nbest, name)).cuda() for name in NBEST_ARRAYS)
 
 
 def rescore_on_device(tr: Transcriber, nbest: NBest, on_device: tuple[torch.Tensor, ...], enc) -> list[DecodeResult]:

@@ -72,11 +72,16 @@ if triton is not None:
             tl.store(STARTS + b, root)
 
 
-def chain_tries_fit(lengths: np.ndarray, count: np.ndarray, size: int) -> bool:
-    """Whether tries of ``size`` slots hold every utterance's chains: the root, then each hypothesis' tokens and eos
-    (``lengths`` (B, N) and ``count`` (B,) of an n-best)."""
+def chain_slots(lengths: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """(B,) the slots each utterance's chains take: the root, then each hypothesis' tokens and eos (``lengths`` (B, N)
+    and ``count`` (B,) of an n-best)."""
     present = np.arange(lengths.shape[1]) < count[:, None]
-    return bool((1 + np.where(present, lengths + 1, 0).sum(1) <= size).all())
+    return 1 + np.where(present, lengths + 1, 0).sum(1)
+
+
+def chain_tries_fit(lengths: np.ndarray, count: np.ndarray, size: int) -> bool:
+    """Whether tries of ``size`` slots hold every utterance's chains (``chain_slots``)."""
+    return bool((chain_slots(lengths, count) <= size).all())
 
 
 def chain_tries(tokens: torch.Tensor, lengths: torch.Tensor, count: torch.Tensor, sos: int, eos: int,

@@ -18,9 +18,9 @@ import torch
 from core.compiled import capture_graph, pick_bucket
 from core.dtype import fp32_exact
 from models.wenet.networks import PACKED_TRIE_INPUTS
-from plugins.chain_tries import chain_tries
+from plugins.chain_tries import chain_slots, chain_tries
 from runtime.encoding import EncoderOutput
-from runtime.search import DecodeResult, NBest, NBestResult
+from runtime.search import NBEST_ARRAYS, DecodeResult, NBest, NBestResult
 from runtime.session import EngineDir, copy_to_host
 from runtime.trie import PackedTries, packed_tries
 
@@ -197,8 +197,7 @@ class DeviceRescoring:
                  ctc_weight: float, reverse_weight: float) -> RescoringScores:
         """Queued: the rescored scores of ``nbest``, whose arrays ``on_device`` holds on the GPU (the host copy gives
         the tries' size), over the encoder output (B, T', D) and lengths (B,)."""
-        present = np.arange(nbest.lengths.shape[1]) < nbest.count[:, None]
-        slots = pick_bucket(self.nodes, int((1 + np.where(present, nbest.lengths + 1, 0).sum(1)).max()))
+        slots = pick_bucket(self.nodes, int(chain_slots(nbest.lengths, nbest.count).max()))
         current = torch.cuda.current_stream(self.device)
         for t in on_device:  # made on the search's stream, read by this one's copies below
             t.record_stream(current)
@@ -209,7 +208,7 @@ class DeviceRescoring:
         batch, frames = encoder_out.shape[:2]
         width = pick_bucket(self.frames, max(frames, on_device[0].shape[2]))
         key = (batch, on_device[0].shape[1], width, encoder_out.dtype, slots)
-        inputs = dict(zip(("tokens", "lengths", "scores", "count"), on_device), encoder_out=encoder_out,
+        inputs = dict(zip(NBEST_ARRAYS, on_device), encoder_out=encoder_out,
                       encoder_lens=encoder_lens, weights=weights)
         entry = self.graphs.get(key)
         if entry is None:
@@ -220,11 +219,12 @@ class DeviceRescoring:
             self._place(static, inputs)
             with fp32_exact():
                 graph, scores = capture_graph(lambda: self.decoding.chain_scores(
-                    self.decoder, tuple(static[n] for n in ("tokens", "lengths", "scores", "count")),
+                    self.decoder, tuple(static[n] for n in NBEST_ARRAYS),
                     static["encoder_out"], static["encoder_lens"], static["weights"], slots), self.device, self.pool)
             entry = self.graphs[key] = (graph, static, scores)
-        graph, static, scores = entry
-        self._place(static, inputs)
+        else:
+            self._place(entry[1], inputs)
+        graph, _, scores = entry
         graph.replay()
         (host,), ready = copy_to_host(scores)
         return RescoringScores(nbest, host, ready)

@@ -29,7 +29,7 @@ from plugins.chain_tries import chain_tries_fit
 from plugins.ctc_prefix_beam_search import prefix_beam_search
 from runtime.decoding import RescoringScores, WeNetDecoding
 from runtime.frontend import FbankGraphs, num_frames
-from runtime.search import DecodeResult, NBest, ctc_greedy_search
+from runtime.search import NBEST_ARRAYS, DecodeResult, NBest, ctc_greedy_search
 from runtime.session import EngineDir
 
 SERVED_MODES = frozenset({"ctc_greedy_search", "ctc_prefix_beam_search", "attention_rescoring"})
@@ -94,7 +94,7 @@ class FileGraphs:
             out["ctc_greedy_search"] = ctc_greedy_search(host["top_log_prob"], host["top_label"], lens,
                                                          self.model.blank_id)[0]
         # copies: the results outlive the buffers, which the next call overwrites
-        nbest = NBest(*(host[name].numpy().copy() for name in ("tokens", "lengths", "scores", "count")))
+        nbest = NBest(*(host[name].numpy().copy() for name in NBEST_ARRAYS))
         if "ctc_prefix_beam_search" in modes:
             out["ctc_prefix_beam_search"] = nbest.results()[0]
         if rescoring and chain_tries_fit(nbest.lengths, nbest.count, entry.slots):
@@ -126,7 +126,7 @@ class FileGraphs:
                                        top_labels[..., :beam_size].contiguous(), enc["encoder_out_lens"], beam_size,
                                        self.model.blank_id)
             back = {"top_log_prob": top_log_probs[..., :1], "top_label": top_labels[..., :1],
-                    **dict(zip(("tokens", "lengths", "scores", "count"), nbest))}
+                    **dict(zip(NBEST_ARRAYS, nbest))}
             if rescoring:
                 back["rescored"] = self.decoding.chain_scores(self.decoder, nbest, enc["encoder_out"],
                                                               enc["encoder_out_lens"], weights, slots)

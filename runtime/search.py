@@ -32,6 +32,9 @@ class DecodeResult:
     nbest_scores: list[float] = field(default_factory=list)
 
 
+NBEST_ARRAYS = ("tokens", "lengths", "scores", "count")  # ``NBest``'s fields, in order
+
+
 @dataclass
 class NBest:
     """A batch's CTC n-best as arrays, as the native search writes them and the rescoring reads them: hypothesis r
