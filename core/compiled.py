@@ -165,12 +165,23 @@ class CompiledNetwork:
 
     @staticmethod
     def load(engine_dir: str, info: dict, device: torch.device) -> CompiledNetwork:
-        programs = [Program(torch._inductor.CompiledArtifact.load(path=os.path.join(engine_dir, p["program"]),
-                                                                  format="binary"), p["buckets"], p["output_dims"])
+        programs = [Program(load_program(os.path.join(engine_dir, p["program"])), p["buckets"], p["output_dims"])
                     for p in info["programs"]]
         constants = load_file(os.path.join(engine_dir, info["constants"]), device=str(device))
         return CompiledNetwork(programs, [constants[k] for k in sorted(constants)], info["input_names"],
                                info["output_names"])
+
+
+def load_program(path: str) -> Callable:
+    """A saved program, loaded through a compile cache of its own, named by the file's content. Inductor's cache keys
+    a program by its graph, in which a plugin is its op's name, and keeps several entries under one key: loaded into
+    the shared cache, a program that differs from one loaded before only inside its plugins (another version of them,
+    tiles for other opt sizes) was served the earlier one's kernels (torch 2.11 and 2.13; an A/B of two builds on one machine
+    ran the first build's kernels in both)."""
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()[:16]
+    with temporary_cache_dir(os.path.join(cache_dir(), f"wenet_trt-program-{digest}")):
+        return torch._inductor.CompiledArtifact.load(path=path, format="binary")
 
 
 @functools.cache

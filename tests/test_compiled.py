@@ -90,6 +90,41 @@ def test_programs_are_traced_at_their_opt_sizes_which_plugins_plan_for():
     assert exported.module()(torch.ones(3, 999, 4)).shape == (2997, 4)  # not specialized to the traced sizes
 
 
+_SCALE = [2.0]  # what the test op below multiplies by, read when Inductor traces it
+
+
+@torch.library.triton_op("wenet_trt_test::scaled", mutates_args=())
+def _scaled(x: torch.Tensor) -> torch.Tensor:
+    return x * _SCALE[0]
+
+
+def test_programs_that_share_a_cache_key_load_their_own(tmp_path):
+    """Inductor keys a compiled program by its graph, in which a plugin is its op's name, so two builds that differ
+    only inside a plugin (another version of it) save programs under one key. Loaded, each runs its own, in either
+    order: through the shared cache one of the two orders ran the first program twice."""
+    from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
+
+    from core.compiled import compile_program, load_program
+
+    class Scaled(torch.nn.Module):
+        def forward(self, x):
+            return (_scaled(x) + 1,)
+
+    paths = []
+    for scale in (2.0, 3.0):
+        _SCALE[0] = scale
+        exported = torch.export.export(Scaled(), (torch.ones(4),), strict=False)
+        with temporary_cache_dir(str(tmp_path / f"build{scale}")):  # separate builds (as two machines' would be)
+            program = compile_program(exported, {"opt": {}})
+        paths.append(str(tmp_path / f"scaled{scale}.inductor"))
+        program.save(path=paths[-1], format="binary")
+    _SCALE[0] = 0.0  # nothing may trace the op again
+    for order in (paths, paths[::-1]):
+        with temporary_cache_dir(str(tmp_path / f"shared-{order[0][-14:]}")):
+            got = {path: load_program(path)(torch.ones(4))[0].tolist() for path in order}
+        assert got == {paths[0]: [3.0] * 4, paths[1]: [4.0] * 4}
+
+
 def test_compiled_encoder_equals_eager_at_untraced_shapes(engine_dir):
     eager = EngineDir(engine_dir, "cpu", compiled=False).sessions["encoder"]
     compiled = EngineDir(engine_dir, "cpu", compiled=True).sessions["encoder"]
