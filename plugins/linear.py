@@ -17,7 +17,7 @@ import torch
 from core.composite import run_decomposition
 from core.dtype import DataType
 from core.ops import linear_act_features
-from plugins import MANY_ROWS, kernel_available, launchable, planned_size, register_op, times_sigmoid, tl, triton
+from plugins import MANY_ROWS, kernel_available, launchable, planned_size, register_op, swish, times_sigmoid, tl, triton
 
 if triton is not None:
 
@@ -57,7 +57,7 @@ if triton is not None:
         if ACT == "relu":
             acc = tl.maximum(acc, 0.0)
         elif ACT == "swish":
-            acc = times_sigmoid(acc, acc)
+            acc = swish(acc)
         elif ACT == "glu":
             acc = times_sigmoid(acc, gate)
         tl.store(OUT + rows[:, None] * stride_om + cols[None, :], acc.to(OUT.dtype.element_ty),
@@ -69,7 +69,9 @@ def config(n: int, k: int, activation: str = "swish", rows: int = MANY_ROWS) -> 
     compiled program the row count is a symbol, whose opt size is read, never branched on). 64 x 128 tiles with 4
     warps were the best or within 14 % of the best of 12 tilings at every shape of ``benchmarks/linear_act.py`` (H200;
     250 to 1.3 M rows); up to 512 rows, 64 x 64 tiles give more programs (an FFN's w_1 at 250 rows: 3.41 against 3.87
-    us). glu's two accumulators take 128 x 64 tiles on 8 warps (14.8 us at 16,448 x 256 -> 512, against 17.0 for
+    us). Swish (``plugins.swish``) over more than 1,024 rows takes 128 x 128 tiles on 8 warps (FFN w_1, us, against
+    64 x 128 on 4: 8.12 / 9.19 at 2,000 rows, 14.83 / 16.24 at 4,112, 54.13 / 56.89 at 16,448; 5.80 / 5.23 at 1,000;
+    H200, session 31). glu's two accumulators take 128 x 64 tiles on 8 warps (14.8 us at 16,448 x 256 -> 512, against 17.0 for
     64 x 64 on 4 warps and 11.0 for cuBLAS's product alone), and narrow ones for few rows (at 250 / 1,000 rows:
     16 x 32 2.85 us, 64 x 32 3.27 us, against 5.1 and 5.3 for 128 x 64)."""
     block_k = min(64, triton.next_power_of_2(k))
@@ -79,6 +81,8 @@ def config(n: int, k: int, activation: str = "swish", rows: int = MANY_ROWS) -> 
                     "num_warps": 4, "num_stages": 3}
         return {"BLOCK_M": 128, "BLOCK_N": 64 if n >= 64 else max(16, triton.next_power_of_2(n)),
                 "BLOCK_K": block_k, "GROUP_M": 8, "num_warps": 8, "num_stages": 3}
+    if activation == "swish" and rows > 1024 and n >= 128:
+        return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": block_k, "GROUP_M": 8, "num_warps": 8, "num_stages": 3}
     widest = 64 if rows <= 512 else 128
     block_n = widest if n >= widest else max(16, triton.next_power_of_2(n))
     return {"BLOCK_M": 64, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": 8, "num_warps": 4, "num_stages": 3}
