@@ -46,6 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.eager_lowering import cuda_time  # noqa: E402
 from benchmarks.report import report_markdown  # noqa: E402
 from build import build_engines  # noqa: E402
+from core.compiled import plugins_digest  # noqa: E402
 from core.dtype import fp32_exact  # noqa: E402
 from models.wenet.networks import Profiles, seconds_to_frames  # noqa: E402
 from models.wenet.reference import ReferenceModel  # noqa: E402
@@ -462,10 +463,11 @@ def main() -> None:
                    help="the engines' programs: the largest batch of each but the last (64), build.py's option")
     p.add_argument("--out", default=".")
     args = p.parse_args()
-    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+    # the plugins' sources by digest, so that an A/B's two reports show which kernels each built
+    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "plugins": plugins_digest(),
               "command": " ".join(sys.argv), "ceilings": ceilings(), "kernels": [], "profile": [], "e2e": [], "latency": [],
               "agreement": []}
-    print(json.dumps({k: report[k] for k in ("device", "torch", "ceilings")}), flush=True)
+    print(json.dumps({k: report[k] for k in ("device", "torch", "plugins", "ceilings")}), flush=True)
     root = tempfile.mkdtemp()
 
     def save() -> None:  # after every part: a run stopped by a time limit keeps what it measured
