@@ -28,10 +28,15 @@ def test_split_keeps_the_test_part_unseen():
 def test_recipe_prepares_data_and_trains_a_step(tmp_path):
     if not any(os.access(os.path.join(d, "espeak-ng"), os.X_OK) for d in os.environ["PATH"].split(os.pathsep)):
         pytest.fail("espeak-ng is required (apt-get install espeak-ng); .ci/run installs it")
-    counts = prepare(SHARED, str(tmp_path / "data"), synthetic=6, max_real=8)
+    corpus = tmp_path / "corpus.conllu"  # CoNLL-U: only "# text =" lines count; clauses with digits are dropped
+    corpus.write_text("# sent_id = s1\n# text = 杜鹃花为温带植物，台北虽然在亚热带。\n1\t杜鹃花\t_\n\n"
+                      "# text = 怀孕期为421至457日。\n", encoding="utf-8")
+    counts = prepare(SHARED, str(tmp_path / "data"), synthetic=6, max_real=8, corpus=[str(corpus)])
     assert counts == {"train": 14, "dev": 8, "test": 99}
     lines = (tmp_path / "data" / "train" / "text").read_text(encoding="utf-8").splitlines()
-    assert sum(line.startswith("SYN") for line in lines) == 6
+    synthetic = [line.split()[1] for line in lines if line.startswith("SYN")]
+    assert len(synthetic) == 6 and set(synthetic[:2]) == {"杜鹃花为温带植物", "台北虽然在亚热带"}
+    assert not any(text.startswith("怀孕") for text in synthetic)
     summary = train(str(tmp_path / "data"), str(tmp_path / "exp"), minutes=5, device="cpu", tiny=True, max_steps=1,
                     workers=1)
     assert summary["steps"] == 1

@@ -39,15 +39,15 @@ SPEEDS = (0.9, 1.0, 1.1)
 SPECIALS = ["<blank>", "<unk>", "<sos/eos>"]
 
 
-def model_yaml(vocab_size: int, tiny: bool = False) -> dict:
+def model_yaml(vocab_size: int, tiny: bool = False, dropout: float = 0.1) -> dict:
     """train.yaml of the demo model: WeNet's AISHELL-1 u2++ recipe (HEAD-era keys, sos = eos = 2), made smaller."""
     conf = copy.deepcopy(RECIPES["u2pp"])
     size = {"output_size": 64, "attention_heads": 2, "linear_units": 128, "num_blocks": 2} if tiny else \
         {"output_size": 256, "attention_heads": 4, "linear_units": 1024, "num_blocks": 6}
     conf["output_dim"] = vocab_size
-    conf["encoder_conf"].update(size)
+    conf["encoder_conf"].update(size, dropout_rate=dropout)
     conf["decoder_conf"].update(attention_heads=size["attention_heads"], linear_units=size["linear_units"],
-                                num_blocks=1 if tiny else 3, r_num_blocks=1)
+                                num_blocks=1 if tiny else 3, r_num_blocks=1, dropout_rate=dropout)
     conf["tokenizer_conf"]["symbol_table_path"] = "units.txt"
     conf["cmvn_conf"]["cmvn_file"] = "global_cmvn"
     conf["dataset_conf"] = {"fbank_conf": {"num_mel_bins": 80, "frame_shift": 10, "frame_length": 25, "dither": 0.0},
@@ -189,7 +189,7 @@ def loss_of(model: ReferenceModel, feats, lengths, tokens: list[list[int]], chun
 
 def train(data: str, out: str, minutes: float, device: str, tiny: bool = False, max_steps: int | None = None,
           workers: int = 8, max_frames: int = 40000, lr: float = 1.5e-3, seed: int = 0,
-          save_dtype: str = "float16") -> dict:
+          save_dtype: str = "float16", dropout: float = 0.1) -> dict:
     rng = random.Random(seed)
     torch.manual_seed(seed)
     generator = torch.Generator(device).manual_seed(seed)
@@ -208,7 +208,7 @@ def train(data: str, out: str, minutes: float, device: str, tiny: bool = False, 
     with open(os.path.join(out, "global_cmvn"), "w") as f:
         json.dump(cmvn_stats([x for x, _ in train_ex[1::3] if not tiny] or [x for x, _ in train_ex]), f)
     with open(os.path.join(out, "train.yaml"), "w", encoding="utf-8") as f:
-        yaml.safe_dump(model_yaml(len(vocab), tiny), f, allow_unicode=True, sort_keys=False)
+        yaml.safe_dump(model_yaml(len(vocab), tiny, dropout), f, allow_unicode=True, sort_keys=False)
     config = load_config(os.path.join(out, "train.yaml"))
     from weights.files import load_cmvn
 
@@ -216,9 +216,9 @@ def train(data: str, out: str, minutes: float, device: str, tiny: bool = False, 
     mean, istd = load_cmvn(os.path.join(out, "global_cmvn"))
     model.encoder.global_cmvn.mean.copy_(torch.from_numpy(mean).float())
     model.encoder.global_cmvn.istd.copy_(torch.from_numpy(istd).float())
-    for m in model.modules():
+    for m in model.modules():  # reference.py's sublayer-output dropouts (it has no attention dropout)
         if isinstance(m, torch.nn.Dropout):
-            m.p = 0.1
+            m.p = dropout
     model.to(device).train()
     params = sum(p.numel() for p in model.parameters())
     # fused: one kernel for all parameters instead of several per parameter
@@ -256,19 +256,23 @@ def train(data: str, out: str, minutes: float, device: str, tiny: bool = False, 
                       f"lr {scheduler.get_last_lr()[0]:.2e} {time.time() - start:.0f}s", flush=True)
             if time.time() >= deadline or (max_steps is not None and step >= max_steps):
                 break
-        dev_loss = evaluate(model, dev_ex, ids, config, device, autocast) if dev_ex else float("nan")
-        log.append({"epoch": epoch, "step": step, "dev_loss": dev_loss, "seconds": round(time.time() - start)})
-        print(f"epoch {epoch} step {step} dev loss {dev_loss:.2f}", flush=True)
+        dev_loss, dev_cer = evaluate(model, dev_ex, ids, config, device, autocast) if dev_ex else (math.nan, math.nan)
+        log.append({"epoch": epoch, "step": step, "dev_loss": dev_loss, "dev_cer": dev_cer,
+                    "seconds": round(time.time() - start)})
+        print(f"epoch {epoch} step {step} dev loss {dev_loss:.2f} greedy CER {100 * dev_cer:.2f} %", flush=True)
         # keep the last snapshots of the final fifth of the budget for averaging
         if time.time() > start + 0.8 * budget or (max_steps is not None and step >= max_steps):
             snapshots.append({k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()})
             snapshots = snapshots[-5:]
     averaged = {k: sum(s[k] for s in snapshots) / len(snapshots) if snapshots[0][k].is_floating_point()
                 else snapshots[-1][k] for k in snapshots[0]}
-    torch.save({k: v.to(getattr(torch, save_dtype)) if v.is_floating_point() else v for k, v in averaged.items()},
-               os.path.join(out, "final.pt"))
+    saved = {k: v.to(getattr(torch, save_dtype)) if v.is_floating_point() else v for k, v in averaged.items()}
+    torch.save(saved, os.path.join(out, "final.pt"))
+    model.load_state_dict(saved)  # what was saved, rounding included, is what the dev figures describe
+    final_loss, final_cer = evaluate(model, dev_ex, ids, config, device, autocast) if dev_ex else (math.nan, math.nan)
     summary = {"parameters": params, "steps": step, "epochs": epoch, "averaged": len(snapshots),
-               "max_frames": max_frames, "lr": lr,
+               "final_dev_loss": final_loss, "final_dev_cer": final_cer,
+               "max_frames": max_frames, "lr": lr, "dropout": dropout,
                "train_utterances": len(train_ex), "train_hours": sum(x.shape[0] for x, _ in train_ex) / 360000,
                "seconds": round(time.time() - start), "device": torch.cuda.get_device_name() if device.startswith(
                    "cuda") else "cpu", "torch": torch.__version__, "log": log}
@@ -278,9 +282,14 @@ def train(data: str, out: str, minutes: float, device: str, tiny: bool = False, 
 
 
 @torch.no_grad()
-def evaluate(model, examples, ids, config, device, autocast) -> float:
+def evaluate(model, examples, ids, config, device, autocast) -> tuple[float, float]:
+    """Mean loss per utterance and the CTC greedy search's character error rate (full context)."""
+    import jiwer
+
     model.eval()
     total, count = 0.0, 0
+    vocab = {i: c for c, i in ids.items()}
+    refs, hyps = [], []
     for start in range(0, len(examples), 32):
         chunk = examples[start:start + 32]
         lengths = torch.tensor([x.shape[0] for x, _ in chunk])
@@ -290,10 +299,16 @@ def evaluate(model, examples, ids, config, device, autocast) -> float:
         with autocast:
             loss, _, _ = loss_of(model, feats.to(device), lengths.to(device),
                                  [[ids.get(c, 1) for c in t] for _, t in chunk], 0, config)
+            encoder_out, mask = model.encoder(feats.to(device), lengths.to(device), 0)
+        best = model.ctc.log_softmax(encoder_out).argmax(-1).cpu()
+        for row, n, (_, text) in zip(best.tolist(), mask.squeeze(1).sum(1).tolist(), chunk):
+            tokens = [t for i, t in enumerate(row[:n]) if t != 0 and (i == 0 or t != row[i - 1])]
+            hyps.append("".join(vocab.get(t, "") for t in tokens) or " ")  # jiwer refuses an empty hypothesis
+            refs.append(text)
         total += loss.item() * len(chunk)
         count += len(chunk)
     model.train()
-    return total / max(count, 1)
+    return total / max(count, 1), jiwer.cer(refs, hyps)
 
 
 def main() -> None:
@@ -307,9 +322,11 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
     p.add_argument("--max_frames", type=int, default=40000, help="padded fbank frames per batch")
     p.add_argument("--lr", type=float, default=1.5e-3, help="peak learning rate (after warm-up)")
+    p.add_argument("--dropout", type=float, default=0.1, help="dropout of each sublayer's output")
+    p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     summary = train(args.data, args.out, args.minutes, args.device, args.tiny, args.max_steps, args.workers,
-                    args.max_frames, args.lr)
+                    args.max_frames, args.lr, args.seed, dropout=args.dropout)
     print(json.dumps({k: v for k, v in summary.items() if k != "log"}))
 
 
