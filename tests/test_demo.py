@@ -13,7 +13,7 @@ from tests.conftest import SHARED
 
 UNSEEN = {  # test-part utterances the model never trained on: its actual output, checked for regressions
     "BAC009S0150W0171": ("已经成为当前房地产市场的接盘侠", "已经成为当前房地产市场的接盘侠"),
-    "BAC009S0150W0180": ("只撑房地产的刚许在执续缩", "只撑房地产的刚P在执续缩"),
+    "BAC009S0150W0180": ("之撑房地产的仍需在施需危所", "之撑房地产的仍需在市需危所"),
 }
 
 
