@@ -300,9 +300,9 @@ def evaluate(model, examples, ids, config, device, autocast) -> tuple[float, flo
             loss, _, _ = loss_of(model, feats.to(device), lengths.to(device),
                                  [[ids.get(c, 1) for c in t] for _, t in chunk], 0, config)
             encoder_out, mask = model.encoder(feats.to(device), lengths.to(device), 0)
-        best = model.ctc.log_softmax(encoder_out).argmax(-1).cpu()
-        for row, n, (_, text) in zip(best.tolist(), mask.squeeze(1).sum(1).tolist(), chunk):
-            tokens = [t for i, t in enumerate(row[:n]) if t != 0 and (i == 0 or t != row[i - 1])]
+        log_probs = model.ctc.log_softmax(encoder_out).float().cpu()
+        for frames, n, (_, text) in zip(log_probs, mask.squeeze(1).sum(1).tolist(), chunk):
+            tokens = model.ctc_greedy_search(frames, n).tokens
             hyps.append("".join(vocab.get(t, "") for t in tokens) or " ")  # jiwer refuses an empty hypothesis
             refs.append(text)
         total += loss.item() * len(chunk)
