@@ -23,6 +23,7 @@ import random
 import re
 import subprocess
 import sys
+from collections.abc import Sequence
 
 import numpy as np
 import soundfile
@@ -74,7 +75,7 @@ def jieba_sentences(n: int, rng: random.Random) -> list[str]:
     return ["".join(rng.choices(words, weights, k=rng.randint(3, 7))) for _ in range(n)]
 
 
-def corpus_clauses(paths: list[str], min_chars: int = 6, max_chars: int = 25) -> list[str]:
+def corpus_clauses(paths: Sequence[str], min_chars: int = 6, max_chars: int = 25) -> list[str]:
     """Distinct clauses of ``min_chars``-``max_chars`` CJK characters, each with a reading, from text corpora.
 
     A CoNLL-U file contributes its ``# text =`` lines, any other file its lines. Sentences are cut at punctuation;
@@ -123,7 +124,7 @@ def write_list(folder: str, items: list[tuple[str, str, str]]) -> None:
 
 
 def prepare(shared: str, out: str, synthetic: int, seed: int = 0, max_real: int | None = None,
-            corpus: list[str] = ()) -> dict[str, int]:
+            corpus: Sequence[str] = ()) -> dict[str, int]:
     """``synthetic`` utterances read from ``corpus`` clauses, then train transcripts, then jieba sentences;
     ``max_real`` keeps only that many real train/dev utterances (for quick tests)."""
     rng = random.Random(seed)
@@ -139,7 +140,7 @@ def prepare(shared: str, out: str, synthetic: int, seed: int = 0, max_real: int 
             soundfile.write(os.path.join(out, name), load_audio(path) / 32768, 16000, format="OGG", subtype="VORBIS",
                             compression_level=REAL_COMPRESSION)
             packed[part].append((key, name, text))
-    clauses = corpus_clauses(list(corpus))
+    clauses = corpus_clauses(corpus)
     rng.shuffle(clauses)
     texts = clauses + [t for _, _, t in parts["train"] if not re.search("[A-Z]", t)]
     texts = texts + jieba_sentences(max(0, synthetic - len(texts)), rng)

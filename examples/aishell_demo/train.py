@@ -166,6 +166,7 @@ def pad_tokens(seqs: list[list[int]], prefix: int | None, suffix: int | None, pa
 
 
 def loss_of(model: ReferenceModel, feats, lengths, tokens: list[list[int]], chunk: int, config) -> tuple:
+    """(loss, CTC loss, attention loss, the CTC log-probs (B, T', V) fp32 and their lengths (B,))."""
     encoder_out, mask = model.encoder(feats, lengths, chunk)
     enc_lens = mask.squeeze(1).sum(1)
     log_probs = model.ctc.log_softmax(encoder_out).float()
@@ -184,7 +185,7 @@ def loss_of(model: ReferenceModel, feats, lengths, tokens: list[list[int]], chun
                                  pad_tokens(reversed_tokens, None, eos, IGNORE_ID).to(device))
     rw, cw = config.reverse_weight, config.ctc_weight
     att_loss = (1 - rw) * att + rw * r_att
-    return cw * ctc + (1 - cw) * att_loss, ctc, att_loss
+    return cw * ctc + (1 - cw) * att_loss, ctc, att_loss, log_probs, enc_lens
 
 
 def train(data: str, out: str, minutes: float, device: str, tiny: bool = False, max_steps: int | None = None,
@@ -244,7 +245,7 @@ def train(data: str, out: str, minutes: float, device: str, tiny: bool = False, 
             full = rng.random() < 0.5
             chunk = 0 if full else rng.randint(1, 25)
             with autocast:
-                loss, ctc, att = loss_of(model, feats, lengths, [to_ids[i] for i in batch], chunk, config)
+                loss, ctc, att, _, _ = loss_of(model, feats, lengths, [to_ids[i] for i in batch], chunk, config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -297,11 +298,9 @@ def evaluate(model, examples, ids, config, device, autocast) -> tuple[float, flo
         for j, (x, _) in enumerate(chunk):
             feats[j, :x.shape[0]] = x.float()
         with autocast:
-            loss, _, _ = loss_of(model, feats.to(device), lengths.to(device),
-                                 [[ids.get(c, 1) for c in t] for _, t in chunk], 0, config)
-            encoder_out, mask = model.encoder(feats.to(device), lengths.to(device), 0)
-        log_probs = model.ctc.log_softmax(encoder_out).float().cpu()
-        for frames, n, (_, text) in zip(log_probs, mask.squeeze(1).sum(1).tolist(), chunk):
+            loss, _, _, log_probs, enc_lens = loss_of(model, feats.to(device), lengths.to(device),
+                                                      [[ids.get(c, 1) for c in t] for _, t in chunk], 0, config)
+        for frames, n, (_, text) in zip(log_probs.cpu(), enc_lens.tolist(), chunk):
             tokens = model.ctc_greedy_search(frames, n).tokens
             hyps.append("".join(vocab.get(t, "") for t in tokens) or " ")  # jiwer refuses an empty hypothesis
             refs.append(text)
