@@ -4,9 +4,10 @@ import json
 import os
 
 import pytest
+import soundfile
 
 from build import DEMO_MODEL_DIR, build_engines
-from examples.aishell_demo.prepare import prepare, split_sample
+from examples.aishell_demo.prepare import prepare, split_sample, synthesize_plan
 from examples.aishell_demo.train import train
 from runtime.transcriber import DecodingOptions, Transcriber
 from tests.conftest import SHARED
@@ -15,6 +16,7 @@ UNSEEN = {  # test-part utterances the model never trained on: its actual output
     "BAC009S0150W0171": ("已经成为当前房地产市场的接盘侠", "已经成为当前房地产市场的接盘侠"),
     "BAC009S0150W0180": ("之撑房地产的仍需在施需危所", "之撑房地产的仍需在市需危所"),
 }
+UNSEEN_TEXT = "已经成为当前房地产市场的接盘侠"  # BAC009S0150W0171's transcript
 
 
 def test_split_keeps_the_test_part_unseen():
@@ -30,13 +32,23 @@ def test_recipe_prepares_data_and_trains_a_step(tmp_path):
         pytest.fail("espeak-ng is required (apt-get install espeak-ng); .ci/run installs it")
     corpus = tmp_path / "corpus.conllu"  # CoNLL-U: only "# text =" lines count; clauses with digits are dropped
     corpus.write_text("# sent_id = s1\n# text = 杜鹃花为温带植物，台北虽然在亚热带。\n1\t杜鹃花\t_\n\n"
-                      "# text = 怀孕期为421至457日。\n", encoding="utf-8")
-    counts = prepare(SHARED, str(tmp_path / "data"), synthetic=6, max_real=8, corpus=[str(corpus)])
-    assert counts == {"train": 14, "dev": 8, "test": 99}
-    lines = (tmp_path / "data" / "train" / "text").read_text(encoding="utf-8").splitlines()
-    synthetic = [line.split()[1] for line in lines if line.startswith("SYN")]
-    assert len(synthetic) == 6 and set(synthetic[:2]) == {"杜鹃花为温带植物", "台北虽然在亚热带"}
-    assert not any(text.startswith("怀孕") for text in synthetic)
+                      "# text = 怀孕期为421至457日。\n\n"
+                      f"# text = 他说{UNSEEN_TEXT}。\n", encoding="utf-8")  # a test transcript: held out
+    old = tmp_path / "old.conllu"  # traditional script without "# text =" lines (UD_Chinese-GSD's 2017 files)
+    old.write_text("1\t雖然\t_\n2\t美國\t_\n3\t的\t_\n4\t許多\t_\n5\t數字化\t_\n\n", encoding="utf-8")
+    data = tmp_path / "data"
+    counts = prepare(SHARED, str(data), synthetic=7, max_real=8, corpus=[str(corpus)], traditional_corpus=[str(old)],
+                     synthetic_format="flac", defer_synthesis=True)
+    assert counts == {"train": 8, "synthetic": 7, "dev": 8, "test": 99}
+    synthetic = dict(line.split() for line in (data / "synthetic" / "text").read_text(encoding="utf-8").splitlines())
+    assert len(synthetic) == 7
+    assert set(list(synthetic.values())[:3]) == {"杜鹃花为温带植物", "台北虽然在亚热带", "虽然美国的许多数字化"}
+    assert not any(text.startswith("怀孕") or UNSEEN_TEXT in text for text in synthetic.values())
+    assert not any((data / "audio" / f"{key}.flac").exists() for key in synthetic)  # planned, not yet synthesized
+    assert synthesize_plan(str(data), jobs=2) == 7
+    for key, text in synthetic.items():
+        samples, rate = soundfile.read(data / "audio" / f"{key}.flac")
+        assert rate == 16000 and 0.15 * len(text) < len(samples) / rate < 0.5 * len(text) + 1
     summary = train(str(tmp_path / "data"), str(tmp_path / "exp"), minutes=5, device="cpu", tiny=True, max_steps=1,
                     workers=1)
     assert summary["steps"] == 1

@@ -4,7 +4,9 @@
 
 CTC + attention loss (label smoothing 0.1, ctc_weight 0.3, reverse_weight 0.3, BiTransformerDecoder), dynamic-chunk
 training (half the batches full context, the others a random chunk of 1-25 frames), SpecAugment (2 frequency masks
-of up to 10 bins, 2 time masks of up to 50 frames), speed perturbation 0.9/1.0/1.1, Adam with warm-up and inverse
+of up to 10 bins, 2 time masks of up to 50 frames), speed perturbation 0.9/1.0/1.1 of the real speech (the synthetic
+speech already varies espeak-ng's rate and pitch), the real speech repeated ``--real_repeat`` times an epoch so that
+it keeps its weight beside hours of synthetic speech, Adam with warm-up and inverse
 square-root decay, bf16 autocast on GPUs, and the average of the last checkpoints as ``final.pt`` (as WeNet's
 average_model). The model is ``reference.py`` itself, so the checkpoint has WeNet's key names.
 """
@@ -12,6 +14,7 @@ average_model). The model is ``reference.py`` itself, so the checkpoint has WeNe
 from __future__ import annotations
 
 import argparse
+import collections
 import copy
 import itertools
 import json
@@ -80,13 +83,14 @@ def _features(args: tuple[str, float]) -> np.ndarray:
     return fbank(samples).numpy().astype(np.float16)
 
 
-def featurize(items, speeds, workers: int) -> list[tuple[torch.Tensor, str]]:
+def featurize(items, speeds, workers: int) -> list[tuple[torch.Tensor, str, float]]:
+    """(fbank, transcript, speed) of each utterance at each speed; utterances too short to subsample are left out."""
     jobs = [(path, speed) for _, path, _ in items for speed in speeds]
-    texts = [text for _, _, text in items for _ in speeds]
+    texts = [(text, speed) for _, _, text in items for speed in speeds]
     # spawned, single-threaded workers: forking after torch started its OpenMP pool can deadlock
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread) as pool:
         feats = list(pool.map(_features, jobs, chunksize=16))
-    return [(torch.from_numpy(f), t) for f, t in zip(feats, texts) if f.shape[0] >= 7]
+    return [(torch.from_numpy(f), t, speed) for f, (t, speed) in zip(feats, texts) if f.shape[0] >= 7]
 
 
 def cmvn_stats(feats: list[torch.Tensor]) -> dict:
@@ -111,7 +115,7 @@ def batches(lengths: np.ndarray, max_frames: int, rng: random.Random) -> list[li
 class FeatureBank:
     """Every utterance's fbank in one device tensor: a padded batch is one gather, not a host copy per utterance.
 
-    The training step is otherwise bound by per-utterance host work; the whole 7 h training set is ~0.4 GB in fp16.
+    The training step is otherwise bound by per-utterance host work; 16 h of training features are ~0.9 GB in fp16.
     """
 
     def __init__(self, feats: list[torch.Tensor], device: str):
@@ -190,24 +194,36 @@ def loss_of(model: ReferenceModel, feats, lengths, tokens: list[list[int]], chun
 
 def train(data: str, out: str, minutes: float, device: str, tiny: bool = False, max_steps: int | None = None,
           workers: int = 8, max_frames: int = 40000, lr: float = 1.5e-3, seed: int = 0,
-          save_dtype: str = "float16", dropout: float = 0.1) -> dict:
+          save_dtype: str = "float16", dropout: float = 0.1, real_repeat: int = 2, min_char_count: int = 2) -> dict:
     rng = random.Random(seed)
     torch.manual_seed(seed)
     generator = torch.Generator(device).manual_seed(seed)
     start = time.time()
     train_items = read_split(os.path.join(data, "train"))
+    synthetic_items = read_split(os.path.join(data, "synthetic")) if os.path.isdir(os.path.join(data, "synthetic")) \
+        else []
+    missing = [path for _, path, _ in synthetic_items if not os.path.exists(path)]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} synthetic utterances are not synthesized yet ({missing[0]}): run "
+                                f"prepare.py --out {data} --synthesize_only")
     dev_items = read_split(os.path.join(data, "dev"))
-    chars = sorted({c for _, _, t in train_items for c in t})
+    # characters seen fewer than min_char_count times in the transcripts train as <unk>: one example teaches little; each
+    # unit costs three 256-wide rows (CTC, decoder embedding and output) of the 40 MB the shipped model may take
+    counts = collections.Counter(c for _, _, t in train_items + synthetic_items for c in t)
+    chars = sorted(c for c, n in counts.items() if n >= min_char_count)
     vocab = SPECIALS + chars
     ids = {c: i for i, c in enumerate(vocab)}
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "units.txt"), "w", encoding="utf-8") as f:
         f.writelines(f"{s} {i}\n" for i, s in enumerate(vocab))
-    train_ex = featurize(train_items, SPEEDS if not tiny else (1.0,), workers)
+    real_ex = featurize(train_items, SPEEDS if not tiny else (1.0,), workers)
+    synthetic_ex = featurize(synthetic_items, (1.0,), workers)
+    train_ex = real_ex + synthetic_ex
     dev_ex = featurize(dev_items, (1.0,), workers)
-    print(f"featurized {len(train_ex)} train and {len(dev_ex)} dev utterances in {time.time() - start:.0f} s", flush=True)
+    print(f"featurized {len(real_ex)} real, {len(synthetic_ex)} synthetic and {len(dev_ex)} dev utterances in "
+          f"{time.time() - start:.0f} s", flush=True)
     with open(os.path.join(out, "global_cmvn"), "w") as f:
-        json.dump(cmvn_stats([x for x, _ in train_ex[1::3] if not tiny] or [x for x, _ in train_ex]), f)
+        json.dump(cmvn_stats([x for x, _, speed in train_ex if speed == 1.0]), f)
     with open(os.path.join(out, "train.yaml"), "w", encoding="utf-8") as f:
         yaml.safe_dump(model_yaml(len(vocab), tiny, dropout), f, allow_unicode=True, sort_keys=False)
     config = load_config(os.path.join(out, "train.yaml"))
@@ -232,14 +248,17 @@ def train(data: str, out: str, minutes: float, device: str, tiny: bool = False, 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast(
         "cpu", enabled=False)
-    to_ids = [[ids.get(c, 1) for c in t] for _, t in train_ex]
-    bank = FeatureBank([x for x, _ in train_ex], device)
+    to_ids = [[ids.get(c, 1) for c in t] for _, t, _ in train_ex]
+    bank = FeatureBank([x for x, _, _ in train_ex], device)
+    # an epoch: every real utterance (at each speed) real_repeat times, every synthetic one once
+    epoch_index = np.concatenate([np.tile(np.arange(len(real_ex)), real_repeat), np.arange(len(real_ex), len(train_ex))])
     step, epoch, snapshots, log = 0, 0, [], []
     budget = minutes * 60
     deadline = start + budget
     while time.time() < deadline and (max_steps is None or step < max_steps):
         epoch += 1
-        for batch in batches(bank.lengths, max_frames, rng):
+        for positions in batches(bank.lengths[epoch_index], max_frames, rng):
+            batch = epoch_index[positions].tolist()
             feats, lengths = bank.batch(batch)
             feats = spec_augment(feats, lengths, generator)
             full = rng.random() < 0.5
@@ -274,7 +293,9 @@ def train(data: str, out: str, minutes: float, device: str, tiny: bool = False, 
     summary = {"parameters": params, "steps": step, "epochs": epoch, "averaged": len(snapshots),
                "final_dev_loss": final_loss, "final_dev_cer": final_cer,
                "max_frames": max_frames, "lr": lr, "dropout": dropout,
-               "train_utterances": len(train_ex), "train_hours": sum(x.shape[0] for x, _ in train_ex) / 360000,
+               "real_repeat": real_repeat, "train_utterances": len(train_ex),
+               "epoch_utterances": len(epoch_index), "epoch_hours": float(bank.lengths[epoch_index].sum()) / 360000,
+               "synthetic_hours": sum(x.shape[0] for x, _, _ in synthetic_ex) / 360000,
                "seconds": round(time.time() - start), "device": torch.cuda.get_device_name() if device.startswith(
                    "cuda") else "cpu", "torch": torch.__version__, "log": log}
     with open(os.path.join(out, "train_log.json"), "w") as f:
@@ -293,14 +314,14 @@ def evaluate(model, examples, ids, config, device, autocast) -> tuple[float, flo
     refs, hyps = [], []
     for start in range(0, len(examples), 32):
         chunk = examples[start:start + 32]
-        lengths = torch.tensor([x.shape[0] for x, _ in chunk])
+        lengths = torch.tensor([x.shape[0] for x, _, _ in chunk])
         feats = torch.zeros(len(chunk), int(lengths.max()), 80)
-        for j, (x, _) in enumerate(chunk):
+        for j, (x, _, _) in enumerate(chunk):
             feats[j, :x.shape[0]] = x.float()
         with autocast:
             loss, _, _, log_probs, enc_lens = loss_of(model, feats.to(device), lengths.to(device),
-                                                      [[ids.get(c, 1) for c in t] for _, t in chunk], 0, config)
-        for frames, n, (_, text) in zip(log_probs.cpu(), enc_lens.tolist(), chunk):
+                                                      [[ids.get(c, 1) for c in t] for _, t, _ in chunk], 0, config)
+        for frames, n, (_, text, _) in zip(log_probs.cpu(), enc_lens.tolist(), chunk):
             tokens = model.ctc_greedy_search(frames, n).tokens
             hyps.append("".join(vocab.get(t, "") for t in tokens) or " ")  # jiwer refuses an empty hypothesis
             refs.append(text)
@@ -322,10 +343,13 @@ def main() -> None:
     p.add_argument("--max_frames", type=int, default=40000, help="padded fbank frames per batch")
     p.add_argument("--lr", type=float, default=1.5e-3, help="peak learning rate (after warm-up)")
     p.add_argument("--dropout", type=float, default=0.1, help="dropout of each sublayer's output")
+    p.add_argument("--real_repeat", type=int, default=2, help="times each real utterance is seen per epoch")
+    p.add_argument("--min_char_count", type=int, default=2, help="rarer characters train as <unk>")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     summary = train(args.data, args.out, args.minutes, args.device, args.tiny, args.max_steps, args.workers,
-                    args.max_frames, args.lr, args.seed, dropout=args.dropout)
+                    args.max_frames, args.lr, args.seed, dropout=args.dropout, real_repeat=args.real_repeat,
+                    min_char_count=args.min_char_count)
     print(json.dumps({k: v for k, v in summary.items() if k != "log"}))
 
 
