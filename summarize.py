@@ -4,8 +4,10 @@
 
 DATA is a Kaldi-style dir (``wav.scp`` + ``text``) or a WeNet ``data.list`` (JSON lines with key, wav, txt).
 Prints one table: per system and decoding mode, CER (Mandarin) or WER (otherwise) with substitutions, deletions and
-insertions, sentence error rate, token agreement with the reference, audio seconds, wall time and real-time factor;
-writes per-utterance results (ref, hyp, errors) to ``--result_file``. Without --test_torch/--test_engine, both run.
+insertions, sentence error rate, token agreement with the reference, the mean score difference from the reference
+over the n-best entries both hold (how far the engine's numerics are from fp32, finer than agreement on a small set),
+audio seconds, wall time and real-time factor; writes per-utterance results (ref, hyp, errors) to ``--result_file``.
+Without --test_torch/--test_engine, both run.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 
 from runtime.audio import AudioError, duration, load_audio
 from runtime.frontend import fbank
+from runtime.search import DecodeResult
 from runtime.transcriber import MODES, DecodingOptions, Failure, Transcriber, read_wav_scp, tokens_to_text
 
 CJK = re.compile(r"[\u3400-\u9fff]")
@@ -56,6 +59,12 @@ class SystemRun:
     name: str
     hyps: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # mode -> key -> tokens
     texts: dict[str, dict[str, str]] = field(default_factory=dict)
+    nbest: dict[str, dict[str, dict[tuple[int, ...], float]]] = field(default_factory=dict)  # mode -> key -> scores
+
+    def add(self, mode: str, key: str, result: DecodeResult, text: str) -> None:
+        self.hyps.setdefault(mode, {})[key] = result.tokens
+        self.texts.setdefault(mode, {})[key] = text
+        self.nbest.setdefault(mode, {})[key] = {tuple(h): s for h, s in zip(result.nbest, result.nbest_scores)}
     seconds: float = 0.0
     failures: int = 0
 
@@ -83,8 +92,7 @@ def run_reference(model_dir: str, items, options: DecodingOptions, vocab: list[s
             results = model.decode(options.modes, feats[None], torch.tensor([feats.shape[0]], device=device),
                                    options.beam_size, ctc_weight, reverse_weight)
         for mode, r in results.items():
-            run.hyps.setdefault(mode, {})[key] = r[0].tokens
-            run.texts.setdefault(mode, {})[key] = tokens_to_text(r[0].tokens, vocab)
+            run.add(mode, key, r[0], tokens_to_text(r[0].tokens, vocab))
     run.seconds = time.perf_counter() - start
     return run
 
@@ -97,8 +105,7 @@ def run_engine(transcriber: Transcriber, items, options: DecodingOptions) -> Sys
         if isinstance(out, Failure):
             run.failures += 1
             continue
-        run.hyps.setdefault(out.mode, {})[out.key] = out.result.tokens
-        run.texts.setdefault(out.mode, {})[out.key] = out.text
+        run.add(out.mode, out.key, out.result, out.text)
     if transcriber.engine.device.type == "cuda":
         torch.cuda.synchronize()
     run.seconds = time.perf_counter() - start
@@ -122,6 +129,9 @@ def score(run: SystemRun, mode: str, items, reference: SystemRun | None) -> tupl
     if reference is not None and reference is not run and mode in reference.hyps:
         both = [k for k in keys if k in reference.hyps[mode] and k in run.hyps.get(mode, {})]
         row["agreement"] = sum(run.hyps[mode][k] == reference.hyps[mode][k] for k in both) / max(len(both), 1)
+        diffs = [abs(score - reference.nbest[mode][k][h]) for k in both for h, score in run.nbest[mode][k].items()
+                 if h in reference.nbest[mode][k]]
+        row["score_diff"] = sum(diffs) / len(diffs) if diffs else float("nan")
     per_utt = []
     for k, r, h in zip(keys, refs, hyps):
         one = measure(r, h) if r else None
@@ -173,14 +183,15 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
     print(f"{len(items)} utterances, {audio_seconds:.1f} s of audio, on {device}")
     print(f"{'system':28s} {'mode':24s} {'err %':>7s} {'sub':>5s} {'del':>5s} {'ins':>5s} {'SER %':>6s} "
-          f"{'agree %':>7s} {'wall s':>7s} {'RTF':>8s}")
+          f"{'agree %':>7s} {'score Δ':>8s} {'wall s':>7s} {'RTF':>8s}")
     with open(args.result_file, "w", encoding="utf-8") as f:
         for run in runs:
             for mode in args.modes:
                 row, per_utt = score(run, mode, items, reference)
                 agree = f"{100 * row['agreement']:7.2f}" if "agreement" in row else f"{'-':>7s}"
+                diff = f"{row['score_diff']:8.1e}" if "score_diff" in row else f"{'-':>8s}"
                 print(f"{run.name:28s} {mode:24s} {100 * row['error_rate']:7.2f} {row['sub']:5d} {row['del']:5d} "
-                      f"{row['ins']:5d} {100 * row['ser']:6.2f} {agree} {run.seconds:7.2f} "
+                      f"{row['ins']:5d} {100 * row['ser']:6.2f} {agree} {diff} {run.seconds:7.2f} "
                       f"{run.seconds / max(audio_seconds, 1e-9):8.4f}")
                 for u in per_utt:
                     f.write(json.dumps(u, ensure_ascii=False) + "\n")

@@ -14,6 +14,10 @@ def test_scoring_counts_substitutions_deletions_insertions():
     assert row["metric"] == "CER" and (row["sub"], row["del"], row["ins"]) == (0, 2, 1)
     assert abs(row["error_rate"] - 3 / 19) < 1e-9 and row["ser"] == 0.5
     assert per_utt[1]["ref"] == "设定二十九度" and per_utt[1]["errors"] == {"sub": 0, "del": 0, "ins": 0}
+    reference = summarize.SystemRun("ref", hyps={"m": {"a": [1, 2]}}, nbest={"m": {"a": {(1, 2): -1.0, (1,): -2.0}}})
+    engine = summarize.SystemRun("x", hyps={"m": {"a": [1, 2]}}, nbest={"m": {"a": {(1, 2): -1.5, (3,): -2.0}}})
+    row = summarize.score(engine, "m", items[:1], reference)[0]
+    assert row["agreement"] == 1.0 and row["score_diff"] == 0.5  # over the n-best entries both hold
     english = summarize.score(summarize.SystemRun("x", texts={"m": {"c": "the cat sat"}}), "m",
                               [("c", "", "The cat sat down.")], None)[0]
     assert english["metric"] == "WER" and english["del"] == 1 and abs(english["error_rate"] - 0.25) < 1e-9
@@ -38,6 +42,7 @@ def test_report_on_real_speech_with_both_systems(tmp_path, random_models, capsys
     out = capsys.readouterr().out
     assert code == 0 and "3 utterances" in out and "on CPU" in out
     engine_rows = [line for line in out.splitlines() if line.startswith("engine torch float32")]
-    assert len(engine_rows) == 2 and all(float(row.split()[-3]) == 100.0 for row in engine_rows)  # agreement column
+    assert len(engine_rows) == 2 and all(float(row.split()[-4]) == 100.0 for row in engine_rows)  # agreement column
+    assert all(float(row.split()[-3]) < 1e-3 for row in engine_rows)  # fp32 engines score as the reference does
     records = [json.loads(line) for line in result_file.read_text().splitlines()]
     assert len(records) == 12 and {r["key"] for r in records} == set(keys)
