@@ -19,6 +19,7 @@ KV = tuple[Tensor, Tensor]
 class DecoderLayer(Module):
     def __init__(self, d: int, config: DecoderConfig, dtype: DataType):
         super().__init__()
+        self.dtype = dtype
         self.self_attn = MultiHeadedAttention(config.attention_heads, d, dtype)
         self.src_attn = MultiHeadedCrossAttention(config.attention_heads, d, dtype)
         self.feed_forward = PositionwiseFeedForward(d, config.linear_units, config.activation_type, dtype)
@@ -29,11 +30,13 @@ class DecoderLayer(Module):
     def forward(self, x: Tensor, memory: KV, memory_lengths: Tensor, key_ends: Tensor | None = None,
                 cache: KV | None = None, packing: Packing | None = None) -> tuple[Tensor, KV | None]:
         """Self-attention of tries' nodes over their ancestors (``key_ends``; packed rows with ``packing``), or of
-        the next token over all ``cache``d ones."""
-        a, new_cache = self.self_attn(self.norm1(x), None, cache=cache, key_ends=key_ends, packing=packing)
-        x = x + a
-        x = x + self.src_attn(self.norm2(x), memory[0], memory[1], memory_lengths, packing)
-        x = x + self.feed_forward(self.norm3(x))
+        the next token over all ``cache``d ones. x is the residual stream in fp32, as the encoder's: each sublayer
+        runs in the layer's dtype and its output is added in fp32."""
+        h, f32 = self.dtype, DataType.float32
+        a, new_cache = self.self_attn(self.norm1(x, h), None, cache=cache, key_ends=key_ends, packing=packing)
+        x = x + F.cast(a, f32)
+        x = x + F.cast(self.src_attn(self.norm2(x, h), memory[0], memory[1], memory_lengths, packing), f32)
+        x = x + F.cast(self.feed_forward(self.norm3(x, h)), f32)
         return x, new_cache
 
 
@@ -45,19 +48,25 @@ class TransformerDecoder(Module):
     def __init__(self, vocab_size: int, d: int, config: DecoderConfig, num_blocks: int, max_len: int,
                  dtype: DataType):
         super().__init__()
+        self.dtype = dtype
         self.embed = ModuleList([Embedding(vocab_size, d, dtype), PositionalEncoding(d, max_len, dtype=dtype)])
         self.decoders = ModuleList([DecoderLayer(d, config, dtype) for _ in range(num_blocks)])
         self.after_norm = LayerNorm(d, config.norm_eps)
         self.output_layer = Linear(d, vocab_size, dtype=DataType.float32)  # fp32-accurate logits, as CTC's
 
+    def embedded(self, tokens: Tensor, offset: int | Tensor = 0, positions: Tensor | None = None) -> Tensor:
+        """Token embedding plus absolute positions: the residual stream's start, in fp32."""
+        x, _ = self.embed[1](self.embed[0](tokens), offset, positions=positions)
+        return F.cast(x, DataType.float32)
+
     def normed(self, x: Tensor) -> Tensor:
-        """The last layer's output through ``after_norm``, in fp32: what the output layer reads."""
-        return self.after_norm(F.cast(x, DataType.float32))
+        """The last layer's output (fp32) through ``after_norm``: what the output layer reads."""
+        return self.after_norm(x)
 
     def top_k_log_probs(self, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """The ``k`` best next-token log-probs per row of x and their labels (the vocabulary's log-probs never
         written: ``fp32_accurate_top_k_log_probs``)."""
-        return fp32_accurate_top_k_log_probs(self.normed(x), self.output_layer, k, x.dtype)
+        return fp32_accurate_top_k_log_probs(self.normed(x), self.output_layer, k, self.dtype)
 
     def forward(self, tokens: Tensor, positions: Tensor, ends: Tensor, parents: Tensor, memory: list[KV],
                 memory_lengths: Tensor, packing: Packing) -> Tensor:
@@ -66,18 +75,18 @@ class TransformerDecoder(Module):
         node i | its ancestors' tokens) (1, P) fp32, read from its parent's output (the vocabulary logits never
         written: ``F.token_log_probs``). A node's output depends only on its ancestors, as a token's on its prefix
         in a causal decoder, so a hypothesis' log-probs are those of its path's nodes."""
-        x, _ = self.embed[1](self.embed[0](tokens), positions=positions)
+        x = self.embedded(tokens, positions=positions)
         for layer, kv in zip(self.decoders, memory):
             x, _ = layer(x, kv, memory_lengths, key_ends=ends, packing=packing)
         return fp32_accurate_token_log_probs(self.normed(F.gather_rows(x, parents)), self.output_layer, tokens,
-                                             x.dtype)
+                                             self.dtype)
 
     def step(self, tokens: Tensor, cache: list[KV], memory: list[KV], memory_lengths: Tensor,
              k: int) -> tuple[tuple[Tensor, Tensor], list[KV]]:
         """One token per hypothesis (B*N, 1) after ``S`` cached ones -> the ``k`` best next tokens' (log-probs,
         labels) (B*N, k), best first (all that beam search reads), caches with S+1."""
         offset = F.shape(cache[0][0], 2)
-        x, _ = self.embed[1](self.embed[0](tokens), offset)
+        x = self.embedded(tokens, offset)
         new_cache = []
         for layer, kv, layer_cache in zip(self.decoders, memory, cache):
             x, c = layer(x, kv, memory_lengths, cache=layer_cache)
