@@ -13,8 +13,8 @@ from runtime.transcriber import DecodingOptions, Transcriber
 from tests.conftest import SHARED
 
 UNSEEN = {  # test-part utterances the model never trained on: its actual output, checked for regressions
-    "BAC009S0150W0171": ("已经成为当前房地产市场的接盘侠", "已经成为当前房地产市场的接盘侠"),
-    "BAC009S0150W0180": ("之撑房地产的仍需在施需危所", "之撑房地产的仍需在市需危所"),
+    "BAC009S0150W0171": ("已经成为当前房地产市场的解盘下", "已经成为当前房地产市场的接盘侠"),
+    "BAC009S0150W0180": ("只撑房地产的当西在市需位所", "只撑房地产的当西在市需位所"),
 }
 UNSEEN_TEXT = "已经成为当前房地产市场的接盘侠"  # BAC009S0150W0171's transcript
 
