@@ -1,6 +1,6 @@
 """Data for the demo model: the real aishell sample split by utterance, plus Mandarin synthesized by espeak-ng.
 
-    python examples/aishell_demo/prepare.py --shared ../shared/data --out .data/demo [--synthetic 10000] \
+    python examples/aishell_demo/prepare.py --shared ../shared/data --out .data/demo [--synthetic 11000] \
         [--corpus UD/zh_gsdsimp-ud-dev.conllu ...] [--traditional_corpus UD/zh-ud-train.conllu ...] \
         [--defer_synthesis]
     python examples/aishell_demo/prepare.py --out .data/demo --synthesize_only [--espeak PATH]   # e.g. on the GPU
@@ -253,7 +253,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shared", default=os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data"))
     p.add_argument("--out", default=".data/demo")
-    p.add_argument("--synthetic", type=int, default=10000)
+    p.add_argument("--synthetic", type=int, default=11000)
     p.add_argument("--corpus", nargs="*", default=[], help="text corpora (CoNLL-U or one sentence a line)")
     p.add_argument("--traditional_corpus", nargs="*", default=[], help="corpora in traditional script")
     p.add_argument("--synthetic_format", choices=["ogg", "flac"], default="ogg")
