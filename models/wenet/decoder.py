@@ -49,15 +49,15 @@ class TransformerDecoder(Module):
                  dtype: DataType):
         super().__init__()
         self.dtype = dtype
-        self.embed = ModuleList([Embedding(vocab_size, d, dtype), PositionalEncoding(d, max_len, dtype=dtype)])
+        # the position table and the sum in fp32: the residual stream starts unrounded
+        self.embed = ModuleList([Embedding(vocab_size, d, dtype), PositionalEncoding(d, max_len, dtype=DataType.float32)])
         self.decoders = ModuleList([DecoderLayer(d, config, dtype) for _ in range(num_blocks)])
         self.after_norm = LayerNorm(d, config.norm_eps)
         self.output_layer = Linear(d, vocab_size, dtype=DataType.float32)  # fp32-accurate logits, as CTC's
 
     def embedded(self, tokens: Tensor, offset: int | Tensor = 0, positions: Tensor | None = None) -> Tensor:
         """Token embedding plus absolute positions: the residual stream's start, in fp32."""
-        x, _ = self.embed[1](self.embed[0](tokens), offset, positions=positions)
-        return F.cast(x, DataType.float32)
+        return self.embed[1](F.cast(self.embed[0](tokens), DataType.float32), offset, positions=positions)[0]
 
     def normed(self, x: Tensor) -> Tensor:
         """The last layer's output (fp32) through ``after_norm``: what the output layer reads."""
