@@ -2,10 +2,12 @@
 
 import json
 import os
+import subprocess
 
 import pytest
 import soundfile
 
+import examples.aishell_demo
 from build import DEMO_MODEL_DIR, build_engines
 from examples.aishell_demo.prepare import prepare, split_sample, synthesize_plan
 from examples.aishell_demo.train import train
@@ -56,6 +58,18 @@ def test_recipe_prepares_data_and_trains_a_step(tmp_path):
     assert {"final.pt", "train.yaml", "global_cmvn", "units.txt"} <= set(os.listdir(model_dir))
     build_engines(str(model_dir), str(tmp_path / "engine"))  # a standard WeNet model dir our build reads
     assert json.load(open(tmp_path / "engine" / "config.json"))["model"]["wenet"]["sos"] == 2
+
+
+def test_espeak_bundle_speaks_as_the_installed_program(tmp_path):
+    """The copy that carries the synthesis to a machine without espeak-ng speaks the same bytes, from its own data."""
+    bundle = tmp_path / "espeak"
+    subprocess.run([os.path.join(os.path.dirname(examples.aishell_demo.__file__), "espeak_bundle.sh"), str(bundle)],
+                   check=True, capture_output=True)
+    args = ["-v", "cmn-latn-pinyin+f2", "-s", "150", "-p", "40", "--stdout", "ni3 hao3 shi4 jie4"]
+    copy = subprocess.run([str(bundle / "espeak-ng"), *args], check=True, capture_output=True, env={}).stdout
+    assert len(copy) > 10000 and copy == subprocess.run(["espeak-ng", *args], check=True, capture_output=True).stdout
+    (bundle / "espeak-ng-data" / "phontab").unlink()  # the installed data must not stand in for the copy's
+    assert not subprocess.run([str(bundle / "espeak-ng"), *args], capture_output=True, env={}).stdout
 
 
 def test_shipped_model_transcribes_unseen_speech(tmp_path):
