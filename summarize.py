@@ -60,13 +60,13 @@ class SystemRun:
     hyps: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # mode -> key -> tokens
     texts: dict[str, dict[str, str]] = field(default_factory=dict)
     nbest: dict[str, dict[str, dict[tuple[int, ...], float]]] = field(default_factory=dict)  # mode -> key -> scores
+    seconds: float = 0.0
+    failures: int = 0
 
     def add(self, mode: str, key: str, result: DecodeResult, text: str) -> None:
         self.hyps.setdefault(mode, {})[key] = result.tokens
         self.texts.setdefault(mode, {})[key] = text
         self.nbest.setdefault(mode, {})[key] = {tuple(h): s for h, s in zip(result.nbest, result.nbest_scores)}
-    seconds: float = 0.0
-    failures: int = 0
 
 
 def run_reference(model_dir: str, items, options: DecodingOptions, vocab: list[str], device: str) -> SystemRun:

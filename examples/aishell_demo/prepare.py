@@ -166,8 +166,7 @@ def synthesize(reading: Reading, espeak: str = "espeak-ng") -> np.ndarray:
     run = subprocess.run(args, capture_output=True)
     if run.returncode or not run.stdout:
         raise RuntimeError(f"espeak-ng failed on {reading.key} ({reading.pinyin!r}): {run.stderr.decode(errors='replace')}")
-    wav = run.stdout
-    data, rate = soundfile.read(io.BytesIO(wav), dtype="float32")
+    data, rate = soundfile.read(io.BytesIO(run.stdout), dtype="float32")
     from scipy.signal import resample_poly
 
     data = resample_poly(data, 160, rate // 100).astype(np.float32) if rate != 16000 else data
