@@ -6,8 +6,11 @@ DATA is a Kaldi-style dir (``wav.scp`` + ``text``) or a WeNet ``data.list`` (JSO
 Prints one table: per system and decoding mode, CER (Mandarin) or WER (otherwise) with substitutions, deletions and
 insertions, sentence error rate, token agreement with the reference, the mean score difference from the reference
 over the n-best entries both hold (how far the engine's numerics are from fp32, finer than agreement on a small set),
-audio seconds, wall time and real-time factor; writes per-utterance results (ref, hyp, errors) to ``--result_file``.
-Without --test_torch/--test_engine, both run.
+audio seconds, wall time and real-time factor; then each utterance whose engine tokens differ from the reference's,
+with the margin by which the reference prefers its own hypothesis (a near-tie where it is below the engine's score
+difference; a search that parted at a beam's edge earlier where it is large); writes per-utterance results (ref, hyp,
+errors, and for the engines the margins where they differ) to ``--result_file``. Without --test_torch/--test_engine,
+both run.
 """
 
 from __future__ import annotations
@@ -132,13 +135,27 @@ def score(run: SystemRun, mode: str, items, reference: SystemRun | None) -> tupl
         diffs = [abs(score - reference.nbest[mode][k][h]) for k in both for h, score in run.nbest[mode][k].items()
                  if h in reference.nbest[mode][k]]
         row["score_diff"] = sum(diffs) / len(diffs) if diffs else float("nan")
+        row["differences"] = {k: reference_margins(reference.nbest[mode][k], reference.hyps[mode][k], run.hyps[mode][k])
+                              for k in both if run.hyps[mode][k] != reference.hyps[mode][k]}
     per_utt = []
     for k, r, h in zip(keys, refs, hyps):
         one = measure(r, h) if r else None
         per_utt.append({"key": k, "system": run.name, "mode": mode, "ref": r, "hyp": h,
                         "errors": None if one is None else
                         {"sub": one.substitutions, "del": one.deletions, "ins": one.insertions}})
+        if k in row.get("differences", {}):
+            per_utt[-1]["reference_margins"] = row["differences"][k]
     return row, per_utt
+
+
+def reference_margins(nbest: dict[tuple[int, ...], float], ours: list[int], theirs: list[int]) -> dict:
+    """Where an engine's tokens (``theirs``) differ from the reference's (``ours``), from the reference's n-best
+    scores: by how much it prefers its hypothesis to the engine's (None where the engine's is not in its n-best,
+    lost earlier in its search) and how far apart its own best two are."""
+    best = sorted(nbest.values(), reverse=True)
+    engines = nbest.get(tuple(theirs))
+    return {"over_engines": None if engines is None else nbest[tuple(ours)] - engines,
+            "top_two": best[0] - best[1] if len(best) > 1 else None}
 
 
 def _duration(path: str) -> float:
@@ -184,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(items)} utterances, {audio_seconds:.1f} s of audio, on {device}")
     print(f"{'system':28s} {'mode':24s} {'err %':>7s} {'sub':>5s} {'del':>5s} {'ins':>5s} {'SER %':>6s} "
           f"{'agree %':>7s} {'score Δ':>8s} {'wall s':>7s} {'RTF':>8s}")
+    differences = []
     with open(args.result_file, "w", encoding="utf-8") as f:
         for run in runs:
             for mode in args.modes:
@@ -195,8 +213,17 @@ def main(argv: list[str] | None = None) -> int:
                       f"{run.seconds / max(audio_seconds, 1e-9):8.4f}")
                 for u in per_utt:
                     f.write(json.dumps(u, ensure_ascii=False) + "\n")
+                differences += [(run.name, mode, k, m) for k, m in row.get("differences", {}).items()]
             if run.failures:
                 print(f"  {run.name}: {run.failures} utterance(s) could not be decoded", file=sys.stderr)
+    if differences:
+        print("where the engine's tokens differ from reference.py's, the reference's score of its hypothesis minus its "
+              "score of the engine's:\nsmall, a near-tie of the final choice; large, or the engine's outside the "
+              "reference's n-best, the two searches parted earlier, at a beam's edge")
+    for name, mode, key, m in differences:
+        over = "the engine's is not in its n-best" if m["over_engines"] is None else f"{m['over_engines']:.1e} over the engine's"
+        top = "" if m["top_two"] is None else f"; its best two {m['top_two']:.1e} apart"
+        print(f"  {name:28s} {mode:24s} {key}: {over}{top}")
     print(f"per-utterance results: {args.result_file}")
     return 0
 

@@ -18,6 +18,14 @@ def test_scoring_counts_substitutions_deletions_insertions():
     engine = summarize.SystemRun("x", hyps={"m": {"a": [1, 2]}}, nbest={"m": {"a": {(1, 2): -1.5, (3,): -2.0}}})
     row = summarize.score(engine, "m", items[:1], reference)[0]
     assert row["agreement"] == 1.0 and row["score_diff"] == 0.5  # over the n-best entries both hold
+    assert row["differences"] == {}
+    reference.nbest["m"]["a"][(4,)] = -3.0
+    for tokens, over_engines in (([1], 1.0), ([4], 2.0), ([3], None)):  # the engine's choice outside the n-best: None
+        engine.hyps["m"]["a"] = tokens
+        row, per_utt = summarize.score(engine, "m", items[:1], reference)
+        margins = {"over_engines": over_engines, "top_two": 1.0}
+        assert row["agreement"] == 0.0 and row["differences"] == {"a": margins}
+        assert per_utt[0]["reference_margins"] == margins
     english = summarize.score(summarize.SystemRun("x", texts={"m": {"c": "the cat sat"}}), "m",
                               [("c", "", "The cat sat down.")], None)[0]
     assert english["metric"] == "WER" and english["del"] == 1 and abs(english["error_rate"] - 0.25) < 1e-9
