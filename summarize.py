@@ -148,13 +148,14 @@ def score(run: SystemRun, mode: str, items, reference: SystemRun | None) -> tupl
     return row, per_utt
 
 
-def reference_margins(nbest: dict[tuple[int, ...], float], ours: list[int], theirs: list[int]) -> dict:
-    """Where an engine's tokens (``theirs``) differ from the reference's (``ours``), from the reference's n-best
-    scores: by how much it prefers its hypothesis to the engine's (None where the engine's is not in its n-best,
-    lost earlier in its search) and how far apart its own best two are."""
+def reference_margins(nbest: dict[tuple[int, ...], float], reference_tokens: list[int],
+                      engine_tokens: list[int]) -> dict:
+    """Where an engine's tokens differ from the reference's, from the reference's n-best scores: by how much it
+    prefers its hypothesis to the engine's (None where the engine's is not in its n-best, lost earlier in its search)
+    and how far apart its own best two are."""
     best = sorted(nbest.values(), reverse=True)
-    engines = nbest.get(tuple(theirs))
-    return {"over_engines": None if engines is None else nbest[tuple(ours)] - engines,
+    engines = nbest.get(tuple(engine_tokens))
+    return {"over_engines": None if engines is None else nbest[tuple(reference_tokens)] - engines,
             "top_two": best[0] - best[1] if len(best) > 1 else None}
 
 
