@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import io
 import os
 import random
@@ -132,6 +133,7 @@ def _t2s():
     return OpenCC("t2s").convert
 
 
+@functools.cache  # corpus_clauses reads each clause's pinyin to filter, plan_readings again to plan
 def to_pinyin(text: str) -> str:
     from pypinyin import Style, lazy_pinyin
 

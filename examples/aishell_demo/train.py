@@ -252,12 +252,13 @@ def train(data: str, out: str, minutes: float, device: str, tiny: bool = False, 
     bank = FeatureBank([x for x, _, _ in train_ex], device)
     # an epoch: every real utterance (at each speed) real_repeat times, every synthetic one once
     epoch_index = np.concatenate([np.tile(np.arange(len(real_ex)), real_repeat), np.arange(len(real_ex), len(train_ex))])
+    epoch_lengths = bank.lengths[epoch_index]
     step, epoch, snapshots, log = 0, 0, [], []
     budget = minutes * 60
     deadline = start + budget
     while time.time() < deadline and (max_steps is None or step < max_steps):
         epoch += 1
-        for positions in batches(bank.lengths[epoch_index], max_frames, rng):
+        for positions in batches(epoch_lengths, max_frames, rng):
             batch = epoch_index[positions].tolist()
             feats, lengths = bank.batch(batch)
             feats = spec_augment(feats, lengths, generator)
@@ -294,7 +295,7 @@ def train(data: str, out: str, minutes: float, device: str, tiny: bool = False, 
                "final_dev_loss": final_loss, "final_dev_cer": final_cer,
                "max_frames": max_frames, "lr": lr, "dropout": dropout,
                "real_repeat": real_repeat, "train_utterances": len(train_ex),
-               "epoch_utterances": len(epoch_index), "epoch_hours": float(bank.lengths[epoch_index].sum()) / 360000,
+               "epoch_utterances": len(epoch_index), "epoch_hours": float(epoch_lengths.sum()) / 360000,
                "synthetic_hours": sum(x.shape[0] for x, _, _ in synthetic_ex) / 360000,
                "seconds": round(time.time() - start), "device": torch.cuda.get_device_name() if device.startswith(
                    "cuda") else "cpu", "torch": torch.__version__, "log": log}
