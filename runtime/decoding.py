@@ -1,9 +1,10 @@
 """``WeNetDecoding``: attention rescoring and attention beam search over the decoder networks.
 
 The cross-attention K/V are computed once per utterance and shared by all of its hypotheses: inside
-the ``decoder`` network for rescoring (all hypotheses of all utterances of a batch in one call, as
-tries: a prefix the hypotheses share is decoded once, ``runtime.trie``), by the ``cross_kv`` network
-for the step-by-step attention beam search.
+the ``decoder`` and ``r_decoder`` networks for rescoring (all hypotheses of all utterances of a batch in
+one call per direction, as tries: a prefix the hypotheses share is decoded once, ``runtime.trie``; the
+two directions side by side on two streams), by the ``cross_kv`` network for the step-by-step
+attention beam search.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from models.wenet.networks import PACKED_TRIE_INPUTS
 from plugins.chain_tries import chain_slots, chain_tries
 from runtime.encoding import EncoderOutput
 from runtime.search import NBEST_ARRAYS, DecodeResult, NBest, NBestResult
-from runtime.session import EngineDir, copy_to_host
+from runtime.session import EngineDir, Session, copy_to_host, side_by_side
 from runtime.trie import PackedTries, packed_tries
 
 DeviceNBest = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # ``NBest``'s arrays on a GPU
@@ -53,10 +54,14 @@ class WeNetDecoding:
         self.model = engine.model
         sessions = engine.sessions
         self.cross_kv_session = sessions["cross_kv"]
-        self.decoder = sessions["decoder"]
+        # rescoring: each direction's share of the scores, left (with the CTC's) and right (bidirectional models)
+        self.decoders: list[Session] = [sessions[name] for name in ("decoder", "r_decoder") if name in sessions]
         self.step = sessions["decoder_step"]
-        self.beam_limit = self.decoder.profile("hyps").max
-        self.bidirectional = "r_hyps_path" in self.decoder.inputs
+        self.beam_limit = self.decoders[0].profile("hyps").max
+        self.bidirectional = len(self.decoders) == 2
+        # the right decoder's stream, owned here: one that other threads queue work on could join a capture
+        self.side_stream = torch.cuda.Stream(engine.device) if self.bidirectional and engine.device.type == "cuda" \
+            else None
 
     def cross_kv(self, enc: EncoderOutput) -> dict[str, torch.Tensor]:
         return self.cross_kv_session.run({"encoder_out": enc.encoder_out})
@@ -74,7 +79,7 @@ class WeNetDecoding:
                                      encoder_lens).results()
 
     def rescoring_inputs(self, nbest: NBest, ctc_weight: float, reverse_weight: float) -> dict[str, torch.Tensor]:
-        """The decoder's host inputs for an n-best: its tries both ways (``runtime.trie``), each hypothesis' path
+        """The decoders' host inputs for an n-best: its tries both ways (``runtime.trie``), each hypothesis' path
         and step count, CTC scores and the weights. Host work only, so a search thread can make them."""
         n = int(nbest.count.max())
         self.check_beam(n)
@@ -88,39 +93,48 @@ class WeNetDecoding:
 
     def decoder_inputs(self, hyps_lens_sos: torch.Tensor, ctc_scores: torch.Tensor, tries: list[PackedTries],
                        ctc_weight: torch.Tensor, reverse_weight: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The decoder network's inputs by name, from each hypothesis' step count (B, N) and CTC score (B, N), the
-        tries of each direction (left, then right) with their paths, and the weights (1,)."""
+        """The decoder networks' inputs by name (each takes those it names), from each hypothesis' step count (B, N)
+        and CTC score (B, N), the tries of each direction (left, then right) with their paths, and the weights (1,)."""
         inputs = {"hyps_lens_sos": hyps_lens_sos, "ctc_scores": ctc_scores, "ctc_weight": ctc_weight}
         for prefix, packed in zip(("", "r_"), tries):
             inputs.update({f"{prefix}trie_{name}": getattr(packed, name)
                            for name in (*PACKED_TRIE_INPUTS, "ends", "starts")})
             inputs[f"{prefix}hyps_path"] = packed.paths
-        if self.bidirectional:
-            inputs["reverse_weight"] = reverse_weight
+        inputs["reverse_weight"] = reverse_weight
         return inputs
 
-    def chain_scores(self, decoder: Callable[[dict], dict], nbest: DeviceNBest, encoder_out: torch.Tensor,
-                     encoder_lens: torch.Tensor, weights: torch.Tensor, slots: int) -> torch.Tensor:
+    def decoders_scores(self, decoders: list[Callable[[dict], dict]], inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The rescored scores (B, N) fp32: the sum of each direction's share from ``decoders`` (the sessions' run or
+        capturable, in their order), which run side by side."""
+        calls = [functools.partial(decoder, {name: inputs[name] for name in session.inputs})
+                 for decoder, session in zip(decoders, self.decoders)]
+        left, *right = (out["scores"].float() for out in side_by_side(calls, self.side_stream))
+        return left + right[0] if right else left
+
+    def chain_scores(self, nbest: DeviceNBest, encoder_out: torch.Tensor, encoder_lens: torch.Tensor,
+                     weights: torch.Tensor, slots: int) -> torch.Tensor:
         """Device work only, which a CUDA graph can hold: the rescored scores (B, N) fp32 of an n-best on the GPU,
         each hypothesis a chain of its utterance's trie of ``slots`` nodes (``plugins.chain_tries``; the chains must
-        fit), through ``decoder``, a compiled decoder's ``capturable``. ``weights`` (2,) fp32 on the GPU: the CTC
-        and the reverse weight."""
+        fit), through the compiled decoders' ``capturable``. ``weights`` (2,) fp32 on the GPU: the CTC and the reverse
+        weight."""
         tokens, lengths, scores, count = nbest
         tries = [chain_tries(tokens, lengths, count, self.model.sos, self.model.eos, reverse, slots)
                  for reverse in (False, True)[:1 + self.bidirectional]]
         inputs = self.decoder_inputs((lengths + 1).int(), scores.float(), tries, weights[:1], weights[1:])
-        return decoder({**inputs, "encoder_out": encoder_out, "encoder_out_lens": encoder_lens})["scores"].float()
+        return self.decoders_scores([session.capturable for session in self.decoders],
+                                    {**inputs, "encoder_out": encoder_out, "encoder_out_lens": encoder_lens})
 
     @functools.cached_property
     def on_device(self) -> DeviceRescoring | None:
         """The rescoring of an n-best that is on the GPU (compiled engines there; else None)."""
-        return DeviceRescoring(self) if self.decoder.capturable is not None else None
+        return DeviceRescoring(self) if self.decoders[0].capturable is not None else None
 
     def launch_rescoring(self, nbest: NBest, inputs: dict[str, torch.Tensor], encoder_out: torch.Tensor,
                          encoder_lens: torch.Tensor) -> RescoringScores:
-        """``rescore`` from ``rescoring_inputs``: one decoder call, queued; its scores come back without waiting."""
-        scores = self.decoder.run({**inputs, "encoder_out": encoder_out, "encoder_out_lens": encoder_lens})["scores"]
-        (host,), ready = copy_to_host(scores.float())
+        """``rescore`` from ``rescoring_inputs``: one call per decoder, queued; the scores come back without waiting."""
+        scores = self.decoders_scores([session.run for session in self.decoders],
+                                      {**inputs, "encoder_out": encoder_out, "encoder_out_lens": encoder_lens})
+        (host,), ready = copy_to_host(scores)
         return RescoringScores(nbest, host, ready)
 
     def attention_beam_search(self, enc: EncoderOutput, kv: dict[str, torch.Tensor],
@@ -187,7 +201,7 @@ class DeviceRescoring:
 
     def __init__(self, decoding: WeNetDecoding):
         engine = decoding.engine
-        self.decoding, self.decoder, self.device = decoding, decoding.decoder.capturable, engine.device
+        self.decoding, self.device = decoding, engine.device
         self.frames, self.nodes = engine.buckets["encoder_frames"], engine.buckets["trie_nodes"]
         self.pool = torch.cuda.graph_pool_handle()
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], torch.Tensor]] = {}
@@ -219,7 +233,7 @@ class DeviceRescoring:
             self._place(static, inputs)
             with fp32_exact():
                 graph, scores = capture_graph(lambda: self.decoding.chain_scores(
-                    self.decoder, tuple(static[n] for n in NBEST_ARRAYS),
+                    tuple(static[n] for n in NBEST_ARRAYS),
                     static["encoder_out"], static["encoder_lens"], static["weights"], slots), self.device, self.pool)
             entry = self.graphs[key] = (graph, static, scores)
         else:

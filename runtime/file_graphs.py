@@ -53,7 +53,6 @@ class FileGraphs:
         share."""
         self.engine, self.decoding, self.fbank, self.model = engine, decoding, fbank, engine.model
         self.encoder = engine.sessions["encoder"].capturable
-        self.decoder = engine.sessions["decoder"].capturable
         self.pool = torch.cuda.graph_pool_handle()  # one file at a time: every bucket's graph shares the memory
         self.graphs: dict[tuple, FileGraph] = {}
         self.staged_frames = torch.zeros(1, dtype=torch.int64, pin_memory=True)
@@ -65,7 +64,7 @@ class FileGraphs:
 
     def serves(self, modes: list[str], beam_size: int) -> bool:
         """Whether these graphs can decode a file in every one of ``modes`` with this beam."""
-        return set(modes) <= SERVED_MODES and self.encoder is not None and self.decoder is not None and (
+        return set(modes) <= SERVED_MODES and self.encoder is not None and self.decoding.on_device is not None and (
             beam_size <= self.decoding.beam_limit)
 
     def __call__(self, wave: torch.Tensor, modes: list[str], beam_size: int, ctc_weight: float,
@@ -128,8 +127,8 @@ class FileGraphs:
             back = {"top_log_prob": top_log_probs[..., :1], "top_label": top_labels[..., :1],
                     **dict(zip(NBEST_ARRAYS, nbest))}
             if rescoring:
-                back["rescored"] = self.decoding.chain_scores(self.decoder, nbest, enc["encoder_out"],
-                                                              enc["encoder_out_lens"], weights, slots)
+                back["rescored"] = self.decoding.chain_scores(nbest, enc["encoder_out"], enc["encoder_out_lens"],
+                                                              weights, slots)
             for name, value in back.items():
                 if name not in host:
                     host[name] = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 
@@ -31,6 +32,25 @@ def copy_to_host(*tensors: torch.Tensor) -> tuple[list[torch.Tensor], torch.cuda
     ready = torch.cuda.Event()
     ready.record()
     return host, ready
+
+
+T = TypeVar("T")
+
+
+def side_by_side(calls: Sequence[Callable[[], T]], stream: torch.cuda.Stream | None) -> list[T]:
+    """Each call's result, the first queued on the current stream and the others on ``stream``, all after the work
+    queued so far; what the current stream queues next waits for all of them (a fork and a join, which a CUDA graph's
+    capture records as two branches). Without a ``stream`` (off CUDA), in turn. What the calls read must live until
+    this returns, as the caller's arguments do: then no memory is reused across the two streams too early."""
+    if stream is None:
+        return [call() for call in calls]
+    current = torch.cuda.current_stream(stream.device)
+    stream.wait_stream(current)
+    with torch.cuda.stream(stream):
+        rest = [call() for call in calls[1:]]
+    first = calls[0]()
+    current.wait_stream(stream)
+    return [first, *rest]
 
 
 class ProfileError(ValueError):
@@ -141,6 +161,9 @@ class EngineDir:
         if self.compiled and any("program" in info.get("compiled", {}) for info in self.config["networks"].values()):
             raise ValueError(f"{path}: compiled by an older build.py (one program per network, before session 26's "
                              "programs per batch range); rebuild the engines with build.py")
+        if any(spec["name"] == "r_hyps_path" for spec in self.config["networks"].get("decoder", {}).get("inputs", [])):
+            raise ValueError(f"{path}: built by an older build.py (both rescoring directions in one decoder network, "
+                             "before session 35's decoder and r_decoder); rebuild the engines with build.py")
 
     @property
     def reuses_outputs(self) -> bool:

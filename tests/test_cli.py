@@ -133,6 +133,21 @@ def test_compiled_engines_of_another_torch_or_layout_are_a_clear_error(tmp_path,
         EngineDir(str(engine_dir), "cpu", compiled=True)
 
 
+def test_engines_with_both_rescoring_directions_in_one_network_are_a_clear_error(tmp_path, random_models):
+    from runtime.session import EngineDir
+
+    engine_dir = shutil.copytree(random_models["u2pp"][1], tmp_path / "e")
+    with open(engine_dir / "config.json") as f:
+        config = json.load(f)
+    decoder = config["networks"]["decoder"]
+    assert "r_decoder" in config["networks"]
+    decoder["inputs"] += [spec for spec in config["networks"].pop("r_decoder")["inputs"] if spec["name"] == "r_hyps_path"]
+    with open(engine_dir / "config.json", "w") as f:
+        json.dump(config, f)
+    with pytest.raises(ValueError, match="both rescoring directions in one decoder network.*rebuild"):
+        EngineDir(str(engine_dir), "cpu")
+
+
 def test_overlapped_batches_decode_as_one_batch(random_models):
     """transcribe() overlaps batch i's host search with batch i+1's device work: the results must be those of
     one sequential batch, in every mode, also when stages are timed (no overlap)."""

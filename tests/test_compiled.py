@@ -44,7 +44,7 @@ def test_build_records_compiled_networks(engine_dir):
     with open(os.path.join(engine_dir, "config.json")) as f:
         config = json.load(f)
     compiled = {name: info["compiled"] for name, info in config["networks"].items() if "compiled" in info}
-    assert sorted(compiled) == ["cross_kv", "decoder", "encoder"]  # decoder_step has unbucketed dims
+    assert sorted(compiled) == ["cross_kv", "decoder", "encoder", "r_decoder"]  # decoder_step has unbucketed dims
     for info in compiled.values():
         assert [p["buckets"]["batch"] for p in info["programs"]] == [[1], [2, 4]]
         for program in info["programs"]:
@@ -56,6 +56,7 @@ def test_build_records_compiled_networks(engine_dir):
     assert single["output_dims"]["encoder_out_lens"] == [None]
     assert compiled["decoder"]["programs"][1]["output_dims"]["scores"] == ["batch", "hyps"]
     assert compiled["decoder"]["programs"][0]["output_dims"]["scores"] == [None, "hyps"]
+    assert compiled["r_decoder"]["programs"][1]["output_dims"]["scores"] == ["batch", "hyps"]
     # the batch-1 program's packed tries hold one utterance's
     rows = [p["buckets"]["trie_rows"][-1] for p in compiled["decoder"]["programs"]]
     assert 4 * rows[0] == rows[1]

@@ -58,11 +58,12 @@ class WeNetModel(Module):
             return {"left": self.decoder.left_decoder, "right": self.decoder.right_decoder}
         return {"left": self.decoder}
 
-    def cross_kv(self, encoder_out: Tensor) -> dict[str, list[KV]]:
-        """Per decoder direction and layer, the cross-attention K/V (B, H, T, d_k) of the encoder output, from one
-        GEMM over all of them."""
+    def cross_kv(self, encoder_out: Tensor, directions: tuple[str, ...] | None = None) -> dict[str, list[KV]]:
+        """Per decoder direction (all, or ``directions``) and layer, the cross-attention K/V (B, H, T, d_k) of the
+        encoder output, from one GEMM over all of them."""
         memory = F.cast(encoder_out, self.decoder_dtype)
-        attns = {name: [layer.src_attn for layer in d.decoders] for name, d in self.decoders().items()}
+        attns = {name: [layer.src_attn for layer in d.decoders] for name, d in self.decoders().items()
+                 if directions is None or name in directions}
         kv = iter(fused_linear(memory, [lin for layers in attns.values() for a in layers
                                         for lin in (a.linear_k, a.linear_v)]))
         return {name: [(a.heads(next(kv)), a.heads(next(kv))) for a in layers] for name, layers in attns.items()}

@@ -3,9 +3,9 @@
 encoder       speech (B,T,80) fp32, speech_lengths (B,) -> encoder_out (B,T',D), encoder_out_lens, each frame's
               top k CTC log-probs (B,T',k) and labels (k: the beam)
 cross_kv      encoder_out -> per decoder layer K and V (B,H,T',d_k) (for decoder_step)
-decoder       the tries of the N hypotheses (B,M) [and of the reversed ones], each hypothesis' path (B,N,S) and
-              steps, CTC scores, weights, encoder_out -> scores (B,N), left_scores, right_scores (attention
-              rescoring, its K/V computed inside)
+decoder       the tries of the N hypotheses (B,M), each hypothesis' path (B,N,S) and steps, CTC scores, weights,
+              encoder_out -> its share of the rescored scores (B,N) (attention rescoring, its K/V computed inside)
+r_decoder     the same, right to left over the reversed hypotheses' tries (bidirectional models): the scores' rest
 decoder_step  last tokens (B*N,1), self-attn caches (B*N,H,S,d_k), K/V -> the best next tokens' log-probs and
               labels (B*N,k), caches (S+1)
 
@@ -172,50 +172,51 @@ def cross_kv_network(model: WeNetModel, profiles: Profiles) -> Network:
 PACKED_TRIE_INPUTS = ("tokens", "positions", "parents", "utterances")
 
 
-def decoder_network(model: WeNetModel, profiles: Profiles) -> Network:
-    """Attention rescoring: the scores of N hypotheses per utterance, both directions, in one call. Each direction
-    runs over the trie of the utterance's hypotheses (reversed for the right-to-left decoder; ``runtime.trie``), so
-    a shared prefix is computed once; ``hyps_path`` names the trie node of each scored step (tokens, then eos) of
-    each hypothesis. The tries of a batch are packed back to back (``trie_rows``: no padding rows through the
-    GEMMs; the attention reads them per utterance through ``layers.attention.Packing``). The cross K/V are computed
-    inside, so one call takes the encoder output as it is."""
-    net = Network("decoder")
+def decoder_networks(model: WeNetModel, profiles: Profiles) -> list[Network]:
+    """Attention rescoring: the scores of N hypotheses per utterance in one call per direction, ``decoder`` (left to
+    right) and, for a bidirectional model, ``r_decoder`` (right to left). Each returns its share of WeNet's score,
+    (1 - rw) * left + ctc_weight * ctc and rw * right, which the runtime adds: the two directions are independent until
+    that sum, so they run side by side on two streams. Each runs over the tries of the utterances' hypotheses
+    (reversed for the right decoder; ``runtime.trie``), so a shared prefix is computed once; ``hyps_path`` names the
+    trie node of each scored step (tokens, then eos) of each hypothesis. The tries of a batch are packed back to back
+    (``trie_rows``: no padding rows through the GEMMs; the attention reads them per utterance through
+    ``layers.attention.Packing``). The cross K/V are computed inside, so a call takes the encoder output as it is."""
+    return [_direction_network(model, profiles, direction) for direction in model.decoders()]
+
+
+def _direction_network(model: WeNetModel, profiles: Profiles, direction: str) -> Network:
+    decoders = model.decoders()
+    right = direction == "right"
+    prefix = "r_" if right else ""
+    net = Network(f"{prefix}decoder")
     with net_guard(net):
         dims = profiles.dims(model.config.encoder.input_layer)
         batch, frames, hyps_dim = dims["batch"], dims["encoder_frames"], dims["hyps"]
+        nodes, rows = dims[f"{prefix}trie_nodes"], dims[f"{prefix}trie_rows"]
         hyps_lens = net.add_input("hyps_lens_sos", DataType.int32, [batch, hyps_dim])  # its steps
-        ctc_scores = net.add_input("ctc_scores", DataType.float32, [batch, hyps_dim])
-        ctc_weight = net.add_input("ctc_weight", DataType.float32, [1])
+        tokens, positions, parents, utterances = (net.add_input(f"{prefix}trie_{name}", DataType.int32, [rows])
+                                                   for name in PACKED_TRIE_INPUTS)
+        ends = net.add_input(f"{prefix}trie_ends", DataType.int32, [batch, nodes])
+        starts = net.add_input(f"{prefix}trie_starts", DataType.int32, [batch])
+        path = net.add_input(f"{prefix}hyps_path", DataType.int32, [batch, hyps_dim, dims["hyp_tokens"]])
         encoder_out = net.add_input("encoder_out", model.dtype, [batch, frames, model.config.d_model])
         encoder_lens = net.add_input("encoder_out_lens", DataType.int32, [batch])
-        decoders = model.decoders()
-        memory = model.cross_kv(encoder_out)
-
-        def direction_scores(direction: str, prefix: str) -> Tensor:
-            nodes, rows = dims[f"{prefix}trie_nodes"], dims[f"{prefix}trie_rows"]
-            tokens, positions, parents, utterances = (net.add_input(f"{prefix}trie_{name}", DataType.int32, [rows])
-                                                       for name in PACKED_TRIE_INPUTS)
-            ends = net.add_input(f"{prefix}trie_ends", DataType.int32, [batch, nodes])
-            starts = net.add_input(f"{prefix}trie_starts", DataType.int32, [batch])
-            # a trie's size is its root's subtree end
-            packing = Packing.of(starts, F.slice(ends, 1, 0, 1), utterances, F.shape(ends, 1))
-            path = net.add_input(f"{prefix}hyps_path", DataType.int32, [batch, hyps_dim, dims["hyp_tokens"]])
-            tokens, positions, parents = (F.unsqueeze(t, 0) for t in (tokens, positions, parents))  # (1, P)
-            node_log_probs = decoders[direction](tokens, positions, ends, parents, memory[direction], encoder_lens,
-                                                 packing)  # (1, P)
-            steps = F.gather(F.squeeze(node_log_probs, 0), path, 0)  # (B, N, S)
-            valid = F.unsqueeze(F.unsqueeze(F.arange(F.shape(path, 2)), 0), 0) < F.unsqueeze(hyps_lens, 2)
-            return F.sum(F.where(valid, steps, 0.0), [2])
-
-        left = direction_scores("left", "")
-        net.mark_output(left, "left_scores")
-        scores = left
+        # a trie's size is its root's subtree end
+        packing = Packing.of(starts, F.slice(ends, 1, 0, 1), utterances, F.shape(ends, 1))
+        tokens, positions, parents = (F.unsqueeze(t, 0) for t in (tokens, positions, parents))  # (1, P)
+        memory = model.cross_kv(encoder_out, (direction,))[direction]
+        node_log_probs = decoders[direction](tokens, positions, ends, parents, memory, encoder_lens, packing)  # (1, P)
+        steps = F.gather(F.squeeze(node_log_probs, 0), path, 0)  # (B, N, S)
+        valid = F.unsqueeze(F.unsqueeze(F.arange(F.shape(path, 2)), 0), 0) < F.unsqueeze(hyps_lens, 2)
+        scores = F.sum(F.where(valid, steps, 0.0), [2])
         if "right" in decoders:
             reverse_weight = net.add_input("reverse_weight", DataType.float32, [1])
-            right = direction_scores("right", "r_")
-            net.mark_output(right, "right_scores")
-            scores = left * (1.0 - reverse_weight) + right * reverse_weight
-        net.mark_output(scores + ctc_scores * ctc_weight, "scores")
+            scores = scores * reverse_weight if right else scores * (1.0 - reverse_weight)
+        if not right:
+            ctc_scores = net.add_input("ctc_scores", DataType.float32, [batch, hyps_dim])
+            ctc_weight = net.add_input("ctc_weight", DataType.float32, [1])
+            scores = scores + ctc_scores * ctc_weight
+        net.mark_output(scores, "scores")
     return net
 
 
@@ -246,5 +247,5 @@ def decoder_step_network(model: WeNetModel, profiles: Profiles) -> Network:
 
 def build_networks(model: WeNetModel, profiles: Profiles) -> list[Network]:
     return [encoder_network(model, profiles), cross_kv_network(model, profiles),
-            decoder_network(model, profiles), decoder_step_network(model, profiles)]
+            *decoder_networks(model, profiles), decoder_step_network(model, profiles)]
 
