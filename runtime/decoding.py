@@ -194,7 +194,7 @@ class DeviceRescoring:
     compiled decoder as one CUDA graph per shape (batch, encoder frames bucket, trie size bucket), captured on first
     use.
 
-    Why: from the host, a batch's rescoring builds the tries there and stages the decoder's 20 inputs, ~0.5 ms of host
+    Why: from the host, a batch's rescoring builds the tries there and stages the decoders' inputs, ~0.5 ms of host
     work at batch 1 (H200 machine) in which the GPU idles unless other batches have work queued. So this serves a
     batch decoded alone; the overlapped batches of the throughput path keep the host's tries, which share prefixes
     (chains do not, so the decoder runs more rows over them)."""
