@@ -130,7 +130,8 @@ def every_op_network() -> Network:
 
 
 def wenet_networks() -> list[Network]:
-    """The four engine networks of both recipes' layer options, fp32 and fp16 (small sizes)."""
+    """The engine networks (one rescoring network per decoder direction) of every layer option, fp32 and fp16 (small
+    sizes)."""
     from models.wenet.config import DecoderConfig, EncoderConfig, ModelConfig
     from models.wenet.model import WeNetModel
     from models.wenet.networks import Profiles, build_networks
