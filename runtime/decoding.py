@@ -191,7 +191,7 @@ class WeNetDecoding:
 
 class DeviceRescoring:
     """``WeNetDecoding.rescore`` of an n-best that is still on the GPU (the prefix search's): its chain tries and the
-    compiled decoder as one CUDA graph per shape (batch, encoder frames bucket, trie size bucket), captured on first
+    compiled decoders as one CUDA graph per shape (batch, encoder frames bucket, trie size bucket), captured on first
     use.
 
     Why: from the host, a batch's rescoring builds the tries there and stages the decoders' inputs, ~0.5 ms of host
