@@ -10,7 +10,6 @@ attention beam search.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -103,11 +102,11 @@ class WeNetDecoding:
         inputs["reverse_weight"] = reverse_weight
         return inputs
 
-    def decoders_scores(self, decoders: list[Callable[[dict], dict]], inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The rescored scores (B, N) fp32: the sum of each direction's share from ``decoders`` (the sessions' run or
-        capturable, in their order), which run side by side."""
-        calls = [functools.partial(decoder, {name: inputs[name] for name in session.inputs})
-                 for decoder, session in zip(decoders, self.decoders)]
+    def decoders_scores(self, inputs: dict[str, torch.Tensor], captured: bool = False) -> torch.Tensor:
+        """The rescored scores (B, N) fp32: the sum of each direction's share, the two run side by side, through the
+        sessions (``run``), or through the compiled networks themselves (``captured``: inside a caller's CUDA graph)."""
+        calls = [functools.partial(session.capturable if captured else session.run,
+                                   {name: inputs[name] for name in session.inputs}) for session in self.decoders]
         left, *right = (out["scores"].float() for out in side_by_side(calls, self.side_stream))
         return left + right[0] if right else left
 
@@ -121,8 +120,8 @@ class WeNetDecoding:
         tries = [chain_tries(tokens, lengths, count, self.model.sos, self.model.eos, reverse, slots)
                  for reverse in (False, True)[:1 + self.bidirectional]]
         inputs = self.decoder_inputs((lengths + 1).int(), scores.float(), tries, weights[:1], weights[1:])
-        return self.decoders_scores([session.capturable for session in self.decoders],
-                                    {**inputs, "encoder_out": encoder_out, "encoder_out_lens": encoder_lens})
+        return self.decoders_scores({**inputs, "encoder_out": encoder_out, "encoder_out_lens": encoder_lens},
+                                    captured=True)
 
     @functools.cached_property
     def on_device(self) -> DeviceRescoring | None:
@@ -132,8 +131,7 @@ class WeNetDecoding:
     def launch_rescoring(self, nbest: NBest, inputs: dict[str, torch.Tensor], encoder_out: torch.Tensor,
                          encoder_lens: torch.Tensor) -> RescoringScores:
         """``rescore`` from ``rescoring_inputs``: one call per decoder, queued; the scores come back without waiting."""
-        scores = self.decoders_scores([session.run for session in self.decoders],
-                                      {**inputs, "encoder_out": encoder_out, "encoder_out_lens": encoder_lens})
+        scores = self.decoders_scores({**inputs, "encoder_out": encoder_out, "encoder_out_lens": encoder_lens})
         (host,), ready = copy_to_host(scores)
         return RescoringScores(nbest, host, ready)
 
