@@ -72,16 +72,16 @@ if triton is not None:
             tl.store(STARTS + b, root)
 
 
-def chain_slots(lengths: np.ndarray, count: np.ndarray) -> np.ndarray:
-    """(B,) the slots each utterance's chains take: the root, then each hypothesis' tokens and eos (``lengths`` (B, N)
-    and ``count`` (B,) of an n-best)."""
-    present = np.arange(lengths.shape[1]) < count[:, None]
-    return 1 + np.where(present, lengths + 1, 0).sum(1)
+def chain_slots(lengths: np.ndarray, count: np.ndarray) -> int:
+    """The most slots an utterance's chains take: the root, then each hypothesis' tokens and eos (``lengths`` (B, N)
+    and ``count`` (B,) of an n-best). Python over lists: at batch 1 this is on the rescoring's critical path, where
+    numpy's calls took 21 us of host (H200 machine), Python's a few."""
+    return max(1 + c + sum(row[:c]) for row, c in zip(lengths.tolist(), count.tolist()))
 
 
 def chain_tries_fit(lengths: np.ndarray, count: np.ndarray, size: int) -> bool:
     """Whether tries of ``size`` slots hold every utterance's chains (``chain_slots``)."""
-    return bool((chain_slots(lengths, count) <= size).all())
+    return chain_slots(lengths, count) <= size
 
 
 def chain_tries(tokens: torch.Tensor, lengths: torch.Tensor, count: torch.Tensor, sos: int, eos: int,
