@@ -122,8 +122,25 @@ def test_chain_tries_fit_exactly_the_fitted_size():
 
     for seed in range(3):
         _, _, lengths, count = random_nbest(seed)
+        lengths = lengths.copy()
+        for b, c in enumerate(count):
+            lengths[b, c:] = 99  # what lies past an utterance's count is not a hypothesis
         assert chain_tries_fit(lengths, count, fitted_size(seed))
         assert not chain_tries_fit(lengths, count, fitted_size(seed) - 1)
+
+
+def test_rescored_nbest_is_ranked_best_first_ties_in_order_absent_ones_left_out():
+    """``RescoringScores.results``: WeNet's best is the first of the highest scores (its strict '>'), so equal scores
+    keep the n-best's order; slots past an utterance's count are not hypotheses, whatever their score."""
+    from runtime.decoding import RescoringScores
+    from runtime.search import NBest
+
+    tokens = np.arange(2 * 3 * 2, dtype=np.int32).reshape(2, 3, 2)
+    nbest = NBest(tokens, np.full((2, 3), 2), np.zeros((2, 3)), np.array([3, 2]))
+    scores = torch.tensor([[-1.0, -0.5, -0.5], [-2.0, -3.0, 5.0]])
+    first, second = RescoringScores(nbest, scores, None).results()
+    assert first.tokens == [2, 3] and first.nbest == [[2, 3], [4, 5], [0, 1]] and first.nbest_scores == [-0.5, -0.5, -1.0]
+    assert second.tokens == [6, 7] and second.nbest == [[6, 7], [8, 9]] and second.nbest_scores == [-2.0, -3.0]
 
 
 @pytest.mark.parametrize("device", ["interpreter", "cuda"])
