@@ -99,13 +99,16 @@ class MultiHeadedCrossAttention(MultiHeadedAttention):
     """
 
     def forward(self, x: Tensor, key: Tensor, value: Tensor, memory_lengths: Tensor,
-                packing: Packing | None = None) -> Tensor:
-        """``packing``: x is packed rows (1, P, D), each sequence of them one utterance's queries."""
+                packing: Packing | None = None, biased: bool = True) -> Tensor:
+        """``packing``: x is packed rows (1, P, D), each sequence of them one utterance's queries. ``biased=False``:
+        key and value lack their projections' biases, which the attention adds as it loads them; then they can be
+        views of the one GEMM that projects every layer's (a bias added outside would write each of them out)."""
         q = linear(x, self.linear_q.weight.value)
         q = self.heads(q) if packing is not None else self.heads(q, batch=F.shape(key, 0))
         rows = {"rows": packing.rows, "slots": packing.slots} if packing is not None else {}
-        out = F.attention(q, key, value, memory_lengths, scale=1 / math.sqrt(self.d_k), q_bias=self.biases()[0],
-                          **rows)
+        q_bias, kv_bias = self.biases()
+        out = F.attention(q, key, value, memory_lengths, scale=1 / math.sqrt(self.d_k), q_bias=q_bias,
+                          kv_bias=None if biased else kv_bias, **rows)
         return self.linear_out(self.merge_heads(out, x))
 
 

@@ -28,14 +28,17 @@ class DecoderLayer(Module):
         self.norm3 = LayerNorm(d, config.norm_eps)
 
     def forward(self, x: Tensor, memory: KV, memory_lengths: Tensor, key_ends: Tensor | None = None,
-                cache: KV | None = None, packing: Packing | None = None) -> tuple[Tensor, KV | None]:
+                cache: KV | None = None, packing: Packing | None = None,
+                memory_biased: bool = True) -> tuple[Tensor, KV | None]:
         """Self-attention of tries' nodes over their ancestors (``key_ends``; packed rows with ``packing``), or of
         the next token over all ``cache``d ones. x is the residual stream in fp32, as the encoder's: each sublayer
-        runs in the layer's dtype and its output is added in fp32."""
+        runs in the layer's dtype and its output is added in fp32. ``memory_biased``: whether the memory K/V hold
+        their projections' biases (``WeNetModel.cross_kv``)."""
         h, f32 = self.dtype, DataType.float32
         a, new_cache = self.self_attn(self.norm1(x, h), None, cache=cache, key_ends=key_ends, packing=packing)
         x = x + F.cast(a, f32)
-        x = x + F.cast(self.src_attn(self.norm2(x, h), memory[0], memory[1], memory_lengths, packing), f32)
+        x = x + F.cast(self.src_attn(self.norm2(x, h), memory[0], memory[1], memory_lengths, packing,
+                                     memory_biased), f32)
         x = x + F.cast(self.feed_forward(self.norm3(x, h)), f32)
         return x, new_cache
 
@@ -74,10 +77,11 @@ class TransformerDecoder(Module):
         parents (packed rows), and the tries' subtree ends (B, M) in each trie's own numbering -> log p(token of
         node i | its ancestors' tokens) (1, P) fp32, read from its parent's output (the vocabulary logits never
         written: ``F.token_log_probs``). A node's output depends only on its ancestors, as a token's on its prefix
-        in a causal decoder, so a hypothesis' log-probs are those of its path's nodes."""
+        in a causal decoder, so a hypothesis' log-probs are those of its path's nodes. ``memory``: each layer's
+        cross K/V without their biases (``WeNetModel.cross_kv(..., bias=False)``)."""
         x = self.embedded(tokens, positions=positions)
         for layer, kv in zip(self.decoders, memory):
-            x, _ = layer(x, kv, memory_lengths, key_ends=ends, packing=packing)
+            x, _ = layer(x, kv, memory_lengths, key_ends=ends, packing=packing, memory_biased=False)
         return fp32_accurate_token_log_probs(self.normed(F.gather_rows(x, parents)), self.output_layer, tokens,
                                              self.dtype)
 

@@ -58,12 +58,14 @@ class WeNetModel(Module):
             return {"left": self.decoder.left_decoder, "right": self.decoder.right_decoder}
         return {"left": self.decoder}
 
-    def cross_kv(self, encoder_out: Tensor, directions: tuple[str, ...] | None = None) -> dict[str, list[KV]]:
+    def cross_kv(self, encoder_out: Tensor, directions: tuple[str, ...] | None = None,
+                 bias: bool = True) -> dict[str, list[KV]]:
         """Per decoder direction (all, or ``directions``) and layer, the cross-attention K/V (B, H, T, d_k) of the
-        encoder output, from one GEMM over all of them."""
+        encoder output, from one GEMM over all of them. Without ``bias`` they are views of the GEMM's output, and the
+        attention adds the projections' biases as it loads them (``MultiHeadedCrossAttention``'s ``biased=False``)."""
         memory = F.cast(encoder_out, self.decoder_dtype)
         attns = {name: [layer.src_attn for layer in d.decoders] for name, d in self.decoders().items()
                  if directions is None or name in directions}
         kv = iter(fused_linear(memory, [lin for layers in attns.values() for a in layers
-                                        for lin in (a.linear_k, a.linear_v)]))
+                                        for lin in (a.linear_k, a.linear_v)], bias))
         return {name: [(a.heads(next(kv)), a.heads(next(kv))) for a in layers] for name, layers in attns.items()}

@@ -204,7 +204,7 @@ def _direction_network(model: WeNetModel, profiles: Profiles, direction: str) ->
         # a trie's size is its root's subtree end
         packing = Packing.of(starts, F.slice(ends, 1, 0, 1), utterances, F.shape(ends, 1))
         tokens, positions, parents = (F.unsqueeze(t, 0) for t in (tokens, positions, parents))  # (1, P)
-        memory = model.cross_kv(encoder_out, (direction,))[direction]
+        memory = model.cross_kv(encoder_out, (direction,), bias=False)[direction]
         node_log_probs = decoders[direction](tokens, positions, ends, parents, memory, encoder_lens, packing)  # (1, P)
         steps = F.gather(F.squeeze(node_log_probs, 0), path, 0)  # (B, N, S)
         valid = F.unsqueeze(F.unsqueeze(F.arange(F.shape(path, 2)), 0), 0) < F.unsqueeze(hyps_lens, 2)
