@@ -19,6 +19,7 @@ from core.compiled import capture_graph, pick_bucket
 from core.dtype import fp32_exact
 from models.wenet.networks import PACKED_TRIE_INPUTS
 from plugins.chain_tries import chain_slots, chain_tries
+from plugins.gather_inputs import InputTable
 from runtime.encoding import EncoderOutput
 from runtime.search import NBEST_ARRAYS, DecodeResult, NBest, NBestResult
 from runtime.session import EngineDir, Session, copy_to_host, side_by_side
@@ -190,27 +191,14 @@ class WeNetDecoding:
 
 
 class CapturedRescoring:
-    """One shape's captured rescoring (``DeviceRescoring``): the graph's static inputs, the views that inputs are placed
-    through, the weights it holds, and once captured the graph and its scores."""
+    """One shape's captured rescoring (``DeviceRescoring``): the graph's static inputs and the table it gathers them
+    through (``plugins.gather_inputs``), the weights it holds, and once captured the graph and its scores."""
 
     def __init__(self, static: dict[str, torch.Tensor], weights: torch.Tensor):
         self.static, self.weights = static, weights
-        self.views: dict[tuple[str, torch.Size], torch.Tensor] = {}
+        self.table = InputTable({name: t for name, t in static.items() if name != "weights"})
         self.graph: torch.cuda.CUDAGraph | None = None
         self.scores: torch.Tensor | None = None
-
-    def place(self, inputs: dict[str, torch.Tensor]) -> None:
-        """``inputs`` into the leading frames of the graph's inputs, as one foreach copy: at batch 1 each copy or view
-        made from Python cost ~12 us of host (H200 machine), as much as the copy's GPU time. What lies past them
-        (zeros, or an earlier call's frames) is never read: tokens past a hypothesis' length, keys past the encoder
-        lengths."""
-        targets = []
-        for name, value in inputs.items():
-            view = self.views.get((name, value.shape))
-            if view is None:
-                view = self.views[name, value.shape] = self.static[name][tuple(map(slice, value.shape))]
-            targets.append(view)
-        torch._foreach_copy_(targets, list(inputs.values()), non_blocking=True)
 
 
 class DeviceRescoring:
@@ -221,7 +209,9 @@ class DeviceRescoring:
     Why: from the host, a batch's rescoring builds the tries there and stages the decoders' inputs, ~0.5 ms of host
     work at batch 1 (H200 machine) in which the GPU idles unless other batches have work queued. So this serves a
     batch decoded alone; the overlapped batches of the throughput path keep the host's tries, which share prefixes
-    (chains do not, so the decoder runs more rows over them)."""
+    (chains do not, so the decoder runs more rows over them). The graph gathers its inputs from where they lie through
+    a table of their addresses (``plugins.gather_inputs``): six copies queued from Python took ~45 us of host at batch
+    1, writing the table ~13."""
 
     def __init__(self, decoding: WeNetDecoding):
         engine = decoding.engine
@@ -246,22 +236,25 @@ class DeviceRescoring:
         inputs = dict(zip(NBEST_ARRAYS, on_device), encoder_out=encoder_out, encoder_lens=encoder_lens)
         captured = self.graphs.get(key)
         if captured is None:
-            captured = self.graphs[key] = self._capture(inputs, weights, width, slots)
+            captured, reads = self._capture(inputs, weights, width, slots)
+            self.graphs[key] = captured
         else:
             if captured.weights is not weights:  # they stay in the graph's input until they change
                 captured.static["weights"].copy_(weights, non_blocking=True)
                 captured.weights = weights
-            captured.place(inputs)
+            reads = captured.table.write(inputs)
         captured.graph.replay()
         (host,), ready = copy_to_host(captured.scores)
-        # the n-best arrays were made on the search's stream: held until the scores are read, so that their memory
-        # is not reused before the copies above have run (cheaper than ``record_stream``)
-        return RescoringScores(nbest, host, ready, on_device)
+        captured.table.read = ready
+        # what the graph reads where it lies (the n-best made on the search's stream): held until the scores are read,
+        # so that its memory is not reused before the graph has run
+        return RescoringScores(nbest, host, ready, tuple(reads))
 
     def _capture(self, inputs: dict[str, torch.Tensor], weights: torch.Tensor, width: int,
-                 slots: int) -> CapturedRescoring:
+                 slots: int) -> tuple[CapturedRescoring, list[torch.Tensor]]:
         """The graph for ``inputs``' shape, the tokens' and encoder frames padded to ``width``, tries of ``slots``
-        nodes; its first run (outside the capture) on ``inputs`` themselves."""
+        nodes, with its table written for ``inputs`` (its first run, outside the capture, reads them too); and what
+        the table's gather reads (``InputTable.write``)."""
         batch, n = inputs["tokens"].shape[:2]
         shapes = {"tokens": (batch, n, width), "encoder_out": (batch, width, inputs["encoder_out"].shape[2])}
         static = {name: torch.zeros(shapes.get(name, t.shape), device=self.device,
@@ -269,9 +262,13 @@ class DeviceRescoring:
                   for name, t in inputs.items()}
         static["weights"] = weights.clone()
         captured = CapturedRescoring(static, weights)
-        captured.place(inputs)
+        reads = captured.table.write(inputs)
+
+        def run() -> torch.Tensor:
+            captured.table.gather()
+            return self.decoding.chain_scores(tuple(static[name] for name in NBEST_ARRAYS), static["encoder_out"],
+                                              static["encoder_lens"], static["weights"], slots)
+
         with fp32_exact():
-            captured.graph, captured.scores = capture_graph(lambda: self.decoding.chain_scores(
-                tuple(static[name] for name in NBEST_ARRAYS), static["encoder_out"], static["encoder_lens"],
-                static["weights"], slots), self.device, self.pool)
-        return captured
+            captured.graph, captured.scores = capture_graph(run, self.device, self.pool)
+        return captured, reads

@@ -462,3 +462,57 @@ def test_depthwise_norm_act_decomposition_is_the_unfused_math():
         want = torch.nn.functional.silu(y) if activation == "swish" else torch.relu(y)
         got = depthwise_decomposed(*args)
         assert got.shape == want.shape and (got - want).abs().max() < 1e-5, case
+
+
+def gather_mismatches(device: str) -> list[str]:
+    """``plugins.gather_inputs``: inputs of several dtypes gathered into the leading corners of their buffers, one with
+    strided rows (a slice of a longer encoder output), one transposed (copied contiguous first), two of another dtype
+    than their buffer's (converted first), one on the host where the buffers are on a GPU (carried in the table); the
+    inputs whose buffer differs from them."""
+    from plugins.gather_inputs import InputTable
+
+    g = torch.Generator().manual_seed(0)
+    targets = {"tokens": torch.zeros(2, 3, 8, dtype=torch.int32), "lengths": torch.zeros(2, 3, dtype=torch.int64),
+               "scores": torch.zeros(2, 3, dtype=torch.float64), "encoder_out": torch.zeros(2, 16, 4, dtype=torch.float16),
+               "transposed": torch.zeros(6, 4, dtype=torch.float32), "encoder_lens": torch.zeros(2, dtype=torch.int32)}
+    targets = {name: t.to(device) for name, t in targets.items()}
+    table = InputTable(targets)
+    mismatches = []
+    for frames in (11, 16, 5, 11):  # more calls through the same table, the last one of a layout it has seen
+        inputs = {"tokens": torch.randint(0, 99, (2, 3, frames // 2), generator=g, dtype=torch.int32),
+                  "lengths": torch.randint(0, 9, (2, 3), generator=g, dtype=torch.int32),
+                  "scores": torch.randn(2, 3, generator=g, dtype=torch.float64),
+                  "encoder_out": torch.randn(2, 20, 4, generator=g).half()[:, :frames],
+                  "transposed": torch.randn(4, 5, generator=g).T}
+        inputs = {name: t.to(device) for name, t in inputs.items()}
+        inputs["encoder_lens"] = torch.tensor([frames, 3])  # on the host, int64
+        reads = table.write(inputs)
+        table.gather()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        assert len(reads) == len(inputs) - (device == "cuda")
+        mismatches += [f"{frames}: {name}" for name, value in inputs.items() if not torch.equal(
+            targets[name][tuple(map(slice, value.shape))].cpu(), value.cpu().to(targets[name].dtype))]
+    return mismatches
+
+
+def test_gather_inputs_under_the_interpreter():
+    assert under_triton_interpreter("t.gather_mismatches('cpu')", "tests.test_plugins") == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gather_inputs_on_the_gpu():
+    assert gather_mismatches("cuda") == []
+
+
+def test_gather_inputs_refuse_what_does_not_fit():
+    from plugins.gather_inputs import row_layout
+
+    with pytest.raises(ValueError, match="does not fit"):
+        row_layout(torch.zeros(2, 9), (2, 8))
+    with pytest.raises(ValueError, match="more than one dim"):
+        row_layout(torch.zeros(1, 2, 3), (2, 4, 3))
+    with pytest.raises(ValueError, match="32-bit words"):
+        row_layout(torch.zeros(3, dtype=torch.int16), (4,))
+    value, rows, words, stride, target_stride = row_layout(torch.zeros(2, 20, 4).half()[:, :11], (2, 16, 4))
+    assert (rows, words, stride, target_stride) == (2, 22, 40, 32)
