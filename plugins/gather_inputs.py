@@ -115,6 +115,10 @@ class InputTable:
                 host_at += -(-data.size // 8) * 8
             else:
                 source = value.data_ptr()
+                if source % 4:  # a view that starts mid-word: read a copy instead, which starts on an allocation
+                    value, rows, words, source_stride, target_stride = row_layout(
+                        value.clone(memory_format=torch.contiguous_format), target.shape)
+                    source = value.data_ptr()
                 reads.append(value)
             entries += (source, target.data_ptr(), rows, words, source_stride, target_stride)
         self.table[:self.entries] = entries

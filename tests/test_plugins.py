@@ -466,15 +466,16 @@ def test_depthwise_norm_act_decomposition_is_the_unfused_math():
 
 def gather_mismatches(device: str) -> list[str]:
     """``plugins.gather_inputs``: inputs of several dtypes gathered into the leading corners of their buffers, one with
-    strided rows (a slice of a longer encoder output), one transposed (copied contiguous first), two of another dtype
-    than their buffer's (converted first), one on the host where the buffers are on a GPU (carried in the table); the
-    inputs whose buffer differs from them."""
+    strided rows (a slice of a longer encoder output), one transposed (copied contiguous first), one that starts
+    mid-word (copied first), two of another dtype than their buffer's (converted first), one on the host where the
+    buffers are on a GPU (carried in the table); the inputs whose buffer differs from them."""
     from plugins.gather_inputs import InputTable
 
     g = torch.Generator().manual_seed(0)
     targets = {"tokens": torch.zeros(2, 3, 8, dtype=torch.int32), "lengths": torch.zeros(2, 3, dtype=torch.int64),
                "scores": torch.zeros(2, 3, dtype=torch.float64), "encoder_out": torch.zeros(2, 16, 4, dtype=torch.float16),
-               "transposed": torch.zeros(6, 4, dtype=torch.float32), "encoder_lens": torch.zeros(2, dtype=torch.int32)}
+               "transposed": torch.zeros(6, 4, dtype=torch.float32), "mid_word": torch.zeros(8, dtype=torch.float16),
+               "encoder_lens": torch.zeros(2, dtype=torch.int32)}
     targets = {name: t.to(device) for name, t in targets.items()}
     table = InputTable(targets)
     mismatches = []
@@ -485,6 +486,7 @@ def gather_mismatches(device: str) -> list[str]:
                   "encoder_out": torch.randn(2, 20, 4, generator=g).half()[:, :frames],
                   "transposed": torch.randn(4, 5, generator=g).T}
         inputs = {name: t.to(device) for name, t in inputs.items()}
+        inputs["mid_word"] = torch.randn(9, generator=g).half().to(device)[1:]
         inputs["encoder_lens"] = torch.tensor([frames, 3])  # on the host, int64
         reads = table.write(inputs)
         table.gather()
