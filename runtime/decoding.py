@@ -254,7 +254,9 @@ class DeviceRescoring:
                  slots: int) -> tuple[CapturedRescoring, list[torch.Tensor]]:
         """The graph for ``inputs``' shape, the tokens' and encoder frames padded to ``width``, tries of ``slots``
         nodes, with its table written for ``inputs`` (its first run, outside the capture, reads them too); and what
-        the table's gather reads (``InputTable.write``)."""
+        the table's gather reads (``InputTable.write``). A call writes the leading corner of each input buffer; what
+        lies past it (zeros, or an earlier call's frames) is never read: tokens past a hypothesis' length, keys past
+        the encoder lengths."""
         batch, n = inputs["tokens"].shape[:2]
         shapes = {"tokens": (batch, n, width), "encoder_out": (batch, width, inputs["encoder_out"].shape[2])}
         static = {name: torch.zeros(shapes.get(name, t.shape), device=self.device,
