@@ -498,13 +498,13 @@ def gather_mismatches(device: str) -> list[str]:
     return mismatches
 
 
-def test_gather_inputs_under_the_interpreter():
-    assert under_triton_interpreter("t.gather_mismatches('cpu')", "tests.test_plugins") == []
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gather_inputs_on_the_gpu():
-    assert gather_mismatches("cuda") == []
+@pytest.mark.parametrize("device", ["interpreter", "cuda"])
+def test_gather_inputs_copies_every_input(device):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    mismatches = (under_triton_interpreter("t.gather_mismatches('cpu')", "tests.test_plugins")
+                  if device == "interpreter" else gather_mismatches("cuda"))
+    assert mismatches == []
 
 
 def test_gather_inputs_refuse_what_does_not_fit():
