@@ -192,11 +192,11 @@ class WeNetDecoding:
 
 class CapturedRescoring:
     """One shape's captured rescoring (``DeviceRescoring``): the graph's static inputs and the table it gathers them
-    through (``plugins.gather_inputs``), the weights it holds, and once captured the graph and its scores."""
+    through (``plugins.gather_inputs``), and once captured the graph and its scores."""
 
-    def __init__(self, static: dict[str, torch.Tensor], weights: torch.Tensor):
-        self.static, self.weights = static, weights
-        self.table = InputTable({name: t for name, t in static.items() if name != "weights"})
+    def __init__(self, static: dict[str, torch.Tensor]):
+        self.static = static
+        self.table = InputTable(static)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.scores: torch.Tensor | None = None
 
@@ -233,15 +233,13 @@ class DeviceRescoring:
         batch, frames = encoder_out.shape[:2]
         width = pick_bucket(self.frames, max(frames, on_device[0].shape[2]))
         key = (batch, on_device[0].shape[1], width, encoder_out.dtype, slots)
-        inputs = dict(zip(NBEST_ARRAYS, on_device), encoder_out=encoder_out, encoder_lens=encoder_lens)
+        inputs = dict(zip(NBEST_ARRAYS, on_device), encoder_out=encoder_out, encoder_lens=encoder_lens,
+                      weights=weights)
         captured = self.graphs.get(key)
         if captured is None:
-            captured, reads = self._capture(inputs, weights, width, slots)
+            captured, reads = self._capture(inputs, width, slots)
             self.graphs[key] = captured
         else:
-            if captured.weights is not weights:  # they stay in the graph's input until they change
-                captured.static["weights"].copy_(weights, non_blocking=True)
-                captured.weights = weights
             reads = captured.table.write(inputs)
         captured.graph.replay()
         (host,), ready = copy_to_host(captured.scores)
@@ -250,7 +248,7 @@ class DeviceRescoring:
         # so that its memory is not reused before the graph has run
         return RescoringScores(nbest, host, ready, tuple(reads))
 
-    def _capture(self, inputs: dict[str, torch.Tensor], weights: torch.Tensor, width: int,
+    def _capture(self, inputs: dict[str, torch.Tensor], width: int,
                  slots: int) -> tuple[CapturedRescoring, list[torch.Tensor]]:
         """The graph for ``inputs``' shape, the tokens' and encoder frames padded to ``width``, tries of ``slots``
         nodes, with its table written for ``inputs`` (its first run, outside the capture, reads them too); and what
@@ -262,8 +260,7 @@ class DeviceRescoring:
         static = {name: torch.zeros(shapes.get(name, t.shape), device=self.device,
                                     dtype=torch.int32 if name == "encoder_lens" else t.dtype)
                   for name, t in inputs.items()}
-        static["weights"] = weights.clone()
-        captured = CapturedRescoring(static, weights)
+        captured = CapturedRescoring(static)
         reads = captured.table.write(inputs)
 
         def run() -> torch.Tensor:
